@@ -1,0 +1,119 @@
+"""Calibration state: offset and scale per load-cell channel, kept in ``state_dir``.
+
+Config is intent; calibration is measured state, written by ``shelfcal`` (and by the simulator for
+its factory calibration). grams = (counts - offset) / scale, scale in counts per gram, kept as a
+float. Writes are atomic (temporary file, fsync, rename, fsync of the directory) and the previous
+version is kept as ``calibration.prev.json`` so a bad calibration can be rolled back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ulid import ULID
+
+log = logging.getLogger(__name__)
+
+FILENAME = "calibration.json"
+PREVIOUS = "calibration.prev.json"
+SCHEMA = "gondola.calibration/1"
+
+
+class CalibrationError(Exception):
+    pass
+
+
+@dataclass
+class ChannelCal:
+    offset: float          # raw counts at zero load
+    scale: float           # counts per gram (sign included)
+    points: list[list[float]] = field(default_factory=list)  # [[mass_g, counts], ...] used for the fit
+
+    def to_grams(self, counts):
+        return (counts - self.offset) / self.scale
+
+
+@dataclass
+class CalibrationState:
+    unit_id: str
+    channels: dict[str, ChannelCal]
+    calibration_id: str = field(default_factory=lambda: str(ULID()))
+    technician: str | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    source: str = "shelfcal"   # shelfcal | sim-factory
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["schema"] = SCHEMA
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> "CalibrationState":
+        try:
+            if d.get("schema") != SCHEMA:
+                raise CalibrationError(f"{where}: not a Gondola calibration file (schema {d.get('schema')!r})")
+            chans = {}
+            for name, c in d["channels"].items():
+                scale = float(c["scale"])
+                if scale == 0 or scale != scale:
+                    raise CalibrationError(f"{where}: channel {name!r} has an invalid scale {c['scale']!r}")
+                chans[name] = ChannelCal(float(c["offset"]), scale, [list(map(float, p)) for p in c.get("points", [])])
+            return cls(unit_id=str(d["unit_id"]), channels=chans, calibration_id=str(d["calibration_id"]),
+                       technician=d.get("technician"), created=str(d.get("created", "")),
+                       source=str(d.get("source", "shelfcal")))
+        except CalibrationError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CalibrationError(f"{where}: corrupt calibration file ({exc.__class__.__name__}: {exc})") from None
+
+
+def load(state_dir: Path, unit_id: str) -> CalibrationState | None:
+    """The calibration in force, or None when the unit was never calibrated."""
+    path = Path(state_dir) / FILENAME
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CalibrationError(f"{path}: corrupt calibration file ({exc})") from None
+    state = CalibrationState.from_json(data, str(path))
+    if state.unit_id != unit_id:
+        raise CalibrationError(f"{path}: calibration belongs to unit {state.unit_id!r}, not {unit_id!r}")
+    return state
+
+
+def save(state_dir: Path, state: CalibrationState) -> Path:
+    """Atomically replace the calibration, keeping the previous one."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / FILENAME
+    payload = json.dumps(state.to_json(), indent=2, sort_keys=True).encode()
+    fd, tmp = tempfile.mkstemp(prefix=".calibration.", suffix=".tmp", dir=state_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists():
+            # A hard link keeps the old version without a window where no calibration exists.
+            prev = state_dir / PREVIOUS
+            if prev.exists():
+                prev.unlink()
+            os.link(path, prev)
+        os.replace(tmp, path)
+        dfd = os.open(state_dir, os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    log.info("calibration %s written to %s", state.calibration_id, path)
+    return path

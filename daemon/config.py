@@ -1,0 +1,366 @@
+"""The unit's YAML config: intent (what is wired where, what sits where), validated strictly.
+
+Calibration (offset/scale per channel) is *state*, not config: it lives in ``state_dir`` and is
+written by ``shelfcal``. Every model forbids unknown keys so a typo is an error, not a default.
+Errors come out one line per problem, naming the key path (``mqtt.port: must be 1..65535, got 0``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+EX_CONFIG = 78  # sysexits.h
+
+
+class ConfigError(Exception):
+    """One or more problems, each a line ``path: message``."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# ---------------------------------------------------------------- MQTT
+
+
+class TlsConfig(_Strict):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False  # skip hostname check (bench brokers with self-signed certs only)
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "gondola/v1"
+    client_id: str | None = None  # default: gondola-<unit_id>
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    # Events older than this when (re)sent are flagged "historical".
+    historical_after_s: float = Field(60.0, gt=0)
+    health_interval_s: float = Field(10.0, gt=0)
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"must be 1..65535, got {v}")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#"):
+            raise ValueError(f"must be a plain topic path without wildcards or edge slashes, got {v!r}")
+        return v
+
+
+# ---------------------------------------------------------------- sensing backends
+
+
+class Hx711Chip(_Strict):
+    name: str
+    dout: int = Field(ge=0, le=53)  # BCM pin numbers
+    sck: int = Field(ge=0, le=53)
+    gain: Literal[128, 64, 32] = 128  # 128/64 = channel A, 32 = channel B
+
+
+class Hx711Sensing(_Strict):
+    backend: Literal["hx711"]
+    rate_hz: Literal[10, 80] = 10  # the chip's RATE pin
+    read_deadline_ms: int = Field(300, ge=20, le=5000)
+    chips: list[Hx711Chip] = Field(min_length=1)
+
+    def channel_names(self) -> list[str]:
+        return [c.name for c in self.chips]
+
+
+class IioChannel(_Strict):
+    name: str
+    device: str  # "iio:device0" or an absolute sysfs path
+    channel: str = "in_voltage0"  # attribute prefix; reads <channel>_raw
+
+
+class IioSensing(_Strict):
+    backend: Literal["iio"]
+    rate_hz: float = Field(10.0, gt=0, le=100)
+    sysfs_root: Path = Path("/sys/bus/iio/devices")
+    channels: list[IioChannel] = Field(min_length=1)
+
+    def channel_names(self) -> list[str]:
+        return [c.name for c in self.channels]
+
+
+class SimSensing(_Strict):
+    backend: Literal["sim"]
+    seed: int = 1
+    rate_hz: float = Field(60.0, gt=0, le=200)
+    duration_s: float | None = Field(None, gt=0)  # None: run until stopped
+    speed: float = Field(1.0, ge=0)  # 1 real time, 0 as fast as possible
+    events_per_min: float = Field(20.0, gt=0)
+    noise_g: float = Field(0.7, ge=0)
+    ground_truth: Path | None = None  # where the simulator writes what really happened
+    dead_channels: list[str] = Field(default_factory=list)
+    glitch_rate: float = Field(0.0005, ge=0, le=0.1)  # per sample per channel
+
+    def channel_names(self) -> list[str]:  # sim channels come from the shelves' plates
+        return []
+
+
+class ReplaySensing(_Strict):
+    backend: Literal["replay"]
+    format: Literal["aifi", "shelfd"] = "shelfd"
+    path: Path
+    speed: float = Field(1.0, ge=0)
+
+    def channel_names(self) -> list[str]:
+        return []
+
+
+SensingConfig = Annotated[
+    Union[Hx711Sensing, IioSensing, SimSensing, ReplaySensing], Field(discriminator="backend")
+]
+
+
+# ---------------------------------------------------------------- shelves, plates, planogram
+
+
+class PlateConfig(_Strict):
+    id: int = Field(ge=0)
+    channels: list[str] = Field(default_factory=list)  # load-cell channels this plate sums
+    capacity_g: float = Field(20000.0, gt=0)
+
+
+class ShelfConfig(_Strict):
+    id: str
+    plates: list[PlateConfig] = Field(min_length=1)
+
+
+class PlacementConfig(_Strict):
+    """One planogram facing: a SKU on one or more adjacent plates of a shelf."""
+
+    sku: str
+    name: str | None = None
+    shelf: str
+    plates: list[int] = Field(min_length=1)
+    unit_weight_g: float = Field(gt=0)
+    # Standard deviation of one unit's weight; default max(1.5 g, 2.5 % of the unit weight).
+    unit_weight_sd_g: float | None = Field(None, gt=0)
+    stock: int | None = Field(None, ge=0)  # units initially on the facing, when known
+
+
+class DetectionConfig(_Strict):
+    """Weight-change detection. Defaults suit 10-80 Hz HX711s and AiFi-like 60 Hz plates."""
+
+    median_samples: int = Field(3, ge=1, le=15)  # spike filter (samples)
+    settle_s: float = Field(0.6, ge=0.1, le=5.0)  # rest must hold this long before and after
+    trigger_sigma: float = Field(6.0, ge=2.0)  # activity threshold in multiples of plate noise
+    min_trigger_g: float = Field(4.0, gt=0)  # ... but never below this many grams
+    min_event_g: float = Field(8.0, gt=0)  # net changes smaller than this are not events
+    max_active_s: float = Field(20.0, ge=2.0)  # open longer than this → unknown_change
+    max_quantity: int = Field(12, ge=1, le=1000)
+    noise_floor_g: float = Field(0.5, gt=0)  # assumed minimum plate noise σ
+    degraded_after_s: float = Field(2.0, gt=0)  # channel silent this long → status degraded
+
+
+class Config(_Strict):
+    version: Literal[1]
+    unit_id: str
+    store_id: str
+    state_dir: Path
+    mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    sensing: SensingConfig
+    shelves: list[ShelfConfig] = Field(default_factory=list)
+    planogram: list[PlacementConfig] = Field(default_factory=list)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("unit_id", "store_id")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not v or any(c in v for c in "/+# \t"):
+            raise ValueError(f"must be non-empty with no '/', '+', '#' or spaces, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        problems: list[tuple[str, str]] = []
+        needs_layout = not (isinstance(self.sensing, ReplaySensing) and self.sensing.format == "aifi")
+        if needs_layout and not self.shelves:
+            problems.append(("shelves", "at least one shelf with plates is required"))
+        declared = self.sensing.channel_names()
+        used: dict[str, str] = {}
+        shelf_ids: set[str] = set()
+        plates_of: dict[str, set[int]] = {}
+        for si, shelf in enumerate(self.shelves):
+            if shelf.id in shelf_ids:
+                problems.append((f"shelves[{si}].id", f"duplicate shelf id {shelf.id!r}"))
+            shelf_ids.add(shelf.id)
+            seen: set[int] = set()
+            for pi, plate in enumerate(shelf.plates):
+                at = f"shelves[{si}].plates[{pi}]"
+                if plate.id in seen:
+                    problems.append((f"{at}.id", f"duplicate plate id {plate.id} on shelf {shelf.id!r}"))
+                seen.add(plate.id)
+                if not plate.channels and not isinstance(self.sensing, (SimSensing, ReplaySensing)):
+                    problems.append((f"{at}.channels", "plate has no load-cell channel"))
+                for ch in plate.channels:
+                    if declared and ch not in declared:
+                        problems.append((f"{at}.channels", f"unknown channel {ch!r}; declared: {', '.join(declared)}"))
+                    if ch in used:
+                        problems.append((f"{at}.channels", f"channel {ch!r} already used by {used[ch]}"))
+                    used[ch] = f"shelf {shelf.id} plate {plate.id}"
+            plates_of[shelf.id] = seen
+        weights: dict[str, tuple[float, int]] = {}
+        for i, p in enumerate(self.planogram):
+            at = f"planogram[{i}]"
+            if self.shelves and p.shelf not in plates_of:
+                problems.append((f"{at}.shelf", f"unknown shelf {p.shelf!r}"))
+            elif self.shelves:
+                for pl in p.plates:
+                    if pl not in plates_of[p.shelf]:
+                        problems.append((f"{at}.plates", f"shelf {p.shelf!r} has no plate {pl}"))
+            if p.sku in weights and not math.isclose(weights[p.sku][0], p.unit_weight_g, rel_tol=1e-6):
+                w, j = weights[p.sku]
+                problems.append((f"{at}.unit_weight_g",
+                                 f"SKU {p.sku!r} weighs {p.unit_weight_g} g here but {w} g in planogram[{j}]"))
+            weights.setdefault(p.sku, (p.unit_weight_g, i))
+        if self.mqtt.password_file is not None and self.mqtt.username is None:
+            problems.append(("mqtt.username", "password_file is set but username is not"))
+        for key, path in (("mqtt.password_file", self.mqtt.password_file),
+                          ("mqtt.tls.ca_file", self.mqtt.tls and self.mqtt.tls.ca_file),
+                          ("mqtt.tls.cert_file", self.mqtt.tls and self.mqtt.tls.cert_file),
+                          ("mqtt.tls.key_file", self.mqtt.tls and self.mqtt.tls.key_file)):
+            if path and not _readable(path):
+                problems.append((key, f"file not found or not readable: {path}"))
+        if self.mqtt.tls and bool(self.mqtt.tls.cert_file) != bool(self.mqtt.tls.key_file):
+            problems.append(("mqtt.tls", "cert_file and key_file go together"))
+        if isinstance(self.sensing, ReplaySensing) and not self.sensing.path.exists():
+            problems.append(("sensing.path", f"recording not found: {self.sensing.path}"))
+        if problems:
+            raise ValueError(_JOIN.join(f"{k}\x1f{m}" for k, m in problems))
+        return self
+
+    # ------------------------------------------------------------ helpers
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"gondola-{self.unit_id}"
+
+    @property
+    def topic_base(self) -> str:
+        return f"{self.mqtt.topic_prefix}/{self.store_id}/{self.unit_id}"
+
+
+_JOIN = "\x1e"  # separates cross-check problems inside one pydantic error
+
+
+def _readable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.R_OK)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("hx711", "iio", "sim", "replay") and out == "sensing":
+            continue  # the discriminator tag pydantic inserts; users never wrote it
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind == "union_tag_invalid":
+        return f"unknown backend {err['input'].get('backend')!r}; expected hx711, iio, sim or replay" \
+            if isinstance(err.get("input"), dict) else err["msg"]
+    if kind == "union_tag_not_found":
+        return "required key 'backend' is missing (hx711, iio, sim or replay)"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind in ("literal_error", "greater_than", "greater_than_equal", "less_than_equal",
+                "less_than", "int_parsing", "float_parsing", "string_type", "too_short", "bool_parsing"):
+        msg = f"{msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
+    return msg
+
+
+def parse_config(data: Any, source: str | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], source)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems: list[str] = []
+        for err in exc.errors(include_url=False):
+            msg = err["msg"]
+            if _JOIN in msg or "\x1f" in msg:
+                body = msg.split(", ", 1)[1] if msg.startswith("Value error, ") else msg
+                for item in body.split(_JOIN):
+                    key, _, m = item.partition("\x1f")
+                    problems.append(f"{key}: {m}")
+                continue
+            problems.append(f"{_loc(err['loc']) or '(top level)'}: {_message(err)}")
+        raise ConfigError(problems, source) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError([f"{path}:{where}: not valid YAML: {problem}"], str(path)) from None
+    # Relative paths in a config are relative to the config file, as users expect.
+    cfg = parse_config(_resolve_paths(data, path.parent), str(path))
+    return cfg
+
+
+def _resolve_paths(data: Any, base: Path) -> Any:
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+
+    def fix(d: dict, key: str) -> None:
+        v = d.get(key)
+        if isinstance(v, str) and v and not os.path.isabs(v):
+            d[key] = str(base / v)
+
+    fix(data, "state_dir")
+    if isinstance(data.get("sensing"), dict):
+        data["sensing"] = dict(data["sensing"])
+        fix(data["sensing"], "path")
+        fix(data["sensing"], "ground_truth")
+    if isinstance(data.get("mqtt"), dict):
+        data["mqtt"] = dict(data["mqtt"])
+        fix(data["mqtt"], "password_file")
+        if isinstance(data["mqtt"].get("tls"), dict):
+            data["mqtt"]["tls"] = dict(data["mqtt"]["tls"])
+            for k in ("ca_file", "cert_file", "key_file"):
+                fix(data["mqtt"]["tls"], k)
+    return data

@@ -1,0 +1,51 @@
+"""Turn a weight change and its identification into the contract's item event (a plain dict).
+
+``event_id`` and ``seq`` are not set here: the outbox assigns them in the same transaction that
+stores the event, so they survive a crash together.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from ..signal.detector import WeightChange
+from .identify import Identification
+
+SCHEMA = "gondola.item-event/1"
+
+
+def rfc3339(t: float) -> str:
+    """Epoch seconds → ``2020-04-22T05:06:49.657Z`` (UTC, milliseconds)."""
+    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identification | None,
+                ) -> dict:
+    base = {
+        "schema": SCHEMA,
+        "store_id": store_id,
+        "unit_id": unit_id,
+        "shelf": change.shelf,
+        "plates": list(change.plates),
+        "t_start": rfc3339(change.t_start),
+        "t_end": rfc3339(change.t_end),
+        "delta_g": round(change.delta_g, 1),
+        "noise_g": round(change.noise_g, 2),
+        "plate_deltas": {str(k): v for k, v in change.plate_deltas.items()},
+        "weight_only": True,
+    }
+    if change.kind == "unresolved" or ident is None or ident.best.sku is None:
+        base.update(type="unknown_change", sku=None, quantity=0,
+                    confidence=round(ident.best.score, 4) if ident else 0.0,
+                    reason="no_rest" if change.kind == "unresolved" else "no_product_fits",
+                    candidates=_cands(ident.candidates if ident else []))
+        return base
+    best = ident.best
+    base.update(type="pick" if change.delta_g < 0 else "put_back", sku=best.sku,
+                quantity=best.quantity, confidence=round(best.score, 4),
+                candidates=_cands(ident.candidates), misplaced=best.misplaced)
+    return base
+
+
+def _cands(hyps) -> list[dict]:
+    return [{"sku": h.sku, "quantity": h.quantity, "score": round(h.score, 4)} for h in hyps]

@@ -1,0 +1,84 @@
+"""The physical layout every stage agrees on: shelves, plates, their channels, and the planogram.
+
+Built from the YAML config, or from a recording's own description (AiFi ships its planogram and
+products). Plates are numbered in column order (``Plate.index``) so per-plate arrays line up.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .config import Config, SimSensing
+
+
+def default_unit_sd(unit_weight_g: float) -> float:
+    """Spread of one unit's weight when the planogram does not say: AIM3S weighings show a few %."""
+    return max(1.5, 0.025 * unit_weight_g)
+
+
+@dataclass(frozen=True)
+class Plate:
+    shelf: str
+    id: int
+    index: int                  # column in per-plate arrays
+    channels: tuple[str, ...]   # load-cell channels summed into this plate
+    capacity_g: float = 20000.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.shelf}/{self.id}"
+
+
+@dataclass(frozen=True)
+class Placement:
+    sku: str
+    shelf: str
+    plates: tuple[int, ...]
+    unit_weight_g: float
+    unit_weight_sd_g: float
+    name: str | None = None
+    stock: int | None = None
+
+
+@dataclass
+class Layout:
+    plates: list[Plate]
+    placements: list[Placement] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.channels: list[str] = [c for p in self.plates for c in p.channels]
+        self.shelves: list[str] = list(dict.fromkeys(p.shelf for p in self.plates))
+        self._by_key = {(p.shelf, p.id): p for p in self.plates}
+        self.skus: dict[str, Placement] = {}
+        for pl in self.placements:
+            self.skus.setdefault(pl.sku, pl)
+
+    def plate(self, shelf: str, plate_id: int) -> Plate:
+        return self._by_key[(shelf, plate_id)]
+
+    def shelf_plates(self, shelf: str) -> list[Plate]:
+        return [p for p in self.plates if p.shelf == shelf]
+
+    def placements_on(self, shelf: str, plate_ids: set[int] | None = None) -> list[Placement]:
+        return [pl for pl in self.placements
+                if pl.shelf == shelf and (plate_ids is None or plate_ids & set(pl.plates))]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Layout":
+        plates: list[Plate] = []
+        for shelf in cfg.shelves:
+            for pc in sorted(shelf.plates, key=lambda p: p.id):
+                chans = tuple(pc.channels)
+                if not chans and isinstance(cfg.sensing, SimSensing):
+                    chans = (sim_channel_name(shelf.id, pc.id),)
+                plates.append(Plate(shelf.id, pc.id, len(plates), chans, pc.capacity_g))
+        placements = [
+            Placement(p.sku, p.shelf, tuple(p.plates), p.unit_weight_g,
+                      p.unit_weight_sd_g or default_unit_sd(p.unit_weight_g), p.name, p.stock)
+            for p in cfg.planogram
+        ]
+        return cls(plates, placements)
+
+
+def sim_channel_name(shelf: str, plate_id: int) -> str:
+    """Channel name the simulator gives a plate whose config lists no channels."""
+    return f"sim-{shelf}-{plate_id}"

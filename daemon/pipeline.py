@@ -1,0 +1,198 @@
+"""Wires the stages for one unit: source → conditioner → detector → identifier → item events.
+
+The same :class:`Pipeline` runs under ``shelfd run`` (live, events go to the outbox and MQTT),
+``shelfd replay`` (events go to a file) and the benchmarks, so what is measured is what ships.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .calstate import CalibrationState
+from .config import DetectionConfig
+from .events.identify import Evidence, Identifier
+from .events.item_event import build_event, rfc3339
+from .layout import Layout
+from .sensing.base import SampleBlock, SampleSource
+from .signal.condition import Conditioner
+from .signal.detector import REST, Detector, DetectorParams, WeightChange
+
+log = logging.getLogger(__name__)
+
+EvidenceProvider = Callable[[WeightChange], list[Evidence]]
+
+
+@dataclass
+class Facing:
+    sku: str
+    shelf: str
+    plates: tuple[int, ...]
+    units: int | None
+    source: str  # stock | weight | unknown
+
+
+@dataclass
+class PipelineStats:
+    samples: int = 0
+    blocks: int = 0
+    events: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    data_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+class Pipeline:
+    def __init__(self, store_id: str, unit_id: str, layout: Layout, channels: list[str], units: str,
+                 rate_hz: float, calibration: CalibrationState | None,
+                 detection: DetectionConfig | None = None,
+                 evidence: EvidenceProvider | None = None):
+        det = detection or DetectionConfig()
+        self.store_id, self.unit_id = store_id, unit_id
+        self.layout = layout
+        self.channels = channels
+        self.rate_hz = rate_hz
+        self.calibration = calibration
+        self.conditioner = Conditioner(layout, channels, units, calibration, rate_hz,
+                                       median_samples=det.median_samples,
+                                       max_gap_s=min(0.5, det.degraded_after_s))
+        self.detector = Detector(layout, DetectorParams(
+            rate_hz=rate_hz, settle_s=det.settle_s, trigger_sigma=det.trigger_sigma,
+            min_trigger_g=det.min_trigger_g, min_event_g=det.min_event_g,
+            max_active_s=det.max_active_s, noise_floor_g=det.noise_floor_g))
+        self.identifier = Identifier(layout, max_quantity=det.max_quantity)
+        self.evidence = evidence
+        self.stats = PipelineStats()
+        self.facings = [Facing(f.sku, f.shelf, f.plates, f.stock, "stock" if f.stock is not None else "unknown")
+                        for f in layout.placements]
+        self.last_t: float | None = None
+        self._last_grams = np.full(len(layout.plates), np.nan)
+        self.state_changed = False
+
+    # ------------------------------------------------------------------ processing
+
+    def process(self, block: SampleBlock) -> list[dict]:
+        t0 = time.process_time()
+        cond = self.conditioner.process(block)
+        changes = self.detector.process(cond.t, cond.grams, cond.available)
+        events = [self._event(c) for c in changes]
+        if len(block):
+            self._last_grams = cond.grams[-1]
+            self.last_t = float(block.t[-1])
+            self.stats.samples += len(block)
+            self.stats.data_seconds += len(block) / self.rate_hz
+        self.stats.blocks += 1
+        self._estimate_stock()
+        self.stats.cpu_seconds += time.process_time() - t0
+        return events
+
+    def finish(self) -> list[dict]:
+        return [self._event(c) for c in self.detector.flush()]
+
+    def _event(self, change: WeightChange) -> dict:
+        ident = None
+        if change.kind == "change":
+            ev = self.evidence(change) if self.evidence else None
+            ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
+                                             change.noise_g, ev)
+        event = build_event(self.store_id, self.unit_id, change, ident)
+        self.stats.events += 1
+        self.stats.by_type[event["type"]] = self.stats.by_type.get(event["type"], 0) + 1
+        self._apply_inventory(event)
+        log.info("%s shelf %s plates %s Δ=%+.1f g → %s ×%s (confidence %.2f)", event["type"],
+                 event["shelf"], event["plates"], event["delta_g"], event["sku"], event["quantity"],
+                 event["confidence"])
+        return event
+
+    # ------------------------------------------------------------------ inventory
+
+    def _apply_inventory(self, event: dict) -> None:
+        if event["type"] not in ("pick", "put_back") or event.get("misplaced"):
+            return
+        for f in self.facings:
+            if f.sku == event["sku"] and f.shelf == event["shelf"] and set(f.plates) & set(event["plates"]):
+                if f.units is not None:
+                    sign = -1 if event["type"] == "pick" else 1
+                    f.units = max(0, f.units + sign * int(event["quantity"]))
+                    self.state_changed = True
+                return
+
+    def _estimate_stock(self) -> None:
+        """Units on a facing, from its plates' weight, once they first come to rest.
+
+        Only meaningful with a real tare (a calibrated unit); shared plates are skipped."""
+        for f in self.facings:
+            if f.units is not None:
+                continue
+            idx = [self.layout.plate(f.shelf, p).index for p in f.plates]
+            if not all(self.detector.state[i] == REST for i in idx):
+                continue
+            shared = any(o is not f and o.shelf == f.shelf and set(o.plates) & set(f.plates)
+                         for o in self.facings)
+            unit = self.layout.skus[f.sku].unit_weight_g
+            w = float(sum(self.detector.base[i] for i in idx))
+            f.source = "unknown" if shared else "weight"
+            f.units = None if shared or w < -unit / 2 else max(0, int(round(w / unit)))
+            if f.units is not None:
+                self.state_changed = True
+
+    # ------------------------------------------------------------------ reports
+
+    def inventory(self) -> dict:
+        plates = {}
+        states = self.detector.plate_states()
+        for pl in self.layout.plates:
+            g = self._last_grams[pl.index]
+            plates[pl.key] = {"weight_g": None if math.isnan(g) else round(float(g), 1),
+                              "state": states[pl.index]}
+        return {
+            "t": rfc3339(self.last_t) if self.last_t else None,
+            "plates": plates,
+            "facings": [{"sku": f.sku, "shelf": f.shelf, "plates": list(f.plates), "units": f.units,
+                         "source": f.source} for f in self.facings],
+        }
+
+    def plate_health(self) -> dict:
+        states = self.detector.plate_states()
+        return {pl.key: {"state": states[pl.index], "noise_g": round(float(self.detector.sigma[pl.index]), 2),
+                         "trigger_g": round(float(self.detector.trigger_g()[pl.index]), 1)}
+                for pl in self.layout.plates}
+
+    def degraded_reasons(self) -> list[str]:
+        states = self.detector.plate_states()
+        bad = [pl.key for pl in self.layout.plates if states[pl.index] == "unavailable"]
+        return [f"plate {k} has no data" for k in bad]
+
+
+def run_offline(cfg, source: SampleSource, layout: Layout, emit: Callable[[dict], None],
+                calibration: CalibrationState | None = None, evidence: EvidenceProvider | None = None,
+                progress: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
+    """Run a finite source through the pipeline as fast as it delivers; ``emit`` gets each event.
+
+    ``cfg`` is the unit's :class:`~daemon.config.Config` or None (ids default to the recording's)."""
+    store_id = cfg.store_id if cfg else "replay"
+    unit_id = cfg.unit_id if cfg else "replay"
+    detection = cfg.detection if cfg else None
+    if calibration is None and hasattr(source, "factory_calibration") and source.units == "counts":
+        calibration = source.factory_calibration()
+    pipe = Pipeline(store_id, unit_id, layout, list(source.channels), source.units, source.rate_hz,
+                    calibration, detection, evidence)
+    source.start()
+    try:
+        while True:
+            block = source.read(1.0)
+            if block is None:
+                break
+            for ev in pipe.process(block):
+                emit(ev)
+            if progress and pipe.stats.blocks % 200 == 0:
+                progress(pipe.stats)
+        for ev in pipe.finish():
+            emit(ev)
+    finally:
+        source.close()
+    return pipe.stats

@@ -1,0 +1,415 @@
+"""MQTT publisher: drains the durable outbox to the broker with QoS 1, never losing an event.
+
+One sender thread owns everything that talks to paho: it reads ``outbox.pending_records()`` in
+seq order, keeps at most ``window`` events unacknowledged, and marks an event sent only when its
+PUBACK arrives. Other threads only put small messages on a queue (``notify``, ``set_status``,
+``publish_health``, ``publish_state``), so nothing here can block the sample pipeline.
+
+Why a fresh paho client per connection: paho keeps unacknowledged QoS 1 messages in memory and
+retransmits them itself after a reconnect, with the payload frozen at first send (so no
+``historical`` flag) and on top of what the outbox resends. The outbox is the source of truth, so
+each connection gets a new client with an empty in-memory queue and the sender resends every
+unacknowledged event from the outbox, same ``event_id`` and ``seq``, ``historical`` where old.
+
+Topics under ``cfg.topic_base``: ``events`` (QoS 1, not retained), ``status``/``health``/``state``
+(QoS 1, retained; republished after every reconnect). The last will sets ``status`` offline.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from daemon import __version__
+from daemon.config import Config
+from daemon.publish.outbox import Outbox, OutboxRecord
+
+log = logging.getLogger(__name__)
+
+STATES = ("online", "degraded", "stopped", "offline")
+_STABLE_CONNECTION_S = 10.0  # a connection shorter than this counts as flapping (back off)
+
+
+def rfc3339(t: float) -> str:
+    """Epoch seconds → ``2020-04-22T05:06:49.657Z`` (the contract's timestamp form)."""
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_rfc3339(s: Any) -> float | None:
+    if not isinstance(s, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        return None
+    return dt.timestamp()
+
+
+class Publisher:
+    """Publishes outbox events and the unit's retained status/health/state over MQTT."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        outbox: Outbox,
+        clock: Callable[[], float] = time.time,
+        *,
+        window: int = 20,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+        prune_interval_s: float = 600.0,
+    ) -> None:
+        self._cfg = cfg
+        self._outbox = outbox
+        self._clock = clock
+        self._window = max(1, window)
+        self._backoff = (reconnect_min_s, max(reconnect_min_s, reconnect_max_s))
+        self._prune_interval_s = prune_interval_s
+        base = cfg.topic_base
+        self.topics = {k: f"{base}/{k}" for k in ("events", "status", "health", "state")}
+        self._broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
+
+        self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._lock = threading.Lock()  # guards the retained documents and counters below
+        self._status: dict[str, Any] = {"state": "online", "since": rfc3339(clock()), "reason": None,
+                                         "version": __version__}
+        self._health: dict[str, Any] | None = None
+        self._state: dict[str, Any] | None = None
+        self._dirty: set[str] = set()
+        self._stats = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0, "republished": 0,
+                       "historical": 0, "connect_failures": 0}
+        self._outbox_depth: int | None = None
+
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._stop_deadline = 0.0
+        self._connected = False
+
+        # Sender-thread state (only the sender thread touches these).
+        self._client: paho.Client | None = None
+        self._gen = 0
+        self._inflight: dict[int, OutboxRecord] = {}
+        self._sent_upto = 0
+        self._max_seq_published = 0
+        self._connected_at = 0.0
+        self._recreate_at: float | None = None
+        self._flap_delay = 0.0
+        self._outage_logged = False
+        self._status_info: paho.MQTTMessageInfo | None = None
+
+    # ------------------------------------------------------------ public API (any thread)
+
+    def start(self) -> None:
+        """Start the sender thread; returns at once, connected or not."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="mqtt-sender", daemon=True)
+        self._thread.start()
+
+    def notify(self) -> None:
+        """New events are in the outbox: wake the sender (never blocks)."""
+        self._q.put(("wake",))
+
+    def set_status(self, state: str, reason: str | None = None) -> None:
+        """Set the retained ``status`` document; ``since`` changes only when state or reason does."""
+        if state not in STATES:
+            raise ValueError(f"status must be one of {', '.join(STATES)}, got {state!r}")
+        with self._lock:
+            if self._status["state"] != state or self._status["reason"] != reason:
+                self._status = {"state": state, "since": rfc3339(self._clock()), "reason": reason,
+                                "version": __version__}
+            self._dirty.add("status")
+        self._q.put(("wake",))
+
+    def publish_health(self, health: dict[str, Any]) -> None:
+        """Publish ``health`` (retained); outbox depth and oldest pending age are added at send time."""
+        with self._lock:
+            self._health = dict(health)
+            self._dirty.add("health")
+        self._q.put(("wake",))
+
+    def publish_state(self, state: dict[str, Any]) -> None:
+        """Publish the per-plate inventory document on ``state`` (retained)."""
+        with self._lock:
+            self._state = dict(state)
+            self._dirty.add("state")
+        self._q.put(("wake",))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish status ``stopped``, flush pending events for up to ``timeout`` s, disconnect cleanly.
+
+        A clean DISCONNECT means the broker does not send the last will. Events not acknowledged
+        by then stay in the outbox for the next start.
+        """
+        if self._thread is None:
+            return
+        self.set_status("stopped")
+        self._stop_deadline = time.monotonic() + max(0.0, timeout)
+        self._stopping.set()
+        self._q.put(("wake",))
+        self._thread.join(timeout + 10.0)
+        if self._thread.is_alive():
+            log.error("MQTT sender did not stop within %.1f s", timeout + 10.0)
+        self._thread = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            out: dict[str, Any] = dict(self._stats)
+            out["outbox_depth"] = self._outbox_depth
+        out["connected"] = self._connected
+        out["inflight"] = len(self._inflight)
+        out["status"] = self._status["state"]
+        return out
+
+    # ------------------------------------------------------------ client lifecycle (sender thread)
+
+    def _new_client(self) -> None:
+        self._gen += 1
+        gen = self._gen
+        m = self._cfg.mqtt
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._cfg.client_id, clean_session=True,
+                        protocol=paho.MQTTv311)
+        # Paho may hold a little more than our event window: retained documents share the session.
+        c.max_inflight_messages_set(self._window + 8)
+        c.reconnect_delay_set(self._backoff[0], self._backoff[1])  # type: ignore[arg-type]
+        c.will_set(self.topics["status"], self._will_payload(), qos=1, retain=True)
+        if m.username is not None:
+            password = None
+            if m.password_file is not None:
+                # Files written by editors or `echo` end in a newline that is not part of the secret.
+                password = m.password_file.read_text().rstrip("\r\n")
+            c.username_pw_set(m.username, password)
+        if m.tls is not None:
+            c.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                      certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                      keyfile=str(m.tls.key_file) if m.tls.key_file else None)
+            if m.tls.insecure:
+                c.tls_insecure_set(True)
+        # Callbacks run on paho's network thread: they only enqueue, tagged with the generation so
+        # late callbacks from a discarded client are ignored.
+        c.on_connect = lambda _c, _u, _f, rc, _p: self._q.put(("connect", gen, rc))
+        c.on_connect_fail = lambda _c, _u: self._q.put(("connect_fail", gen))
+        c.on_disconnect = lambda _c, _u, _f, rc, _p: self._q.put(("disconnect", gen, rc))
+        c.on_publish = lambda _c, _u, mid, rc, _p: self._q.put(("ack", gen, mid, rc))
+        c.connect_async(m.host, m.port, keepalive=m.keepalive_s)
+        c.loop_start()
+        self._client = c
+
+    def _drop_client(self) -> None:
+        c, self._client = self._client, None
+        self._gen += 1  # anything still queued from the old client is now stale
+        self._connected = False
+        self._inflight.clear()
+        self._sent_upto = 0
+        if c is not None:
+            c.disconnect()  # ends paho's retry loop; a clean DISCONNECT if still connected
+            c.loop_stop()
+
+    def _will_payload(self) -> str:
+        # The broker sends this when we vanish, so "since" would be a guess: the consumer takes
+        # the time it received the message.
+        return json.dumps({"state": "offline", "reason": "connection lost", "version": __version__})
+
+    # ------------------------------------------------------------ sender loop
+
+    def _run(self) -> None:
+        next_prune = time.monotonic() + self._prune_interval_s
+        try:
+            self._new_client()
+        except Exception:  # bad TLS files etc.: keep the daemon alive, events stay in the outbox
+            log.exception("cannot set up MQTT client for %s; keeping events in the outbox", self._broker)
+            self._recreate_at = time.monotonic() + self._backoff[1]
+        while True:
+            try:
+                self._step()
+                if self._stopping.is_set() and self._ready_to_stop():
+                    break
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + self._prune_interval_s
+                    self._outbox.prune()
+            except Exception:  # the sender must never die silently: log, pause, carry on
+                log.exception("MQTT sender error; retrying in 1 s")
+                time.sleep(1.0)
+                if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
+                    break
+        self._shutdown()
+
+    def _step(self) -> None:
+        timeout = 0.05 if self._stopping.is_set() else 1.0
+        msgs: list[tuple[Any, ...]] = []
+        try:
+            msgs.append(self._q.get(timeout=timeout))
+            while True:
+                msgs.append(self._q.get_nowait())
+        except queue.Empty:
+            pass
+        acked: list[str] = []
+        for msg in msgs:
+            self._handle(msg, acked)
+        if acked:
+            self._outbox.mark_sent_many(acked)
+            with self._lock:
+                self._stats["acked"] += len(acked)
+        if self._client is None and self._recreate_at is not None and time.monotonic() >= self._recreate_at:
+            self._recreate_at = None
+            self._new_client()
+        if self._connected:
+            self._publish_dirty()
+            self._fill_window()
+        depth = self._outbox.depth()
+        with self._lock:
+            self._outbox_depth = depth
+
+    def _handle(self, msg: tuple[Any, ...], acked: list[str]) -> None:
+        kind = msg[0]
+        if kind == "wake" or msg[1] != self._gen:
+            return
+        if kind == "ack":
+            rec = self._inflight.pop(msg[2], None)
+            if rec is not None:
+                acked.append(rec.event_id)
+        elif kind == "connect":
+            rc = msg[2]
+            if rc.is_failure:
+                if not self._outage_logged:
+                    log.warning("broker %s refused the connection (%s), keeping events in the outbox",
+                                self._broker, rc)
+                    self._outage_logged = True
+                return
+            self._connected = True
+            self._connected_at = time.monotonic()
+            self._outage_logged = False
+            self._inflight.clear()
+            self._sent_upto = 0
+            with self._lock:
+                self._stats["connects"] += 1
+                # Retained documents may have changed (or been lost with a broker restart).
+                self._dirty.update(("status", "health", "state"))  # None documents are skipped
+            log.info("connected to broker %s as %s; %d events pending", self._broker,
+                     self._cfg.client_id, self._outbox.depth())
+        elif kind == "connect_fail":
+            with self._lock:
+                self._stats["connect_failures"] += 1
+            if not self._outage_logged:
+                log.warning("broker %s unreachable, keeping events in the outbox", self._broker)
+                self._outage_logged = True
+        elif kind == "disconnect":
+            if not self._connected:
+                return  # a refused or failed attempt: paho's own loop retries with back-off
+            lasted = time.monotonic() - self._connected_at
+            with self._lock:
+                self._stats["disconnects"] += 1
+            if not self._stopping.is_set():
+                log.warning("lost connection to broker %s (%s), keeping events in the outbox", self._broker, msg[2])
+                self._outage_logged = True
+            self._drop_client()
+            # Reconnect at once after a stable connection; back off when connections keep dropping
+            # (e.g. two units configured with the same client id kicking each other off).
+            if lasted >= _STABLE_CONNECTION_S:
+                self._flap_delay = 0.0
+            else:
+                self._flap_delay = min(max(self._flap_delay * 2, self._backoff[0]), self._backoff[1])
+            self._recreate_at = time.monotonic() + self._flap_delay
+
+    def _publish_dirty(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, set()
+            docs = {"status": dict(self._status), "health": self._health, "state": self._state}
+        for key in ("status", "state", "health"):
+            if key not in dirty or docs[key] is None:
+                continue
+            doc = docs[key]
+            if key == "health":
+                doc = self._health_doc(doc)
+            info = self._client.publish(self.topics[key], json.dumps(doc), qos=1, retain=True)  # type: ignore[union-attr]
+            if key == "status":
+                self._status_info = info
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                with self._lock:  # publish again after the reconnect
+                    self._dirty.add(key)
+
+    def _health_doc(self, health: dict[str, Any]) -> dict[str, Any]:
+        doc = dict(health)
+        age = self._outbox.oldest_pending_age()
+        outbox = dict(doc.get("outbox") or {})
+        outbox.update({"depth": self._outbox.depth(),
+                       "oldest_pending_age_s": None if age is None else round(age, 3),
+                       "last_seq": self._outbox.last_seq()})
+        doc["outbox"] = outbox
+        doc.setdefault("t", rfc3339(self._clock()))
+        doc.setdefault("version", __version__)
+        doc["mqtt"] = {k: v for k, v in self.stats().items() if k not in ("outbox_depth", "status")}
+        return doc
+
+    def _fill_window(self) -> None:
+        room = self._window - len(self._inflight)
+        if room <= 0:
+            return
+        for rec in self._outbox.pending_records(limit=room, after_seq=self._sent_upto):
+            payload = self._payload(rec)
+            info = self._client.publish(self.topics["events"], json.dumps(payload, separators=(",", ":")),  # type: ignore[union-attr]
+                                        qos=1, retain=False)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                # The connection just went; the disconnect callback will reset and resend.
+                return
+            self._inflight[info.mid] = rec
+            self._sent_upto = rec.seq
+            with self._lock:
+                self._stats["published"] += 1
+                if rec.seq <= self._max_seq_published:
+                    self._stats["republished"] += 1
+                if payload.get("historical"):
+                    self._stats["historical"] += 1
+            self._max_seq_published = max(self._max_seq_published, rec.seq)
+
+    def _payload(self, rec: OutboxRecord) -> dict[str, Any]:
+        """The event as stored, plus ``historical`` when it is old at send time.
+
+        Age is measured from ``t_end`` when that clock agrees with the outbox's (live sensing),
+        else from when it was stored: a recording replayed through ``run`` carries t_end from
+        years ago, which says nothing about delivery delay.
+        """
+        ev = dict(rec.event)
+        limit = self._cfg.mqtt.historical_after_s
+        ref = rec.stored_at
+        t_end = _parse_rfc3339(ev.get("t_end"))
+        if t_end is not None and rec.stored_at - limit <= t_end <= rec.stored_at + 1.0:
+            ref = t_end
+        if self._clock() - ref > limit:
+            ev["historical"] = True
+        return ev
+
+    # ------------------------------------------------------------ stopping
+
+    def _ready_to_stop(self) -> bool:
+        if time.monotonic() >= self._stop_deadline or not self._connected:
+            return True
+        with self._lock:
+            status_pending = "status" in self._dirty
+        return not status_pending and not self._inflight and self._outbox.depth() == 0
+
+    def _shutdown(self) -> None:
+        if self._connected and self._status_info is not None:
+            # Give the "stopped" status its PUBACK so it is retained before we leave.
+            remaining = max(0.5, self._stop_deadline - time.monotonic())
+            try:
+                self._status_info.wait_for_publish(timeout=remaining)
+            except (RuntimeError, ValueError):
+                pass
+        left = self._outbox.depth()
+        if left:
+            log.info("MQTT publisher stopping with %d events kept in the outbox", left)
+        self._drop_client()

@@ -1,0 +1,559 @@
+"""HX711 load-cell amplifiers bit-banged from user space through an ``RPi.GPIO``-style module.
+
+This replaces the read path of the ``hx711`` PyPI package (the design card's choice), whose
+``get_raw_data`` retries forever when a chip never answers, whose constructor sleeps, and which
+drops legitimate readings of 0 and -1 (``data not in [False, -1]`` is true for 0 because
+``0 == False``). Here every read has a deadline, runs in its own thread, and every way a read can
+go wrong is a named, counted :class:`~daemon.sensing.base.Flag` (Klipper style).
+
+The protocol (HX711 datasheet): DOUT low means a conversion is ready; 24 SCK pulses shift it out
+MSB first (two's complement); 1, 2 or 3 more pulses choose the gain of the *next* conversion
+(A/128, B/32, A/64); after the last pulse DOUT returns high (ESPHome checks this); SCK held high
+for more than 60 us powers the chip down and the next low edge resets it to A/128, after which the
+first conversions are unsettled.
+
+The row machinery (:class:`PolledSource`, :class:`Reading`, :class:`ChannelDiagnostics`,
+:func:`classify_word`) is shared with the kernel-IIO backend in :mod:`daemon.sensing.iio`.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from ..config import Hx711Chip, Hx711Sensing
+from .base import ChannelCounters, Flag, SampleBlock, counters_for
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+#: SCK high longer than this powers the chip down (datasheet: 60 us).
+POWER_DOWN_S = 60e-6
+#: How long start() holds SCK high to reset a chip. The kernel driver found that resets shorter
+#: than ~10 ms give an unstable first value, so we use its number rather than the 60 us minimum.
+RESET_HOLD_S = 0.010
+#: Extra SCK pulses after the 24 data bits, per gain (sets the gain of the next conversion).
+GAIN_PULSES = {128: 1, 32: 2, 64: 3}
+#: A 0xFFFFFF word is -1 in two's complement. It is taken as a real -1 only when the previous good
+#: reading was this close to -1 (so a wrong guess costs at most this many counts, about 1 g on a
+#: 20 kg cell at gain 128); otherwise it is the classic all-ones glitch.
+ALL_ONES_TOLERANCE = 256
+WORD_MASK = 0xFFFFFF
+
+
+def to_signed(word: int) -> int:
+    """24-bit two's complement word → signed int."""
+    word &= WORD_MASK
+    return word - (1 << 24) if word & 0x800000 else word
+
+
+def classify_word(word: int, last_good: int | None) -> tuple[int | None, Flag, str]:
+    """Decide what a clocked-out 24-bit word means: (signed value or None, flag, reason)."""
+    word &= WORD_MASK
+    if word in (0x7FFFFF, 0x800000):
+        # Keep it simple (lead's call): a rail word is a clipped ADC, not a weight.
+        return None, Flag.SATURATED, "rail"
+    if word == WORD_MASK and (last_good is None or abs(last_good + 1) > ALL_ONES_TOLERANCE):
+        return None, Flag.GLITCH, "all-ones"
+    return to_signed(word), Flag.OK, ""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One attempt to read one channel."""
+
+    value: int | None          # signed counts; None unless flag is OK
+    flag: Flag
+    word: int | None           # the raw word as received (None when nothing was clocked out)
+    t: float                   # injected clock() when the attempt ended
+    settling: bool = False     # a good-looking word thrown away because the chip just (re)started
+    cause: str = ""            # short human reason: "not ready", "dout held low", "desync", ...
+
+
+@dataclass
+class ChannelDiagnostics:
+    """What ``shelfcal diag`` prints per channel (Klipper's measured-vs-expected report)."""
+
+    channel: str
+    expected_sps: float
+    measured_sps: float        # words received per second over the recent window
+    distinct_values: int       # distinct raw words among good reads in the window (1 = stuck)
+    window_reads: int
+    reads: int = 0             # attempts, all outcomes
+    good: int = 0
+    timeouts: int = 0
+    timeouts_dout_low: int = 0  # not ready *and* DOUT held low: a short / stuck chip, not a dead one
+    glitches: int = 0
+    desyncs: int = 0
+    saturated: int = 0
+    timing_violations: int = 0
+    settling_discarded: int = 0
+    missing: int = 0
+    overwritten: int = 0        # good readings replaced before a row took them (chip faster than rows)
+    max_sck_high_us: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _DiagWindow:
+    """Per-channel diagnostic tallies plus a bounded window of recent words."""
+
+    def __init__(self, channel: str, expected_sps: float):
+        self.d = ChannelDiagnostics(channel, expected_sps, 0.0, 0, 0)
+        n = max(20, int(expected_sps * 10))  # ~10 s of reads
+        self.times: deque[float] = deque(maxlen=n)
+        self.good_words: deque[int] = deque(maxlen=n)
+
+    def note(self, r: Reading) -> None:
+        d = self.d
+        d.reads += 1
+        if r.word is not None:
+            self.times.append(r.t)
+        if r.settling:
+            d.settling_discarded += 1
+            return
+        if r.flag == Flag.OK:
+            d.good += 1
+            if r.word is not None:
+                self.good_words.append(r.word)
+        if r.flag & Flag.TIMEOUT:
+            d.timeouts += 1
+            if r.cause == "dout held low":
+                d.timeouts_dout_low += 1
+        if r.flag & Flag.GLITCH:
+            d.glitches += 1
+            if r.cause == "desync":
+                d.desyncs += 1
+        if r.flag & Flag.SATURATED:
+            d.saturated += 1
+        if r.flag & Flag.TIMING:
+            d.timing_violations += 1
+        if r.flag & Flag.MISSING:
+            d.missing += 1
+
+    def snapshot(self) -> ChannelDiagnostics:
+        d = ChannelDiagnostics(**{**asdict(self.d), "extra": dict(self.d.extra)})
+        t = self.times
+        d.measured_sps = (len(t) - 1) / (t[-1] - t[0]) if len(t) >= 2 and t[-1] > t[0] else 0.0
+        d.distinct_values = len(set(self.good_words))
+        d.window_reads = len(t)
+        return d
+
+
+class _RowAssembler:
+    """Turns independent per-channel readings into rows; pure logic, the caller holds the lock.
+
+    Chips have their own oscillators, so a fixed row clock would beat against them and produce
+    spurious empty slots. Instead a row is due as soon as every *healthy* channel has a fresh
+    reading, or 1.5 periods after the previous row at the latest (a channel with nothing fresh
+    then gets TIMEOUT). Channels whose last reading was TIMEOUT/MISSING are "down" and do not hold
+    rows back, so a dead chip costs the live ones nothing. With every channel down, rows keep
+    coming at the nominal rate (all TIMEOUT) so downstream sees the outage.
+    """
+
+    def __init__(self, n: int, period: float, startup_grace: float, now: float):
+        self.n = n
+        self.period = period
+        self.fresh: list[Reading | None] = [None] * n
+        self.down = [False] * n
+        self.started = [False] * n
+        self.overwritten = [0] * n
+        self.last_row: float | None = None
+        self.start_by = now + startup_grace
+
+    def post(self, i: int, r: Reading) -> None:
+        old = self.fresh[i]
+        if old is not None and old.flag == Flag.OK:
+            self.overwritten[i] += 1
+        self.fresh[i] = r
+        self.down[i] = bool(r.flag & (Flag.TIMEOUT | Flag.MISSING))
+        self.started[i] = True
+
+    def due_in(self, now: float) -> float:
+        """0 when a row should be taken now, else seconds to wait (a post may come sooner)."""
+        if self.last_row is None:
+            # Wait for every channel's first word (settling done) or a bounded startup grace.
+            if not all(self.started) and now < self.start_by:
+                return min(self.start_by - now, self.period)
+            self.last_row = now - self.period
+        live = [i for i in range(self.n) if not self.down[i]]
+        if live and all(self.fresh[i] is not None for i in live):
+            return 0.0
+        limit = self.last_row + (1.5 * self.period if live else self.period)
+        return max(0.0, limit - now)
+
+    def take(self, now: float) -> list[Reading | None]:
+        row, self.fresh = self.fresh, [None] * self.n
+        self.last_row = now
+        return row
+
+
+class PolledSource:
+    """Shared core of the threaded hardware backends: reader threads post :class:`Reading` s,
+    an emitter thread assembles rows, :meth:`read` hands out the rows gathered since last time.
+
+    Subclasses implement :meth:`_open`, :meth:`_reader_loop` and optionally :meth:`_shutdown`.
+    """
+
+    units: Literal["counts", "g"] = "counts"
+    #: rows kept for a consumer that stopped calling read(); older rows are dropped and counted
+    max_pending_s = 30.0
+
+    def __init__(self, channels: list[str], rate_hz: float, clock: Clock, wallclock: Clock):
+        self.channels = list(channels)
+        self.rate_hz = float(rate_hz)
+        self._clock = clock
+        self._wallclock = wallclock
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._counters = counters_for(self.channels)
+        self._diag = [_DiagWindow(c, self.rate_hz) for c in self.channels]
+        self._rows: deque[tuple[float, list[Reading | None]]] = deque()
+        self._asm: _RowAssembler | None = None
+        self.rows_dropped = 0
+        self._started = False
+
+    # ------------------------------------------------------------ SampleSource
+
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError(f"{type(self).__name__} already started")
+        self._open()
+        self._started = True
+        self._asm = _RowAssembler(len(self.channels), 1.0 / self.rate_hz,
+                                  self._startup_grace(), self._clock())
+        for i, name in enumerate(self.channels):
+            self._spawn(f"{self._thread_prefix}-{name}", self._reader_loop, i)
+        self._spawn(f"{self._thread_prefix}-rows", self._emit_loop)
+
+    def read(self, timeout: float = 1.0) -> SampleBlock:
+        if not self._started:
+            raise RuntimeError(f"{type(self).__name__}.read() before start()")
+        end = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while not self._rows and not self._stop.is_set():
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            rows, self._rows = list(self._rows), deque()
+        c = len(self.channels)
+        t = np.array([r[0] for r in rows], dtype=np.float64)
+        values = np.full((len(rows), c), np.nan, dtype=np.float64)
+        flags = np.zeros((len(rows), c), dtype=np.uint8)
+        for k, (_, row) in enumerate(rows):
+            for j, r in enumerate(row):
+                f, v = _cell(r)
+                flags[k, j] = f
+                if v is not None:
+                    values[k, j] = v
+        return SampleBlock(t=t, values=values, flags=flags)
+
+    def close(self) -> None:
+        if not self._started or self._stop.is_set():
+            return
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        for th in self._threads:
+            th.join(timeout=self._join_timeout())
+            if th.is_alive():
+                log.warning("thread %s did not stop within %.1f s", th.name, self._join_timeout())
+        self._shutdown()
+
+    def counters(self) -> dict[str, ChannelCounters]:
+        with self._cond:
+            return {k: ChannelCounters(**v.as_dict()) for k, v in self._counters.items()}
+
+    def diagnostics(self) -> dict[str, ChannelDiagnostics]:
+        """Per channel: measured vs expected samples/s, distinct raw words, every fault tally."""
+        with self._cond:
+            out = {}
+            for i, w in enumerate(self._diag):
+                d = w.snapshot()
+                d.overwritten = self._asm.overwritten[i] if self._asm else 0
+                out[self.channels[i]] = d
+            return out
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return list(self._threads)
+
+    # ------------------------------------------------------------ for subclasses
+
+    _thread_prefix = "sensing"
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _reader_loop(self, i: int) -> None:
+        raise NotImplementedError
+
+    def _shutdown(self) -> None:
+        pass
+
+    def _startup_grace(self) -> float:
+        return 2.0
+
+    def _join_timeout(self) -> float:
+        return 3.0
+
+    def _post(self, i: int, r: Reading) -> None:
+        with self._cond:
+            self._diag[i].note(r)
+            assert self._asm is not None
+            self._asm.post(i, r)
+            self._cond.notify_all()
+
+    def _spawn(self, name: str, target: Callable[..., None], *args: Any) -> None:
+        th = threading.Thread(target=self._guard, args=(target, *args), name=name, daemon=True)
+        self._threads.append(th)
+        th.start()
+
+    def _guard(self, target: Callable[..., None], *args: Any) -> None:
+        try:
+            target(*args)
+        except Exception:  # a dying reader must be loud; its channel then reads TIMEOUT
+            log.exception("sensing thread %s crashed", threading.current_thread().name)
+
+    def _emit_loop(self) -> None:
+        period = 1.0 / self.rate_hz
+        max_rows = max(100, int(self.max_pending_s * self.rate_hz))
+        with self._cond:
+            assert self._asm is not None
+            while not self._stop.is_set():
+                wait = self._asm.due_in(self._clock())
+                if wait > 0:
+                    self._cond.wait(min(wait, period))
+                    continue
+                row = self._asm.take(self._clock())
+                if len(self._rows) >= max_rows:
+                    self._rows.popleft()
+                    self.rows_dropped += 1
+                self._rows.append((self._wallclock(), row))
+                for j, r in enumerate(row):
+                    self._counters[self.channels[j]].count(np.array([_cell(r)[0]], dtype=np.uint8))
+                self._cond.notify_all()
+
+
+def _cell(r: Reading | None) -> tuple[int, int | None]:
+    """A reading as one (flag, value) cell of a row."""
+    if r is None:
+        return int(Flag.TIMEOUT), None
+    if r.settling:
+        # Only posted after a mid-run power-down (a preempted read): the slot was lost to timing.
+        return int(Flag.TIMING), None
+    if r.flag != Flag.OK or r.value is None:
+        return int(r.flag) or int(Flag.GLITCH), None
+    return 0, r.value
+
+
+# ---------------------------------------------------------------- the bit-bang read path
+
+
+class ChipReader:
+    """One HX711's read path. The source runs one per thread; tests and ``shelfcal`` may call
+    :meth:`read` directly (with a simulated clock, it is fully deterministic)."""
+
+    def __init__(self, gpio: Any, chip: Hx711Chip, rate_hz: float, deadline_s: float,
+                 clock: Clock = time.monotonic, sleep: Sleep = time.sleep, settle_reads: int = 4,
+                 stop: threading.Event | None = None):
+        self.gpio = gpio
+        self.chip = chip
+        self.name = chip.name
+        self.deadline_s = deadline_s
+        self.clock = clock
+        self.sleep = sleep
+        self.settle_reads = settle_reads
+        self.stop = stop or threading.Event()
+        # Poll DOUT often enough to catch an 80 Hz conversion early, rarely enough to stay idle.
+        self.poll_s = min(0.001, 0.1 / rate_hz)
+        self.extra_pulses = GAIN_PULSES[chip.gain]
+        self.settle_left = settle_reads
+        self.last_good: int | None = None
+        # DOUT must be seen high after a read before a low counts as "ready" again; otherwise a
+        # chip that never releases DOUT (desync, short) would be re-read in a tight loop.
+        self.armed = True
+        self.max_high_s = 0.0
+        self.power_cycles = 0
+
+    def setup(self) -> None:
+        g = self.gpio
+        g.setup(self.chip.sck, g.OUT, initial=g.LOW)
+        # Pull-up: a disconnected DOUT then reads "never ready" (TIMEOUT), not a stream of zeros.
+        g.setup(self.chip.dout, g.IN, pull_up_down=g.PUD_UP)
+
+    def power_cycle(self) -> None:
+        """Reset the chip: SCK high well past 60 us, then low. It restarts at gain 128."""
+        g = self.gpio
+        g.output(self.chip.sck, g.HIGH)
+        self.sleep(RESET_HOLD_S)
+        g.output(self.chip.sck, g.LOW)
+        self.power_cycles += 1
+        self.settle_left = self.settle_reads
+        self.armed = True
+
+    def power_down(self) -> None:
+        g = self.gpio
+        g.output(self.chip.sck, g.HIGH)
+        self.sleep(RESET_HOLD_S)
+
+    def read(self) -> Reading | None:
+        """One attempt: wait for ready (deadline), clock the word, classify it. None if stopped."""
+        g = self.gpio
+        dout, sck = self.chip.dout, self.chip.sck
+        inp, out, HIGH, LOW = g.input, g.output, g.HIGH, g.LOW
+        clock = self.clock
+        deadline = clock() + self.deadline_s
+        while True:
+            level = inp(dout)
+            if level:
+                self.armed = True
+            elif self.armed:
+                break
+            if self.stop.is_set():
+                return None
+            if clock() >= deadline:
+                cause = "not ready" if level else "dout held low"
+                return Reading(None, Flag.TIMEOUT, None, clock(), cause=cause)
+            self.sleep(self.poll_s)
+
+        word = 0
+        worst = 0.0
+        for k in range(24 + self.extra_pulses):
+            t0 = clock()
+            out(sck, HIGH)
+            out(sck, LOW)
+            high = clock() - t0
+            if high > worst:
+                worst = high
+            if high > POWER_DOWN_S:
+                # The chip powered down mid-word and reset on the low edge: whatever we have is
+                # garbage, the gain is back to 128, and the next conversions must settle again.
+                self.max_high_s = max(self.max_high_s, worst)
+                self.settle_left = self.settle_reads
+                self.armed = True
+                return Reading(None, Flag.TIMING, None, clock(),
+                               cause=f"sck high {high * 1e6:.0f} us at pulse {k + 1}")
+            if k < 24:
+                # Sample after the falling edge, as the kernel driver does: the bit stays valid
+                # until the next rising edge and SCK spends less time high.
+                word = (word << 1) | (1 if inp(dout) else 0)
+        self.max_high_s = max(self.max_high_s, worst)
+        released = bool(inp(dout))
+        self.armed = released
+        t = clock()
+        if self.settle_left > 0:
+            self.settle_left -= 1
+            return Reading(None, Flag.OK, word, t, settling=True, cause="settling")
+        if not released:
+            # ESPHome's check: after the last pulse DOUT must be high. If not, we and the chip
+            # disagree about where the word started; the bits are not trustworthy.
+            return Reading(None, Flag.GLITCH, word, t, cause="desync")
+        value, flag, cause = classify_word(word, self.last_good)
+        if flag == Flag.OK:
+            self.last_good = value
+        return Reading(value, flag, word, t, cause=cause)
+
+
+def _import_gpio() -> Any:
+    try:
+        import RPi.GPIO as GPIO  # type: ignore[import-not-found]
+    except (ImportError, RuntimeError) as exc:  # RPi.GPIO raises RuntimeError off a Pi
+        raise RuntimeError(
+            "the hx711 sensing backend needs the RPi.GPIO module: on a Raspberry Pi 5 install "
+            "'rpi-lgpio' (it provides RPi.GPIO; uninstall RPi.GPIO first), on older Pis 'RPi.GPIO'; "
+            f"or use the 'iio' backend with the kernel hx711 driver ({exc})"
+        ) from exc
+    return GPIO
+
+
+class Hx711Source(PolledSource):
+    """:class:`~daemon.sensing.base.SampleSource` over HX711 chips on GPIO pins, one thread each."""
+
+    _thread_prefix = "hx711"
+
+    def __init__(self, cfg: Hx711Sensing, gpio: Any = None, clock: Clock = time.monotonic,
+                 wallclock: Clock = time.time, sleep: Sleep = time.sleep, settle_reads: int = 4):
+        super().__init__(cfg.channel_names(), float(cfg.rate_hz), clock, wallclock)
+        _check_pins(cfg)
+        self.cfg = cfg
+        self._gpio = gpio
+        self._sleep = sleep
+        self._settle_reads = settle_reads
+        self._readers: list[ChipReader] = []
+
+    def _startup_grace(self) -> float:
+        # settling reads plus one full deadline, so a dead chip cannot hold the first row back long
+        return (self._settle_reads + 2) / self.rate_hz + self.cfg.read_deadline_ms / 1000.0
+
+    def _join_timeout(self) -> float:
+        return self.cfg.read_deadline_ms / 1000.0 + 1.0
+
+    def _open(self) -> None:
+        gpio = self._gpio if self._gpio is not None else _import_gpio()
+        self._gpio = gpio
+        gpio.setwarnings(False)  # pins left configured by a previous run are expected, not news
+        gpio.setmode(gpio.BCM)
+        deadline = self.cfg.read_deadline_ms / 1000.0
+        self._readers = [
+            ChipReader(gpio, chip, self.rate_hz, deadline, self._clock, self._sleep,
+                       self._settle_reads, self._stop)
+            for chip in self.cfg.chips
+        ]
+        for r in self._readers:
+            r.setup()
+            r.power_cycle()
+        log.info("hx711: %d chip(s) at %g Hz, deadline %d ms", len(self._readers), self.rate_hz,
+                 self.cfg.read_deadline_ms)
+
+    def _reader_loop(self, i: int) -> None:
+        reader = self._readers[i]
+        posted_once = False
+        while not self._stop.is_set():
+            r = reader.read()
+            if r is None:
+                return
+            if r.settling and not posted_once:
+                with self._cond:
+                    self._diag[i].note(r)  # counted, but the first row waits for real data
+                continue
+            if r.flag != Flag.OK and r.cause:
+                log.debug("hx711 %s: %s (%s)", reader.name, r.flag.name, r.cause)
+            self._post(i, r)
+            posted_once = True
+            with self._cond:
+                self._diag[i].d.max_sck_high_us = reader.max_high_s * 1e6
+                self._diag[i].d.extra["power_cycles"] = reader.power_cycles
+
+    def _shutdown(self) -> None:
+        # Leave the chips powered down (SCK high, ~1 uA); the next start() power-cycles them
+        # anyway. Only our own pins are released: other code may own other GPIOs.
+        for r in self._readers:
+            try:
+                r.power_down()
+                self._gpio.cleanup([r.chip.dout, r.chip.sck])
+            except Exception:  # closing must not raise on a half-broken GPIO stack
+                log.exception("hx711 %s: power-down on close failed", r.name)
+
+
+def _check_pins(cfg: Hx711Sensing) -> None:
+    owner: dict[int, str] = {}
+    for chip in cfg.chips:
+        for role, pin in (("dout", chip.dout), ("sck", chip.sck)):
+            if pin in owner:
+                # Shared-SCK wiring would need one thread clocking several chips at once; the
+                # per-chip threads here would corrupt each other's words.
+                raise ValueError(f"sensing.chips: {chip.name}.{role} uses GPIO {pin}, already "
+                                 f"used by {owner[pin]}; every chip needs its own dout and sck")
+            owner[pin] = f"{chip.name}.{role}"

@@ -1,0 +1,397 @@
+"""Per-plate REST → ACTIVE → REST detection, grouped per shelf into weight changes.
+
+Why this shape:
+- A shopper's hand, a lean or a neighbour's shove moves a plate for a second or two and then
+  leaves it; only the difference between the level *before* the shelf was touched and the level
+  *after* it came back to rest says what changed. Everything in between (pressing, ringing) is
+  ignored, so a press or lean that returns to its level yields Δ≈0 and no event.
+- Thresholds follow each plate's own measured noise σ (AiFi plates range 0.7 g … 14 g), so a
+  quiet plate sees a 30 g item and a noisy one does not fire on its own noise.
+- The baseline is re-estimated only while a plate is at rest, which follows slow drift without
+  letting an interaction pull it.
+- Plates of one shelf that are active at overlapping times form one *group*; when every plate of
+  the group is back at rest the group is resolved into changes: adjacent plates whose levels moved
+  are summed (an item resting across two plates; an item shoved from one plate onto the next sums
+  to ~0), plates far apart on the same shelf stay separate changes (two shoppers).
+- A group that never comes back to rest within ``max_active_s`` becomes one ``unresolved`` change
+  (published as ``unknown_change``) instead of silence; the group stays open and, if the shelf
+  finally settles, the net change is still reported.
+
+All per-sample work is vectorised over plates; the Python loop only visits plates that are active.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..layout import Layout
+
+log = logging.getLogger(__name__)
+
+INIT, REST, ACTIVE, UNAVAILABLE = 0, 1, 2, 3
+STATE_NAMES = {INIT: "init", REST: "rest", ACTIVE: "active", UNAVAILABLE: "unavailable"}
+
+
+@dataclass
+class DetectorParams:
+    rate_hz: float
+    settle_s: float = 0.6
+    trigger_sigma: float = 6.0
+    min_trigger_g: float = 4.0
+    min_event_g: float = 8.0
+    max_active_s: float = 20.0
+    noise_floor_g: float = 0.5
+    rest_sigma: float = 6.0        # rest window range allowed, in σ
+    min_rest_band_g: float = 3.0   # ... but never tighter than this
+    guard_s: float = 0.15          # pre-level window ends this long before the trigger
+    # A plate shaken by shoppers elsewhere on the gondola (AiFi: ±5-30 g for many seconds) never
+    # gets a quiet window; its *level* can still be stable. Over a double settle window it counts
+    # as at rest when its σ stays under vib_cap and the two halves' medians agree within level_tol.
+    vib_cap_sigma: float = 8.0
+    vib_cap_min_g: float = 10.0
+    level_tol_sigma: float = 2.0
+    level_tol_min_g: float = 2.5
+
+
+@dataclass
+class WeightChange:
+    """What the signal stage hands to identification."""
+
+    shelf: str
+    plates: list[int]               # plates whose level changed
+    plate_deltas: dict[int, float]  # per plate Δ in grams
+    delta_g: float
+    t_start: float
+    t_end: float
+    noise_g: float                  # σ of the Δ estimate
+    kind: str = "change"            # change | unresolved
+
+
+@dataclass
+class _Group:
+    shelf: str
+    members: set[int] = field(default_factory=set)  # plate indices
+    t_start: float = 0.0
+    t_last: float = 0.0
+    unresolved_sent: bool = False
+
+
+class Detector:
+    def __init__(self, layout: Layout, params: DetectorParams):
+        self.layout = layout
+        self.p = params
+        P = len(layout.plates)
+        self.W = max(3, int(round(params.settle_s * params.rate_hz)))
+        self.guard = max(1, int(round(params.guard_s * params.rate_hz)))
+        self.L = 2 * self.W + self.guard + 2        # history rows kept between blocks
+        self.state = np.full(P, INIT, dtype=np.int8)
+        self.base = np.zeros(P)
+        self.sigma = np.full(P, params.noise_floor_g)
+        self.sigma_known = np.zeros(P, dtype=bool)
+        self.trig_at = np.zeros(P, dtype=np.int64)  # absolute sample index of the trigger
+        self.t_trig = np.zeros(P)                   # time the plate left rest
+        self.pre = np.zeros(P)                      # level before the trigger
+        self.H = np.empty((0, P))
+        self.HT = np.empty(0)
+        self.N = 0                                  # samples processed so far
+        self.shelf_of = [pl.shelf for pl in layout.plates]
+        self.plate_id = [pl.id for pl in layout.plates]
+        self.groups: dict[str, _Group] = {}
+        self.counters = {"triggers": 0, "changes": 0, "returned_to_level": 0, "unresolved": 0,
+                         "rebaselined_after_gap": 0}
+        # adjacency: same shelf, consecutive plate ids, or sharing a planogram facing
+        self._adj: dict[int, set[int]] = {pl.index: set() for pl in layout.plates}
+        for shelf in layout.shelves:
+            pls = layout.shelf_plates(shelf)
+            for a, b in zip(pls, pls[1:]):
+                self._link(a.index, b.index)
+        for fc in layout.placements:
+            idx = [layout.plate(fc.shelf, i).index for i in fc.plates if (fc.shelf, i) in layout._by_key]
+            for a, b in zip(idx, idx[1:]):
+                self._link(a, b)
+
+    def _link(self, a: int, b: int) -> None:
+        self._adj[a].add(b)
+        self._adj[b].add(a)
+
+    # ------------------------------------------------------------------ thresholds
+
+    def trigger_g(self) -> np.ndarray:
+        return np.maximum(self.p.min_trigger_g, self.p.trigger_sigma * self.sigma)
+
+    def rest_band_g(self) -> np.ndarray:
+        return np.maximum(self.p.min_rest_band_g, self.p.rest_sigma * self.sigma)
+
+    def level_tol_g(self) -> np.ndarray:
+        return np.maximum(self.p.level_tol_min_g, self.p.level_tol_sigma * self.sigma)
+
+    def vib_cap_g(self) -> np.ndarray:
+        return np.maximum(self.p.vib_cap_min_g, self.p.vib_cap_sigma * self.sigma)
+
+    # ------------------------------------------------------------------ main entry
+
+    def process(self, t: np.ndarray, x: np.ndarray, available: np.ndarray) -> list[WeightChange]:
+        n = len(t)
+        if n == 0:
+            return []
+        out: list[WeightChange] = []
+        Z = np.vstack([self.H, x])
+        TZ = np.concatenate([self.HT, t])
+        L0 = len(self.H)
+        first_abs = self.N - L0                      # absolute index of Z[0]
+        W = self.W
+
+        # plates losing data: forget their baseline; they re-learn it when data returns
+        lost = ~available.all(axis=0)
+        if lost.any():
+            for j in np.nonzero(lost & (self.state != UNAVAILABLE))[0]:
+                self._drop_from_group(j)
+                self.state[j] = UNAVAILABLE
+        back = (self.state == UNAVAILABLE) & available[-1]
+        if back.any():
+            self.state[back] = INIT
+            self.counters["rebaselined_after_gap"] += int(back.sum())
+
+        # INIT: adopt a baseline once a settle window looks quiet
+        init = np.nonzero((self.state == INIT) & available.all(axis=0))[0]
+        if len(init) and len(Z) >= W:
+            win = Z[-W:, init]
+            d = np.diff(win, axis=0)
+            s0 = 1.4826 * np.median(np.abs(d - np.median(d, axis=0)), axis=0) / np.sqrt(2)
+            s = np.where(self.sigma_known[init], self.sigma[init], np.maximum(self.p.noise_floor_g, s0))
+            ok = np.ptp(win, axis=0) <= np.maximum(self.p.min_rest_band_g, self.p.rest_sigma * s)
+            if len(Z) >= 2 * W:
+                # a unit started while shoppers shake the gondola: accept a stable level
+                w2 = Z[-2 * W:, init]
+                sd = w2.std(axis=0)
+                dm = np.abs(np.median(w2[W:], axis=0) - np.median(w2[:W], axis=0))
+                ok |= (sd <= np.maximum(self.p.vib_cap_min_g, self.p.vib_cap_sigma * s)) & \
+                    (dm <= np.maximum(self.p.level_tol_min_g, self.p.level_tol_sigma * s) + 0.35 * sd)
+            j = init[ok]
+            self.sigma[j] = s[ok]
+            self.sigma_known[j] = True
+            self.base[j] = win[:, ok].mean(axis=0)
+            self.state[j] = REST
+
+        # REST: vectorised check for a trigger; quiet plates track baseline and noise
+        rest = np.nonzero(self.state == REST)[0]
+        if len(rest):
+            dev = np.abs(x[:, rest] - self.base[rest])
+            trig = dev > self.trigger_g()[rest]
+            quiet = rest[~trig.any(axis=0)]
+            if len(quiet) and len(Z) >= W:
+                win = Z[-W:, quiet]
+                rng = np.ptp(win, axis=0)
+                settled = rng <= self.rest_band_g()[quiet]
+                q = quiet[settled]
+                self.base[q] = win[:, settled].mean(axis=0)
+                # slow EWMA of the window σ: follows a plate getting noisier or quieter
+                sd = win[:, settled].std(axis=0, ddof=1)
+                self.sigma[q] = np.maximum(self.p.noise_floor_g, 0.97 * self.sigma[q] + 0.03 * sd)
+            for col in np.nonzero(trig.any(axis=0))[0]:
+                j = rest[col]
+                i = int(np.argmax(trig[:, col]))
+                self._trigger(j, L0 + i, Z, TZ, first_abs)
+
+        # ACTIVE: look for a settle window that starts after the trigger
+        for j in np.nonzero(self.state == ACTIVE)[0]:
+            self._scan_active(j, Z, TZ, L0, first_abs, out)
+
+        # groups: resolve those whose plates all came back; flag those open too long
+        for shelf in list(self.groups):
+            g = self.groups[shelf]
+            blocking, shaking = set(), set()
+            for j in g.members:
+                if self.state[j] != ACTIVE:
+                    continue
+                # still moving but back at its old level (shaken, not changed): does not hold
+                # the group; it keeps its own pre-level and is judged again when it settles
+                w2 = Z[-2 * W:, j]
+                lvl = float(np.median(w2))
+                tol = max(self.rest_band_g()[j], self.p.min_event_g / 2) + 0.35 * float(w2.std())
+                (shaking if abs(lvl - self.pre[j]) <= tol else blocking).add(j)
+            g.members -= shaking
+            if not blocking:
+                del self.groups[shelf]
+                if g.members:
+                    out.extend(self._resolve(g))
+                continue
+            # settled plates not connected (through moved neighbours) to a plate still moving
+            # are resolved now: a shopper at one end of a shelf does not hold up the other end
+            held = self._component(blocking, g.members)
+            ready = g.members - held
+            if ready and any(abs(self.base[j] - self.pre[j]) >= self.p.min_event_g / 3.0 for j in ready):
+                out.extend(self._resolve(_Group(shelf, ready, g.t_start, g.t_last)))
+                g.members = held
+                g.t_start = float(min(self.t_trig[j] for j in held))
+            if not g.unresolved_sent and TZ[-1] - g.t_start > self.p.max_active_s:
+                g.unresolved_sent = True
+                self.counters["unresolved"] += 1
+                out.append(self._unresolved(g, Z, float(TZ[-1])))
+            continue
+
+
+        self.N += n
+        keep = min(self.L, len(Z))
+        self.H = Z[-keep:]
+        self.HT = TZ[-keep:]
+        return out
+
+    def flush(self) -> list[WeightChange]:
+        """End of stream (recording over, daemon stopping). An activity still open has no
+        after-level, so it yields no event; it is logged so a technician can see it was there."""
+        for shelf, g in self.groups.items():
+            log.info("stream ended while shelf %s was still active (plates %s); no event",
+                     shelf, sorted(self.plate_id[j] for j in g.members))
+        self.groups.clear()
+        return []
+
+    # ------------------------------------------------------------------ internals
+
+    def _trigger(self, j: int, zi: int, Z, TZ, first_abs: int) -> None:
+        lo = max(0, zi - self.guard - self.W)
+        hi = max(lo + 1, zi - self.guard)
+        pre = float(np.median(Z[lo:hi, j])) if hi > lo else float(self.base[j])
+        # the baseline is the better estimate when the window before the trigger was quiet
+        if abs(pre - self.base[j]) < self.rest_band_g()[j]:
+            pre = float(self.base[j])
+        self.state[j] = ACTIVE
+        self.trig_at[j] = first_abs + zi
+        self.counters["triggers"] += 1
+        t0 = float(TZ[max(0, zi - 1)])
+        g = self.groups.get(self.shelf_of[j])
+        if g is not None and j in g.members:
+            return  # re-triggered inside its group: the group's pre-level still holds
+        self.pre[j] = pre
+        self.t_trig[j] = t0
+        self._join(j, t0)
+
+    def _join(self, j: int, t0: float) -> None:
+        shelf = self.shelf_of[j]
+        g = self.groups.get(shelf)
+        if g is None:
+            g = self.groups[shelf] = _Group(shelf, t_start=t0)
+        g.members.add(j)
+        g.t_start = min(g.t_start, t0)
+
+    def _scan_active(self, j: int, Z, TZ, L0: int, first_abs: int, out: list) -> None:
+        W = self.W
+        col = Z[:, j]
+        band, trig = self.rest_band_g()[j], self.trigger_g()[j]
+        tol, cap = self.level_tol_g()[j], self.vib_cap_g()[j]
+        t_rel = int(self.trig_at[j] - first_abs)          # trigger row in Z (may be negative)
+        lo = max(L0, W - 1, t_rel + W - 1)                 # first window end worth testing
+        while lo < len(Z):
+            ends = np.arange(lo, len(Z))
+            win = np.lib.stride_tricks.sliding_window_view(col, W)   # window k ends at k+W-1
+            quiet = np.ptp(win[ends - W + 1], axis=1) <= band
+            vib = np.zeros_like(quiet)
+            ok2 = ends - 2 * W + 1 >= max(0, t_rel)       # double window after the trigger
+            if ok2.any():
+                e2 = ends[ok2]
+                first = np.median(win[e2 - 2 * W + 1], axis=1)
+                second = np.median(win[e2 - W + 1], axis=1)
+                sd = np.lib.stride_tricks.sliding_window_view(col, 2 * W)[e2 - 2 * W + 1].std(axis=1)
+                # the level of a shaken plate is known to about a third of its σ over half a
+                # second of oscillation; allow that on top of the quiet-plate tolerance
+                vib[ok2] = (np.abs(second - first) <= tol + 0.35 * sd) & (sd <= cap)
+            hits = np.nonzero(quiet | vib)[0]
+            if not len(hits):
+                return
+            h = int(hits[0])
+            e = int(ends[h])
+            n_win = W if quiet[h] else 2 * W
+            after = float(col[e - n_win + 1:e + 1].mean())
+            self.state[j] = REST
+            self.base[j] = after
+            t_settle = float(TZ[e - n_win + 1])
+            g = self.groups.get(self.shelf_of[j])
+            if g is None or j not in g.members:
+                # it left its group while shaking at level; judged on its own now
+                if abs(after - self.pre[j]) >= self.p.min_event_g / 3.0:
+                    self._join(j, float(self.t_trig[j]))
+                    g = self.groups[self.shelf_of[j]]
+            if g is not None and j in g.members:
+                g.t_last = max(g.t_last, t_settle)
+            # a new touch later in this same block re-triggers the plate
+            rest_dev = np.abs(col[e + 1:] - after) > trig
+            if not rest_dev.any():
+                return
+            zi = e + 1 + int(np.argmax(rest_dev))
+            self._trigger(j, zi, Z, TZ, first_abs)
+            t_rel = zi
+            lo = zi + W - 1
+
+    def _component(self, seeds: set[int], members: set[int]) -> set[int]:
+        """Members reachable from ``seeds`` through adjacent members whose level moved."""
+        moved = {j for j in members if self.state[j] == ACTIVE
+                 or abs(self.base[j] - self.pre[j]) >= self.p.min_event_g / 3.0}
+        comp, stack = set(), list(seeds)
+        while stack:
+            k = stack.pop()
+            if k in comp:
+                continue
+            comp.add(k)
+            stack.extend(a for a in self._adj[k] if a in members and a in moved and a not in comp)
+        return comp
+
+    def _drop_from_group(self, j: int) -> None:
+        g = self.groups.get(self.shelf_of[j])
+        if g is not None:
+            g.members.discard(j)
+            if not g.members:
+                del self.groups[self.shelf_of[j]]
+
+    def _delta_noise(self, j: int) -> float:
+        # Δ = mean(after window) − median(before window); LF noise makes window means wander,
+        # so use a generous fraction of σ rather than the white-noise σ·√(2/W).
+        return float(self.sigma[j]) * max(np.sqrt(2.0 / self.W), 0.5)
+
+    def _resolve(self, g: _Group) -> list[WeightChange]:
+        deltas = {j: float(self.base[j] - self.pre[j]) for j in g.members}
+        noise = {j: self._delta_noise(j) for j in deltas}
+        sig = {j for j, d in deltas.items()
+               if abs(d) >= max(self.p.min_event_g / 3.0, 4.0 * noise[j], 2.0)}
+        out: list[WeightChange] = []
+        seen: set[int] = set()
+        for j in sorted(sig):
+            if j in seen:
+                continue
+            comp, stack = set(), [j]
+            while stack:
+                k = stack.pop()
+                if k in comp:
+                    continue
+                comp.add(k)
+                stack.extend(a for a in self._adj[k] if a in sig and a not in comp)
+            seen |= comp
+            total = sum(deltas[k] for k in comp)
+            nz = float(np.sqrt(sum(noise[k] ** 2 for k in comp)))
+            if abs(total) < max(self.p.min_event_g, 4.0 * nz):
+                self.counters["returned_to_level"] += 1
+                continue
+            self.counters["changes"] += 1
+            out.append(WeightChange(
+                shelf=g.shelf, plates=sorted(self.plate_id[k] for k in comp),
+                plate_deltas={self.plate_id[k]: round(deltas[k], 2) for k in sorted(comp)},
+                delta_g=float(total), t_start=g.t_start, t_end=max(g.t_last, g.t_start), noise_g=nz))
+        if not out:
+            self.counters["returned_to_level"] += 1 if not sig else 0
+        return out
+
+    def _unresolved(self, g: _Group, Z, t_now: float) -> WeightChange:
+        cur = {j: float(np.median(Z[-self.W:, j])) - self.pre[j] for j in g.members}
+        moved = [j for j, d in cur.items() if abs(d) >= self.trigger_g()[j]] or list(cur)
+        return WeightChange(
+            shelf=g.shelf, plates=sorted(self.plate_id[j] for j in moved),
+            plate_deltas={self.plate_id[j]: round(cur[j], 2) for j in moved},
+            delta_g=float(sum(cur[j] for j in moved)), t_start=g.t_start,
+            t_end=t_now,
+            noise_g=float(np.sqrt(sum(self._delta_noise(j) ** 2 for j in moved))), kind="unresolved")
+
+    # ------------------------------------------------------------------ for health / state
+
+    def plate_states(self) -> list[str]:
+        return [STATE_NAMES[int(s)] for s in self.state]
