@@ -185,7 +185,9 @@ class _RowAssembler:
             if not all(self.started) and now < self.start_by:
                 return min(self.start_by - now, self.period)
             self.last_row = now - self.period
-        live = [i for i in range(self.n) if not self.down[i]]
+        # A channel still silent after the startup grace (e.g. stuck in a 2 s kernel read) is
+        # treated as down until its first reading arrives.
+        live = [i for i in range(self.n) if self.started[i] and not self.down[i]]
         if live and all(self.fresh[i] is not None for i in live):
             return 0.0
         limit = self.last_row + (1.5 * self.period if live else self.period)
@@ -453,13 +455,13 @@ class ChipReader:
         released = bool(inp(dout))
         self.armed = released
         t = clock()
-        if self.settle_left > 0:
-            self.settle_left -= 1
-            return Reading(None, Flag.OK, word, t, settling=True, cause="settling")
         if not released:
             # ESPHome's check: after the last pulse DOUT must be high. If not, we and the chip
             # disagree about where the word started; the bits are not trustworthy.
             return Reading(None, Flag.GLITCH, word, t, cause="desync")
+        if self.settle_left > 0:
+            self.settle_left -= 1
+            return Reading(None, Flag.OK, word, t, settling=True, cause="settling")
         value, flag, cause = classify_word(word, self.last_good)
         if flag == Flag.OK:
             self.last_good = value

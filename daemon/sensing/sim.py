@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 EPOCH_2026 = 1767225600.0  # 2026-01-01T00:00:00Z; simulated time starts here (+ a day per seed)
 BLOCK_S = 0.1              # one read() returns about this much signal
 LEAD_IN_S = 3.0            # quiet start: the daemon needs a rest baseline before shoppers arrive
-SHELF_GAP_S = 1.5          # a shelf rests at least this long between two shoppers' interactions
+SHELF_GAP_S = 1.0          # a shelf rests (force-free) this long between two shoppers' interactions
 LIGHT_MAX_G = 80.0         # "light" items: where the AIM3S-style baseline misses most events
 
 # Scenario mix per shopper arrival (weights, renormalised over the kinds the planogram allows).
@@ -71,6 +71,32 @@ def _ring(tt: np.ndarray, t0: float, amp: float, freq: float, tau: float) -> np.
     out = amp * np.exp(-np.maximum(x, 0.0) / tau) * np.sin(2 * np.pi * freq * x)
     out[x < 0] = 0.0
     return out
+
+
+@dataclass
+class _Modulation:
+    """Multiplicative fluctuation of a held force: a few sinusoids of random frequency and phase."""
+
+    rel: np.ndarray     # relative amplitude of each component
+    freq: np.ndarray    # Hz
+    phase: np.ndarray
+
+    def __call__(self, tt: np.ndarray) -> np.ndarray:
+        return 1.0 + (self.rel[:, None] * np.sin(2 * np.pi * self.freq[:, None] * tt + self.phase[:, None])).sum(0)
+
+    @classmethod
+    def hand(cls, rng: np.random.Generator) -> "_Modulation":
+        # A reaching hand is not a weight: grip and push force wander by 10–30 % at 0.5–4 Hz while
+        # fingers find the item (motor-control force tremor is band-limited, not a constant).
+        k = 3
+        rel = rng.uniform(0.10, 0.30) * rng.dirichlet(np.ones(k)) * math.sqrt(2.0)
+        return cls(rel, rng.uniform(0.5, 4.0, k), rng.uniform(0, 2 * np.pi, k))
+
+    @classmethod
+    def sway(cls, rng: np.random.Generator) -> "_Modulation":
+        # Standing postural sway: one slow component of a few % at 0.3–2 Hz.
+        return cls(np.array([rng.uniform(0.02, 0.06)]), np.array([rng.uniform(0.3, 2.0)]),
+                   np.array([rng.uniform(0, 2 * np.pi)]))
 
 
 @dataclass
@@ -490,7 +516,7 @@ class SimSource:
             return None  # no other shelf free right now: not simultaneous after all
         start = self._start_on(f.placement.shelf, s)
         dur = self._rng.uniform(1.0, 3.5)
-        if not self._fits(start, dur + 1.5):
+        if not self._fits(start, dur + 2.5):
             return None
         units = [f.units[i] for i in which]
         for i in sorted(which, reverse=True):
@@ -500,7 +526,7 @@ class SimSource:
             np.add.at(deltas, f.plates, -u.weight * u.split)
         self._in_hand.setdefault(f.sku, []).extend(u.weight for u in units)
         self._interaction("pick", f.sku, len(units), f.placement.shelf, deltas, start, dur, kind,
-                          unit_weights=[round(u.weight, 3) for u in units])
+                          unit_weights_g=[round(u.weight, 3) for u in units])
         if len(f.units) < 2:
             self._restock(f)
         return start, dur
@@ -514,7 +540,7 @@ class SimSource:
         f = pool[int(rng.integers(len(pool)))]
         start = self._start_on(f.placement.shelf, s)
         dur = rng.uniform(1.0, 3.5)
-        if not self._fits(start, dur + 1.5):
+        if not self._fits(start, dur + 2.5):
             return
         deltas = np.zeros(self._nplates)
         if kind == "misplaced":
@@ -534,7 +560,7 @@ class SimSource:
             np.add.at(deltas, f.plates, u.weight * u.split)
             sku, w = f.sku, u.weight
         self._interaction("put_back", sku, 1, f.placement.shelf, deltas, start, dur, kind,
-                          unit_weights=[round(w, 3)])
+                          unit_weights_g=[round(w, 3)])
 
     def _take_from_hand(self, f: _Facing) -> float:
         """Shoppers put back what they took (its true weight); a fresh unit if nobody holds one."""
@@ -548,7 +574,7 @@ class SimSource:
         shelf = f.placement.shelf
         start = self._busy_until[shelf] + int(self._rng.uniform(5.0, 30.0) * self.rate_hz)
         dur = self._rng.uniform(2.0, 4.0)
-        if not self._fits(start, dur + 1.5):
+        if not self._fits(start, dur + 2.5):
             return
         k = max(1, min(f.full - len(f.units), 8))
         new = [self._new_unit(f, self._rng) for _ in range(k)]
@@ -557,7 +583,7 @@ class SimSource:
         for u in new:
             np.add.at(deltas, f.plates, u.weight * u.split)
         self._interaction("put_back", f.sku, k, shelf, deltas, start, dur, "restock",
-                          unit_weights=[round(u.weight, 3) for u in new])
+                          unit_weights_g=[round(u.weight, 3) for u in new])
 
     def _non_event(self, kind: str, s: int) -> None:
         rng = self._rng
@@ -575,24 +601,24 @@ class SimSource:
             total = math.exp(rng.uniform(math.log(300.0), math.log(3000.0)))
             share = rng.dirichlet(np.full(width, 2.0))
             force = dict(zip(touched, total * share))
-            sway = (rng.uniform(0.02, 0.06), rng.uniform(0.3, 2.0), rng.uniform(0, 2 * np.pi))
+            sway = _Modulation.sway(rng)
             rise, fall = rng.uniform(0.3, 1.0), rng.uniform(0.3, 1.0)
         else:
             # A hand pressing on a plate (steadying oneself, pushing a product back): 150 g–1.5 kg.
             dur = rng.uniform(0.4, 1.5)
             touched = [plates[int(rng.integers(len(plates)))]]
             force = {touched[0]: math.exp(rng.uniform(math.log(150.0), math.log(1500.0)))}
-            sway = (0.0, 1.0, 0.0)
+            sway = _Modulation.hand(rng)
             rise, fall = rng.uniform(0.1, 0.3) * dur, rng.uniform(0.1, 0.3) * dur
-        if not self._fits(start, dur + 1.5):
+        if not self._fits(start, dur + 2.5):
             return
         waves, t_end_s = self._forces(shelf, force, np.zeros(self._nplates), start, dur, rise, fall,
                                       sway=sway, lift_at=None, neighbours=(kind == "press"))
-        self._commit(waves, shelf, start, t_end_s)
+        t_quiet = self._commit(waves, shelf, start)
         ids = [self.layout.plates[p].id for p in touched]
         t_a = self.t0 + start * self._dt
         self._add_truth(kind, None, 0, t_a + t_end_s / 2, shelf, ids, kind, t_a, t_a + t_end_s,
-                        peak_g=round(float(sum(force.values())), 1))
+                        t_quiet=round(t_quiet, 3), peak_g=round(float(sum(force.values())), 1))
 
     # ------------------------------------------------------------ physics of one interaction
 
@@ -609,19 +635,19 @@ class SimSource:
         # the item leaves (or lands) while the hand holds on: somewhere in the hold phase
         lift_at = rng.uniform(rise, dur - fall)
         waves, t_end_s = self._forces(shelf, force, deltas, start, dur, rise, fall,
-                                      sway=(rng.uniform(0.03, 0.12), rng.uniform(1.0, 4.0), rng.uniform(0, 6.3)),
+                                      sway=_Modulation.hand(rng),
                                       lift_at=lift_at, neighbours=True)
-        self._commit(waves, shelf, start, t_end_s)
+        t_quiet = self._commit(waves, shelf, start)
         thresh = 0.05 * total
         ids = [self.layout.plates[p].id for p in range(self._nplates) if moved[p] >= thresh]
         t_a = self.t0 + start * self._dt
         self._add_truth(typ, sku, qty, t_a + t_end_s / 2, shelf, ids, kind, t_a, t_a + t_end_s,
-                        delta_g=round(float(deltas.sum()), 3),
+                        t_quiet=round(t_quiet, 3), delta_g=round(float(deltas.sum()), 3),
                         plate_delta_g={str(self.layout.plates[p].id): round(float(deltas[p]), 3)
                                        for p in np.nonzero(moved > 0)[0]}, **extra)
 
     def _forces(self, shelf: str, force: dict[int, float], deltas: np.ndarray, start: int, dur: float,
-                rise: float, fall: float, *, sway: tuple[float, float, float], lift_at: float | None,
+                rise: float, fall: float, *, sway: "_Modulation", lift_at: float | None,
                 neighbours: bool) -> tuple[list[_Wave], float]:
         """Waves for every plate of ``shelf`` touched directly (``force``), moved (``deltas``) or
         swinging along. Returns them and the time after ``start`` at which the shelf is at rest."""
@@ -632,8 +658,8 @@ class SimSource:
         length = int(math.ceil((dur + tail) * self.rate_hz))
         tt = np.arange(length) * self._dt
         env = _envelope(tt, rise, fall, dur)
-        a_sw, f_sw, ph_sw = sway
-        env_sway = env * (1.0 + a_sw * np.sin(2 * np.pi * f_sw * tt + ph_sw))
+        mod = sway(tt)
+        env_sway = env * mod
         # Ring-down must die out exactly at the end of the wave so the static level takes over.
         taper = np.ones(length)
         ntap = max(2, int(0.25 * tail * self.rate_hz))
@@ -659,7 +685,8 @@ class SimSource:
                     continue
                 amp = rng.uniform(50.0, 230.0) * (0.35 ** (dist - 1)) * rng.choice([-1.0, 1.0])
                 lag = rng.uniform(0.0, 0.1)
-                w = amp * _envelope(tt - lag, rise, fall, dur) * (1.0 + a_sw * np.sin(2 * np.pi * f_sw * tt + ph_sw))
+                # the same hand force, through the shelf's flex, so neighbours move with it
+                w = amp * _envelope(tt - lag, rise, fall, dur) * mod
                 ringing_amp = rng.uniform(0.1, 0.3) * abs(amp)
             else:
                 continue
@@ -668,10 +695,13 @@ class SimSource:
             waves.append(_Wave(p, start, w, float(deltas[p])))
         return waves, dur + 3.0 * tau  # ringing below noise after ~3τ
 
-    def _commit(self, waves: list[_Wave], shelf: str, start: int, t_end_s: float) -> None:
+    def _commit(self, waves: list[_Wave], shelf: str, start: int) -> float:
+        """Start the waves; the shelf is busy until the last ring-down is over, plus a gap.
+        Returns the epoch time at which every force is gone (``t_quiet`` in the truth)."""
         self._active.extend(waves)
-        end = start + int(math.ceil(t_end_s * self.rate_hz))
+        end = max(w.end for w in waves)
         self._busy_until[shelf] = max(self._busy_until[shelf], end + int(SHELF_GAP_S * self.rate_hz))
+        return self.t0 + end * self._dt
 
     def _add_truth(self, typ: str, sku: str | None, qty: int, t: float, shelf: str, plates: list[int],
                    kind: str, t_start: float, t_end: float, **extra) -> None:

@@ -54,6 +54,10 @@ class Conditioner:
         if missing:
             raise ValueError(f"source provides no channel(s) {', '.join(missing)}")
         self.used = self.M.sum(axis=1) > 0
+        # most plates have one channel each: a column gather is far cheaper than a matmul
+        self._single = None
+        if (self.M.sum(axis=0) == 1).all():
+            self._single = np.argmax(self.M, axis=0)
         if units == "counts":
             if calibration is None:
                 raise UncalibratedError("no calibration in state_dir: run `shelfcal calibrate` first")
@@ -77,35 +81,35 @@ class Conditioner:
     def process(self, block: SampleBlock) -> Conditioned:
         vals = np.where(block.flags == 0, block.values, np.nan)
         g = (vals - self.offset) / self.scale
-        # NaN in any used channel makes the plate sample missing (NaN propagates through matmul
-        # only for used channels because unused columns are zero rows and we zero them first).
-        g[:, ~self.used] = 0.0
-        plate = g @ self.M if g.size else np.empty((0, self.M.shape[1]))
+        if self._single is not None:
+            plate = g[:, self._single]
+        else:
+            g[:, ~self.used] = 0.0
+            plate = g @ self.M if g.size else np.empty((0, self.M.shape[1]))
         raw = plate.copy()
         n, P = plate.shape
-        avail = np.ones((n, P), dtype=bool)
         nan = np.isnan(plate)
         if nan.any():
-            for j in np.nonzero(nan.any(axis=0))[0]:
-                col = plate[:, j]
-                last, gap = self._last[j], self._gap[j]
-                for i in range(n):
-                    if np.isnan(col[i]):
-                        gap += 1
-                        col[i] = last
-                        avail[i, j] = gap <= self.max_gap and not np.isnan(last)
-                    else:
-                        gap = 0
-                        last = col[i]
-                self._gap[j] = gap
-            # columns untouched above end on a good sample
-            clean = ~nan.any(axis=0)
-            self._gap[clean] = 0
+            # forward fill: each missing sample takes the last good one (from earlier blocks too)
+            ext = np.vstack([self._last[None, :], plate])
+            good = ~np.isnan(ext)
+            idx = np.where(good, np.arange(n + 1)[:, None], 0)
+            np.maximum.accumulate(idx, axis=0, out=idx)
+            filled_ext = ext[idx, np.arange(P)[None, :]]
+            # run length of missing samples, carried across blocks
+            run = np.zeros((n + 1, P), dtype=np.int64)
+            run[0] = self._gap
+            for i in range(1, n + 1):  # n is a block (≈12 rows); vectorised over plates
+                run[i] = np.where(good[i], 0, run[i - 1] + 1)
+            self._gap = run[-1]
+            plate = filled_ext[1:]
+            avail = (run[1:] <= self.max_gap) & ~np.isnan(plate)
         else:
             self._gap[:] = 0
+            avail = np.ones((n, P), dtype=bool)
         if n:
-            good = ~np.isnan(plate[-1])
-            self._last[good] = plate[-1, good]
+            last_good = ~np.isnan(plate[-1])
+            self._last[last_good] = plate[-1, last_good]
         filled = np.where(np.isnan(plate), 0.0, plate)
         if self.k > 1 and n:
             ext = np.vstack([self._tail, filled])

@@ -1,0 +1,43 @@
+# Gondola: the README's two commands are `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test bench check-aifi clean venv mosquitto
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "cannot create a venv: install it with 'sudo apt-get install python3-venv'"; exit 1; }
+	@echo "installing the project into $(VENV) …"
+	@$(PIP) install --quiet --upgrade pip >/dev/null 2>&1 || true
+	@$(PIP) install --quiet --disable-pip-version-check -e ".[test,bench]"
+	@touch $@
+
+venv: $(VENV)/.installed
+
+mosquitto:
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing mosquitto (apt) …"; \
+	    (apt-get install -y -qq mosquitto >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mosquitto)) >/dev/null; \
+	  else \
+	    echo "mosquitto is missing: install it with 'sudo apt-get install mosquitto'"; exit 1; \
+	  fi; }
+
+demo: venv mosquitto
+	@$(PY) -m daemon.demo
+
+test: venv mosquitto
+	@$(PY) -m pytest -q
+
+bench: venv mosquitto
+	@$(PY) bench/sim_bench.py
+	@$(PY) bench/throughput.py
+	@$(PY) bench/latency.py
+
+check-aifi: venv
+	@../shared/checks/aifi-benchmark-1
+
+clean:
+	rm -rf $(VENV) *.egg-info bench/out .pytest_cache

@@ -1,0 +1,169 @@
+"""``shelfd run``: the long-running service loop of one shelf unit.
+
+One thread reads the sensing backend and runs the pipeline; every event is written to the SQLite
+outbox *before* anything is sent; the publisher thread drains the outbox over MQTT. The systemd
+watchdog is fed only while samples flow, never by the broker connection, so a broker outage
+cannot restart-loop the unit.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+
+from . import calstate
+from .config import EX_CONFIG, Config, SimSensing
+from .pipeline import Pipeline
+from .publish.mqtt import Publisher
+from .publish.outbox import Outbox
+from .sdnotify import Notifier
+from .sensing.factory import layout_for, make_source
+from .signal.condition import UncalibratedError
+
+log = logging.getLogger(__name__)
+
+EX_OK, EX_SOFTWARE, EX_UNAVAILABLE = 0, 70, 69
+
+
+class Service:
+    def __init__(self, cfg: Config, notifier: Notifier | None = None):
+        self.cfg = cfg
+        self.notifier = notifier or Notifier()
+        self.stop_event = threading.Event()
+        self._status = ("online", None)
+        self._last_counts: dict[str, tuple[int, int, int, int]] = {}
+        self._last_check = 0.0
+        self._last_health = 0.0
+        self._reasons: list[str] = []
+
+    def request_stop(self, *_a) -> None:
+        self.stop_event.set()
+
+    def run(self) -> int:
+        cfg = self.cfg
+        state_dir = Path(cfg.state_dir)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("state_dir: cannot create %s: %s", state_dir, exc.strerror)
+            return EX_CONFIG
+        layout = layout_for(cfg)
+        source = make_source(cfg, layout)
+        try:
+            calibration = calstate.load(state_dir, cfg.unit_id)
+        except calstate.CalibrationError as exc:
+            log.error("%s; restore calibration.prev.json or run `shelfcal calibrate`", exc)
+            return EX_CONFIG
+        if calibration is None and source.units == "counts" and isinstance(cfg.sensing, SimSensing):
+            calibration = source.factory_calibration()
+            calstate.save(state_dir, calibration)
+        try:
+            pipe = Pipeline(cfg.store_id, cfg.unit_id, layout, list(source.channels), source.units,
+                            source.rate_hz, calibration, cfg.detection)
+        except (UncalibratedError, ValueError) as exc:
+            log.error("cannot start: %s", exc)
+            return EX_CONFIG
+        outbox = Outbox(state_dir / "outbox.sqlite3")
+        publisher = Publisher(cfg, outbox)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.request_stop)
+        publisher.start()
+        log.info("unit %s/%s: %d shelves, %d plates, %s backend at %.0f Hz, outbox depth %d",
+                 cfg.store_id, cfg.unit_id, len(layout.shelves), len(layout.plates),
+                 cfg.sensing.backend, source.rate_hz, outbox.depth())
+        rc = EX_OK
+        try:
+            source.start()
+            self.notifier.ready(f"running: {len(layout.plates)} plates, outbox {outbox.depth()}")
+            while not self.stop_event.is_set():
+                block = source.read(0.5)
+                if block is None:
+                    log.info("recording ended")
+                    break
+                for ev in pipe.process(block):
+                    outbox.add(ev)
+                    publisher.notify()
+                if len(block):
+                    self.notifier.watchdog()  # progress of the sample pipeline, nothing else
+                self._periodic(pipe, source, publisher, outbox)
+            for ev in pipe.finish():
+                outbox.add(ev)
+                publisher.notify()
+        except Exception:  # noqa: BLE001 - the one place an unexpected fault ends the unit
+            log.exception("sample pipeline failed")
+            rc = EX_SOFTWARE
+        finally:
+            self.notifier.stopping()
+            try:
+                source.close()
+            finally:
+                publisher.publish_state(pipe.inventory())
+                publisher.publish_health(self._health(pipe, source, publisher))
+                publisher.stop(timeout=5.0)
+                depth = outbox.depth()
+                outbox.close()
+                log.info("stopped; %d event(s) kept in the outbox for the next start", depth)
+        return rc
+
+    # ------------------------------------------------------------------ health and status
+
+    def _periodic(self, pipe: Pipeline, source, publisher: Publisher, outbox: Outbox) -> None:
+        now = time.monotonic()
+        if now - self._last_check >= 1.0:
+            self._check(pipe, source, now - self._last_check if self._last_check else None)
+            self._last_check = now
+            state = "degraded" if self._reasons else "online"
+            reason = "; ".join(self._reasons) or None
+            if (state, reason) != self._status:
+                self._status = (state, reason)
+                publisher.set_status(state, reason)
+                (log.warning if state == "degraded" else log.info)("status %s%s", state,
+                                                                    f": {reason}" if reason else "")
+                self.notifier.status(f"{state}{': ' + reason if reason else ''}")
+            if pipe.state_changed:
+                pipe.state_changed = False
+                publisher.publish_state(pipe.inventory())
+        if now - self._last_health >= self.cfg.mqtt.health_interval_s:
+            self._last_health = now
+            publisher.publish_health(self._health(pipe, source, publisher))
+
+    def _check(self, pipe: Pipeline, source, dt: float | None) -> None:
+        reasons = list(pipe.degraded_reasons())
+        self._rates = {}
+        for ch, c in source.counters().items():
+            prev = self._last_counts.get(ch)
+            cur = (c.samples, c.timeouts + c.missing, c.glitches + c.timing, c.saturations)
+            self._last_counts[ch] = cur
+            if prev is None or not dt:
+                continue
+            good, bad, glitch, sat = (a - b for a, b in zip(cur, prev))
+            self._rates[ch] = good / dt
+            if bad and good < 0.5 * (good + bad):
+                reasons.append(f"channel {ch}: no data ({bad} timeouts)")
+            elif sat:
+                reasons.append(f"channel {ch}: saturated ({sat} samples at the ADC rail)")
+            elif glitch > max(2, 0.05 * (good + glitch)):
+                reasons.append(f"channel {ch}: {glitch} glitch words in {dt:.0f} s")
+        self._reasons = reasons
+
+    def _health(self, pipe: Pipeline, source, publisher: Publisher) -> dict:
+        rates = getattr(self, "_rates", {})
+        chans = {}
+        for ch, c in source.counters().items():
+            d = c.as_dict()
+            d["rate_hz"] = round(rates.get(ch, 0.0), 2)
+            d["expected_hz"] = source.rate_hz
+            chans[ch] = d
+        return {
+            "status": self._status[0],
+            "reasons": self._reasons,
+            "channels": chans,
+            "plates": pipe.plate_health(),
+            "detector": dict(pipe.detector.counters),
+            "pipeline": {"samples": pipe.stats.samples, "events": pipe.stats.events,
+                         "cpu_s": round(pipe.stats.cpu_seconds, 3),
+                         "calibration_id": pipe.calibration.calibration_id if pipe.calibration else None},
+            "publisher": publisher.stats(),
+        }
