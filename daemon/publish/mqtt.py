@@ -208,6 +208,17 @@ class Publisher:
         c.loop_start()
         self._client = c
 
+    def _try_new_client(self) -> None:
+        try:
+            self._new_client()
+        except Exception as exc:  # unreadable password/TLS files etc.: keep the daemon alive
+            if not self._outage_logged:
+                log.error("cannot set up the MQTT client for %s (%s), keeping events in the outbox",
+                          self._broker, exc)
+                self._outage_logged = True
+            self._client = None
+            self._recreate_at = time.monotonic() + self._backoff[1]
+
     def _drop_client(self) -> None:
         c, self._client = self._client, None
         self._gen += 1  # anything still queued from the old client is now stale
@@ -227,11 +238,7 @@ class Publisher:
 
     def _run(self) -> None:
         next_prune = time.monotonic() + self._prune_interval_s
-        try:
-            self._new_client()
-        except Exception:  # bad TLS files etc.: keep the daemon alive, events stay in the outbox
-            log.exception("cannot set up MQTT client for %s; keeping events in the outbox", self._broker)
-            self._recreate_at = time.monotonic() + self._backoff[1]
+        self._try_new_client()
         while True:
             try:
                 self._step()
@@ -265,7 +272,7 @@ class Publisher:
                 self._stats["acked"] += len(acked)
         if self._client is None and self._recreate_at is not None and time.monotonic() >= self._recreate_at:
             self._recreate_at = None
-            self._new_client()
+            self._try_new_client()
         if self._connected:
             self._publish_dirty()
             self._fill_window()
@@ -395,8 +402,12 @@ class Publisher:
     # ------------------------------------------------------------ stopping
 
     def _ready_to_stop(self) -> bool:
-        if time.monotonic() >= self._stop_deadline or not self._connected:
+        if time.monotonic() >= self._stop_deadline:
             return True
+        if not self._connected:
+            # Known outage: leave now, the outbox keeps everything. Still on the first attempt
+            # (a short replay run stopping right after start): give it until the deadline.
+            return self._outage_logged or self._outbox.depth() == 0
         with self._lock:
             status_pending = "status" in self._dirty
         return not status_pending and not self._inflight and self._outbox.depth() == 0

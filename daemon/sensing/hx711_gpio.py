@@ -167,6 +167,7 @@ class _RowAssembler:
         self.down = [False] * n
         self.started = [False] * n
         self.overwritten = [0] * n
+        self.last: list[Reading | None] = [None] * n
         self.last_row: float | None = None
         self.start_by = now + startup_grace
 
@@ -176,6 +177,7 @@ class _RowAssembler:
             self.overwritten[i] += 1
         self.fresh[i] = r
         self.down[i] = bool(r.flag & (Flag.TIMEOUT | Flag.MISSING))
+        self.last[i] = r
         self.started[i] = True
 
     def due_in(self, now: float) -> float:
@@ -194,7 +196,14 @@ class _RowAssembler:
         return max(0.0, limit - now)
 
     def take(self, now: float) -> list[Reading | None]:
+        """The row: fresh readings; a down channel repeats its condition (MISSING stays MISSING);
+        None (→ TIMEOUT) for a live channel that missed its slot. A fresh reading replaced before
+        a row took it is counted in ``overwritten`` (and its flag was counted when posted)."""
         row, self.fresh = self.fresh, [None] * self.n
+        for i, r in enumerate(row):
+            last = self.last[i]
+            if r is None and self.down[i] and last is not None:
+                row[i] = Reading(None, last.flag, None, now, cause=last.cause)
         self.last_row = now
         return row
 
@@ -313,6 +322,9 @@ class PolledSource:
     def _post(self, i: int, r: Reading) -> None:
         with self._cond:
             self._diag[i].note(r)
+            # Counters count acquisitions as they happen, so a flagged reading that a later one
+            # overwrites before the next row is still counted (rows keep the latest reading).
+            self._counters[self.channels[i]].count(np.array([_cell(r)[0]], dtype=np.uint8))
             assert self._asm is not None
             self._asm.post(i, r)
             self._cond.notify_all()
@@ -344,7 +356,8 @@ class PolledSource:
                     self.rows_dropped += 1
                 self._rows.append((self._wallclock(), row))
                 for j, r in enumerate(row):
-                    self._counters[self.channels[j]].count(np.array([_cell(r)[0]], dtype=np.uint8))
+                    if r is None:  # a live channel missed its slot: that loss is only seen here
+                        self._counters[self.channels[j]].timeouts += 1
                 self._cond.notify_all()
 
 
@@ -440,13 +453,14 @@ class ChipReader:
             if high > worst:
                 worst = high
             if high > POWER_DOWN_S:
-                # The chip powered down mid-word and reset on the low edge: whatever we have is
-                # garbage, the gain is back to 128, and the next conversions must settle again.
+                # The chip may have powered down mid-word and reset on the low edge (gain back
+                # to 128), or may not have: our measurement is an upper bound. Either way the
+                # word is lost and we no longer know where the chip is in its protocol, so reset
+                # it for certain and let it settle again rather than guess.
                 self.max_high_s = max(self.max_high_s, worst)
-                self.settle_left = self.settle_reads
-                self.armed = True
-                return Reading(None, Flag.TIMING, None, clock(),
-                               cause=f"sck high {high * 1e6:.0f} us at pulse {k + 1}")
+                cause = f"sck high {high * 1e6:.0f} us at pulse {k + 1}"
+                self.power_cycle()
+                return Reading(None, Flag.TIMING, None, clock(), cause=cause)
             if k < 24:
                 # Sample after the falling edge, as the kernel driver does: the bit stays valid
                 # until the next rising edge and SCK spends less time high.

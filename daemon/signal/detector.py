@@ -208,10 +208,19 @@ class Detector:
                     continue
                 # still moving but back at its old level (shaken, not changed): does not hold
                 # the group; it keeps its own pre-level and is judged again when it settles
+                # (a plate under a hand, σ above the vibration cap, is never "at level"). Judged
+                # only on a double window lying wholly after its trigger: just after a trigger the
+                # window still holds the quiet pre-touch samples and would call every plate "at
+                # level", dropping it from its group before the shopper's contact even shows.
+                if self.N + n - self.trig_at[j] < 2 * W:
+                    blocking.add(j)
+                    continue
                 w2 = Z[-2 * W:, j]
+                sd = float(w2.std())
                 lvl = float(np.median(w2))
-                tol = max(self.rest_band_g()[j], self.p.min_event_g / 2) + 0.35 * float(w2.std())
-                (shaking if abs(lvl - self.pre[j]) <= tol else blocking).add(j)
+                tol = max(self.rest_band_g()[j], self.p.min_event_g / 2) + 0.35 * sd
+                at_level = sd <= self.vib_cap_g()[j] and abs(lvl - self.pre[j]) <= tol
+                (shaking if at_level else blocking).add(j)
             g.members -= shaking
             if not blocking:
                 del self.groups[shelf]
