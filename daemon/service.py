@@ -165,5 +165,4 @@ class Service:
             "pipeline": {"samples": pipe.stats.samples, "events": pipe.stats.events,
                          "cpu_s": round(pipe.stats.cpu_seconds, 3),
                          "calibration_id": pipe.calibration.calibration_id if pipe.calibration else None},
-            "publisher": publisher.stats(),
         }

@@ -101,6 +101,7 @@ def test_schema_rejects_bad_events():
 
 def test_retained_status_health_state_and_clean_stop(tmp_path, mosquitto, subscriber_factory, outbox):
     cfg = make_cfg(tmp_path, mosquitto)
+    early = subscriber_factory(mosquitto, f"{cfg.topic_base}/+")
     pub = Publisher(cfg, outbox, **FAST)
     pub.start()
     wait_until(lambda: pub.connected, what="connection")
@@ -109,6 +110,10 @@ def test_retained_status_health_state_and_clean_stop(tmp_path, mosquitto, subscr
     pub.publish_state({"1": {"0": {"sku-0": 5}}})
     pub.set_status("degraded", "channel c1 silent")
     try:
+        # Once the early subscriber has seen all three, a late one must get them as retained.
+        early.wait_for(1, where=lambda m: m.topic.endswith("/status") and m.json()["state"] == "degraded")
+        early.wait_for(1, where=lambda m: m.topic.endswith("/health"))
+        early.wait_for(1, where=lambda m: m.topic.endswith("/state"))
         late = subscriber_factory(mosquitto, f"{cfg.topic_base}/+")
         status = late.wait_for(1, where=lambda m: m.topic.endswith("/status") and m.retain
                                and m.json()["state"] == "degraded")[-1].json()
@@ -193,7 +198,10 @@ def test_broker_outage_delivers_everything_flagging_old_events(tmp_path, persist
             time.sleep(1.5)   # older than historical_after_s by the time they go out
             assert outbox.depth() == 20
             broker.start()
-            msgs = sub.wait_for(25, timeout=15, where=lambda m: True)
+            # The persistent subscriber may also get duplicates of the first batch: count seqs.
+            wait_until(lambda: {m.json()["seq"] for m in sub.messages} == set(range(1, 26)), timeout=15,
+                       what="all 25 events at the subscriber")
+            msgs = sub.messages
         wait_until(lambda: outbox.depth() == 0, what="backlog acknowledged")
         got = [m.json() for m in msgs]
         ids_by_seq: dict[int, set[str]] = {}
@@ -235,8 +243,9 @@ def test_unreachable_broker_at_start_keeps_events_until_it_comes_up(tmp_path, pe
     try:
         broker.start()
         sub = subscriber_factory(broker, f"{cfg.topic_base}/events", client_id="test-sub", clean_session=False)
-        msgs = sub.wait_for(10, timeout=10)
-        assert sorted({m.json()["event_id"] for m in msgs}) == sorted(e["event_id"] for e in stored)
+        wait_until(lambda: len({m.json()["event_id"] for m in sub.messages}) >= 10, timeout=10,
+                   what="all 10 events at the subscriber")
+        assert sorted({m.json()["event_id"] for m in sub.messages}) == sorted(e["event_id"] for e in stored)
         wait_until(lambda: outbox.depth() == 0, what="events acknowledged")
         assert pub.connected
     finally:
@@ -371,3 +380,17 @@ def test_unacknowledged_events_are_resent_with_same_id_after_reconnect(tmp_path,
     finally:
         pub.stop(5)
         proxy.close()
+
+
+def test_stop_right_after_start_still_flushes(tmp_path, mosquitto, subscriber_factory, outbox):
+    """A short run (replay at speed 0) stops before the first CONNACK: stop() must still flush."""
+    cfg = make_cfg(tmp_path, mosquitto)
+    sub = subscriber_factory(mosquitto, f"{cfg.topic_base}/events")
+    pub = Publisher(cfg, outbox, **FAST)
+    pub.start()
+    for i in range(20):
+        outbox.add(item_event(i))
+    pub.notify()
+    pub.stop(timeout=5)
+    assert outbox.depth() == 0
+    assert len({m.json()["seq"] for m in sub.wait_for(20)}) == 20
