@@ -353,8 +353,11 @@ class PolledSource:
     def _guard(self, target: Callable[..., None], *args: Any) -> None:
         try:
             target(*args)
-        except Exception:  # a dying reader must be loud; its channel then reads TIMEOUT
+        except Exception:  # a dying reader must be loud, and its channel must read as down
             log.exception("sensing thread %s crashed", threading.current_thread().name)
+            if args:  # reader loops get their channel index; the row loop gets none
+                self._post(args[0], Reading(None, Flag.MISSING, None, self._clock(),
+                                            cause="reader thread crashed"))
 
     def _emit_loop(self) -> None:
         period = 1.0 / self.rate_hz
