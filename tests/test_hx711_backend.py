@@ -306,7 +306,8 @@ def test_glitches_desync_and_rails_are_flagged_and_counted():
     finally:
         src.close()
     # rows keep the latest reading per chip, so assert on them loosely and on counters exactly
-    assert (flags[:, 0] & (Flag.GLITCH | Flag.SATURATED)).any()
+    # (a row can carry a newer reading than the glitch when a loaded machine delays the row)
+    assert (flags[:, 0] & (Flag.GLITCH | Flag.SATURATED)).any() or src.diagnostics()["a"].overwritten
     assert (flags[:, 1] == Flag.GLITCH).any() or src.diagnostics()["b"].overwritten
     cnt, diag = src.counters(), src.diagnostics()
     assert cnt["a"].glitches >= 1 and cnt["a"].saturations == 1
