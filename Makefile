@@ -33,8 +33,7 @@ test: venv mosquitto
 
 bench: venv mosquitto
 	@$(PY) bench/sim_bench.py
-	@$(PY) bench/throughput.py
-	@$(PY) bench/latency.py
+	@$(VENV)/bin/shelfd replay ../shared/data/aifi-benchmark-1 --format aifi --out /dev/null
 
 check-aifi: venv
 	@../shared/checks/aifi-benchmark-1
