@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 
 import paho.mqtt.client as paho
@@ -29,17 +29,13 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from daemon import __version__
 from daemon.config import Config
+from daemon.events.item_event import rfc3339
 from daemon.publish.outbox import Outbox, OutboxRecord
 
 log = logging.getLogger(__name__)
 
 STATES = ("online", "degraded", "stopped", "offline")
 _STABLE_CONNECTION_S = 10.0  # a connection shorter than this counts as flapping (back off)
-
-
-def rfc3339(t: float) -> str:
-    """Epoch seconds → ``2020-04-22T05:06:49.657Z`` (the contract's timestamp form)."""
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _parse_rfc3339(s: Any) -> float | None:
