@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import calstate
 from .config import EX_CONFIG, Config, SimSensing
+from .control import Commands
 from .pipeline import Pipeline
 from .publish.mqtt import Publisher
 from .publish.outbox import Outbox
@@ -37,6 +38,9 @@ class Service:
         self._last_check = 0.0
         self._last_health = 0.0
         self._reasons: list[str] = []
+        # Requests to the running unit (MQTT req/ topics, local socket); pipeline commands run
+        # in the sample loop below, between blocks.
+        self.commands = Commands()
 
     def request_stop(self, *_a) -> None:
         self.stop_event.set()
@@ -66,7 +70,7 @@ class Service:
             log.error("cannot start: %s", exc)
             return EX_CONFIG
         outbox = Outbox(state_dir / "outbox.sqlite3")
-        publisher = Publisher(cfg, outbox)
+        publisher = Publisher(cfg, outbox, commands=self.commands)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         publisher.start()
@@ -87,6 +91,7 @@ class Service:
                     publisher.notify()
                 if len(block):
                     self.notifier.watchdog()  # progress of the sample pipeline, nothing else
+                self.commands.drain()
                 self._periodic(pipe, source, publisher, outbox)
             for ev in pipe.finish():
                 outbox.add(ev)
@@ -96,6 +101,7 @@ class Service:
             rc = EX_SOFTWARE
         finally:
             self.notifier.stopping()
+            self.commands.fail_pending("the unit is stopping; ask again when it is back")
             try:
                 source.close()
             finally:

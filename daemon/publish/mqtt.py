@@ -13,6 +13,12 @@ unacknowledged event from the outbox, same ``event_id`` and ``seq``, ``historica
 
 Topics under ``cfg.topic_base``: ``events`` (QoS 1, not retained), ``status``/``health``/``state``
 (QoS 1, retained; republished after every reconnect). The last will sets ``status`` offline.
+
+Requests arrive on ``req/<command>`` and are answered on ``res/<command>`` with the request's
+``txid`` (see ``daemon.control``); separate ``req``/``res`` subtrees let a broker ACL give a store
+back-end write access to one and read access to the other. The publisher answers two commands
+itself: ``resend`` (a consumer saw a ``seq`` gap: republish a range from the outbox, flagged
+``historical``) and ``rebirth`` (republish the retained documents).
 """
 from __future__ import annotations
 
@@ -29,6 +35,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from daemon import __version__
 from daemon.config import Config
+from daemon.control import CommandError, Commands, Request, parse_request
 from daemon.events.item_event import rfc3339
 from daemon.publish.outbox import Outbox, OutboxRecord
 
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 
 STATES = ("online", "degraded", "stopped", "offline")
 _STABLE_CONNECTION_S = 10.0  # a connection shorter than this counts as flapping (back off)
+MAX_RESEND = 1000  # events per resend request; a consumer asks again for the rest
 
 
 def _parse_rfc3339(s: Any) -> float | None:
@@ -63,6 +71,7 @@ class Publisher:
         reconnect_min_s: float = 1.0,
         reconnect_max_s: float = 30.0,
         prune_interval_s: float = 600.0,
+        commands: Commands | None = None,
     ) -> None:
         self._cfg = cfg
         self._outbox = outbox
@@ -72,6 +81,11 @@ class Publisher:
         self._prune_interval_s = prune_interval_s
         base = cfg.topic_base
         self.topics = {k: f"{base}/{k}" for k in ("events", "status", "health", "state")}
+        self.topics["req"] = f"{base}/req/+"
+        self._res_base = f"{base}/res/"
+        self.commands = commands if commands is not None else Commands()
+        self.commands.register("resend", self._cmd_resend, in_pipeline=False)
+        self.commands.register("rebirth", self._cmd_rebirth, in_pipeline=False)
         self._broker = f"{cfg.mqtt.host}:{cfg.mqtt.port}"
 
         self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
@@ -82,7 +96,7 @@ class Publisher:
         self._state: dict[str, Any] | None = None
         self._dirty: set[str] = set()
         self._stats = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0, "republished": 0,
-                       "historical": 0, "connect_failures": 0}
+                       "historical": 0, "connect_failures": 0, "resent": 0}
         self._outbox_depth: int | None = None
 
         self._thread: threading.Thread | None = None
@@ -200,6 +214,7 @@ class Publisher:
         c.on_connect_fail = lambda _c, _u: self._q.put(("connect_fail", gen))
         c.on_disconnect = lambda _c, _u, _f, rc, _p: self._q.put(("disconnect", gen, rc))
         c.on_publish = lambda _c, _u, mid, rc, _p: self._q.put(("ack", gen, mid, rc))
+        c.on_message = lambda _c, _u, m: self._q.put(("request", gen, m.topic, m.payload))
         c.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         c.loop_start()
         self._client = c
@@ -278,7 +293,13 @@ class Publisher:
 
     def _handle(self, msg: tuple[Any, ...], acked: list[str]) -> None:
         kind = msg[0]
+        if kind == "reply":
+            self._publish_reply(msg[1], msg[2])
+            return
         if kind == "wake" or msg[1] != self._gen:
+            return
+        if kind == "request":
+            self._on_request(msg[2], msg[3])
             return
         if kind == "ack":
             rec = self._inflight.pop(msg[2], None)
@@ -297,6 +318,7 @@ class Publisher:
             self._outage_logged = False
             self._inflight.clear()
             self._sent_upto = 0
+            self._client.subscribe(self.topics["req"], qos=1)  # type: ignore[union-attr]
             with self._lock:
                 self._stats["connects"] += 1
                 # Retained documents may have changed (or been lost with a broker restart).
@@ -394,6 +416,68 @@ class Publisher:
         if self._clock() - ref > limit:
             ev["historical"] = True
         return ev
+
+    # ------------------------------------------------------------ requests (sender thread)
+
+    def _on_request(self, topic: str, payload: bytes) -> None:
+        command = topic.rsplit("/", 1)[-1]
+        try:
+            req = parse_request(command, payload, "mqtt")
+        except CommandError as exc:
+            # No txid to answer to: say so on the response topic anyway, for whoever is watching.
+            self._publish_reply(command, {"txid": None, "command": command, "ok": False, "error": str(exc)})
+            log.info("malformed %s request on %s: %s", command, topic, exc)
+            return
+        # The reply may come from the sample thread (queued commands): route it through our queue.
+        self.commands.submit(req, lambda doc, c=command: self._q.put(("reply", c, doc)))
+
+    def _publish_reply(self, command: str, doc: dict[str, Any]) -> None:
+        if self._client is None or not self._connected:
+            log.info("reply to %s (txid %s) dropped: not connected", command, doc.get("txid"))
+            return
+        self._client.publish(self._res_base + command, json.dumps(doc, separators=(",", ":")), qos=1, retain=False)
+
+    def _cmd_resend(self, req: Request) -> dict[str, Any]:
+        a = req.args
+        lo, hi = a.get("from_seq"), a.get("to_seq")
+        if not (isinstance(lo, int) and isinstance(hi, int)) or isinstance(lo, bool) or isinstance(hi, bool):
+            raise CommandError("from_seq and to_seq must be integers")
+        if lo < 1 or hi < lo:
+            raise CommandError(f"need 1 <= from_seq <= to_seq, got {lo}..{hi}")
+        hi = min(hi, lo + MAX_RESEND - 1, self._outbox.last_seq())
+        if self._client is None or not self._connected:
+            raise CommandError("not connected")
+        found = self._outbox.records_between(lo, hi, limit=MAX_RESEND) if hi >= lo else []
+        resent = pending = 0
+        have = set()
+        for rec in found:
+            have.add(rec.seq)
+            if rec.sent_at is None:
+                pending += 1  # on its way through the normal window; sending it here would race
+                continue
+            ev = dict(rec.event)
+            ev["historical"] = True
+            self._client.publish(self.topics["events"], json.dumps(ev, separators=(",", ":")), qos=1, retain=False)
+            resent += 1
+        with self._lock:
+            self._stats["resent"] += resent
+        missing: list[list[int]] = []
+        for s in range(lo, hi + 1):
+            if s in have:
+                continue
+            if missing and missing[-1][1] == s - 1:
+                missing[-1][1] = s
+            else:
+                missing.append([s, s])
+        log.info("resend %d..%d for %s: %d resent, %d pending, %d ranges pruned", lo, hi, req.txid,
+                 resent, pending, len(missing))
+        return {"from_seq": lo, "to_seq": hi, "resent": resent, "pending": pending, "missing": missing,
+                "last_seq": self._outbox.last_seq()}
+
+    def _cmd_rebirth(self, req: Request) -> dict[str, Any]:
+        with self._lock:
+            self._dirty.update(("status", "health", "state"))
+        return {"republished": ["status", "health", "state"]}
 
     # ------------------------------------------------------------ stopping
 

@@ -290,6 +290,16 @@ class Outbox:
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def records_between(self, from_seq: int, to_seq: int, limit: int = 1000) -> list[OutboxRecord]:
+        """Stored events (sent or not, not yet pruned) with ``from_seq <= seq <= to_seq``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, stored_at, sent_at, body FROM events "
+                "WHERE seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
+                (from_seq, to_seq, limit),
+            ).fetchall()
+        return [OutboxRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
+
     def depth(self) -> int:
         """Number of unacknowledged events."""
         with self._lock:
