@@ -19,6 +19,7 @@ from typing import IO
 import numpy as np
 
 from .base import ChannelCounters, CounterBank, SampleBlock
+from .pacing import Pacer
 from .replay_aifi import RecordingError
 
 FORMAT = "gondola.recording/1"
@@ -86,7 +87,7 @@ class ShelfdReplaySource:
         self._fh: IO[str] | None = None
         self._line = 1
         self._counters = CounterBank(self.channels)
-        self._t0: tuple[float, float] | None = None
+        self._pacer = Pacer(speed, clock, sleep)
 
     def start(self) -> None:
         self._fh = open(self.path, encoding="utf-8")
@@ -94,6 +95,9 @@ class ShelfdReplaySource:
         self._line = 1
 
     def read(self, timeout: float = 1.0) -> SampleBlock | None:
+        return self._pacer.next(self._next_block)
+
+    def _next_block(self) -> SampleBlock | None:
         if self._fh is None:
             self.start()
         while True:
@@ -116,12 +120,6 @@ class ShelfdReplaySource:
             raise RecordingError(f"{self.path}:{self._line}: corrupt or truncated block "
                                  f"({exc.__class__.__name__}: {exc})") from None
         block = SampleBlock(t.astype(np.float64), v.astype(np.float64), f.astype(np.uint8))
-        if self.speed > 0 and len(t):
-            if self._t0 is None:
-                self._t0 = (self._clock(), float(t[0]))
-            delay = self._t0[0] + (float(t[-1]) - self._t0[1]) / self.speed - self._clock()
-            if delay > 0:
-                self._sleep(delay)
         self._counters.count(block.flags)
         return block
 

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..layout import Layout, Placement, Plate, default_unit_sd
 from .base import ChannelCounters, CounterBank, Flag, SampleBlock
+from .pacing import Pacer
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +144,7 @@ class AifiReplaySource:
         self._clock, self._sleep = clock, sleep
         self._counters = CounterBank(self.channels)
         self._it: Iterator[SampleBlock] | None = None
-        self._t0_wall: float | None = None
-        self._t0_data: float | None = None
+        self._pacer = Pacer(speed, clock, sleep)
 
     def start(self) -> None:
         self._it = self._blocks()
@@ -158,17 +158,12 @@ class AifiReplaySource:
     def read(self, timeout: float = 1.0) -> SampleBlock | None:
         if self._it is None:
             self.start()
-        block = next(self._it, None)
-        if block is None:
-            return None
-        if self.speed > 0:
-            if self._t0_wall is None:
-                self._t0_wall, self._t0_data = self._clock(), float(block.t[0])
-            due = self._t0_wall + (float(block.t[-1]) - self._t0_data) / self.speed
-            delay = due - self._clock()
-            if delay > 0:
-                self._sleep(delay)
-        self._counters.count(block.flags)
+        return self._pacer.next(self._next_block)
+
+    def _next_block(self) -> SampleBlock | None:
+        block = next(self._it, None)  # type: ignore[arg-type]
+        if block is not None:
+            self._counters.count(block.flags)
         return block
 
     # ------------------------------------------------------------------ the merge
