@@ -115,6 +115,11 @@ class SimSensing(_Strict):
     ground_truth: Path | None = None  # where the simulator writes what really happened
     dead_channels: list[str] = Field(default_factory=list)
     glitch_rate: float = Field(0.0005, ge=0, le=0.1)  # per sample per channel
+    # Store simulation (aggregator/sim): perform exactly the interactions listed in this JSONL
+    # file (daemon/sensing/sim_script.py) instead of random shoppers, and start sample 0 at epoch
+    # `t0` (paced on the wall clock from there), so every unit of a simulated store shares one clock.
+    script: Path | None = None
+    t0: float | None = Field(None, gt=0)
 
     def channel_names(self) -> list[str]:  # sim channels come from the shelves' plates
         return []
@@ -248,6 +253,10 @@ class Config(_Strict):
                 problems.append((key, f"file not found or not readable: {path}"))
         if self.mqtt.tls and bool(self.mqtt.tls.cert_file) != bool(self.mqtt.tls.key_file):
             problems.append(("mqtt.tls", "cert_file and key_file go together"))
+        if isinstance(self.sensing, SimSensing) and self.sensing.script is not None:
+            from .sensing.sim_script import script_problems
+            problems += [("sensing.script", m) for m in script_problems(
+                self.sensing.script, plates_of, {p.sku: p.unit_weight_g for p in self.planogram})]
         if isinstance(self.sensing, ReplaySensing) and not self.sensing.path.exists():
             problems.append(("sensing.path", f"recording not found: {self.sensing.path}"))
         if problems:
@@ -356,6 +365,7 @@ def _resolve_paths(data: Any, base: Path) -> Any:
         data["sensing"] = dict(data["sensing"])
         fix(data["sensing"], "path")
         fix(data["sensing"], "ground_truth")
+        fix(data["sensing"], "script")
     if isinstance(data.get("mqtt"), dict):
         data["mqtt"] = dict(data["mqtt"])
         fix(data["mqtt"], "password_file")

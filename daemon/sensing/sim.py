@@ -35,6 +35,7 @@ from ..calstate import CalibrationState, ChannelCal
 from ..config import Config, SimSensing
 from ..layout import Layout, Placement
 from .base import HX711_MAX, HX711_MIN, ChannelCounters, Flag, GroundTruthEvent, SampleBlock, counters_for
+from .sim_script import ScriptedInteraction, load_script
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,7 @@ class SimSource:
         self.rate_hz = float(self.sim.rate_hz)
         self._dt = 1.0 / self.rate_hz
         self._block = max(1, round(BLOCK_S * self.rate_hz))
-        self.t0 = EPOCH_2026 + 86400.0 * (self.sim.seed % 3650)
+        self.t0 = EPOCH_2026 + 86400.0 * (self.sim.seed % 3650) if self.sim.t0 is None else float(self.sim.t0)
         self._total = None if self.sim.duration_s is None else int(round(self.sim.duration_s * self.rate_hz))
         world, shoppers, noise = (np.random.default_rng(s) for s in np.random.SeedSequence(self.sim.seed).spawn(3))
         self._rng_world, self._rng, self._rng_noise = world, shoppers, noise
@@ -192,6 +193,10 @@ class SimSource:
         self._in_hand: dict[str, list[float]] = {}    # units shoppers took, by SKU (put-backs)
         self._n = 0
         self._next_arrival = int(LEAD_IN_S * self.rate_hz) + self._poisson_gap()
+        self._script = load_script(self.sim.script) if self.sim.script is not None else None
+        self._script_i = 0
+        if self._script is not None:
+            self._next_arrival = 1 << 62
         self._counters = counters_for(self.channels)
         self._tallies = np.zeros((4, len(self.channels)), dtype=np.int64)  # ok, timeout, glitch, saturated
         self._started_wall: float | None = None
@@ -310,6 +315,10 @@ class SimSource:
     def start(self) -> None:
         if self._started_wall is None:
             self._started_wall = self._clock()
+            if self.sim.t0 is not None:
+                # sample 0 is due at wall time t0: units of one store stay on one clock however
+                # late each daemon started (a late one catches up as fast as it can)
+                self._started_wall -= time.time() - self.sim.t0
 
     def read(self, timeout: float = 1.0) -> SampleBlock | None:
         self.start()
@@ -441,6 +450,13 @@ class SimSource:
         return max(1, int(self._rng.exponential(60.0 / self.sim.events_per_min) * self.rate_hz))
 
     def _schedule_until(self, b: int) -> None:
+        while self._script is not None and self._script_i < len(self._script):
+            entry = self._script[self._script_i]
+            s = int(round(entry.t * self.rate_hz))
+            if s >= b:
+                break
+            self._script_i += 1
+            self._scripted(entry, max(s, self._n))
         while self._next_arrival < b:
             s = self._next_arrival
             self._next_arrival = s + self._poisson_gap()
@@ -527,7 +543,7 @@ class SimSource:
         self._in_hand.setdefault(f.sku, []).extend(u.weight for u in units)
         self._interaction("pick", f.sku, len(units), f.placement.shelf, deltas, start, dur, kind,
                           unit_weights_g=[round(u.weight, 3) for u in units])
-        if len(f.units) < 2:
+        if len(f.units) < 2 and self._script is None:
             self._restock(f)
         return start, dur
 
@@ -585,10 +601,11 @@ class SimSource:
         self._interaction("put_back", f.sku, k, shelf, deltas, start, dur, "restock",
                           unit_weights_g=[round(u.weight, 3) for u in new])
 
-    def _non_event(self, kind: str, s: int) -> None:
+    def _non_event(self, kind: str, s: int, shelf: str | None = None) -> None:
         rng = self._rng
-        free = self._free_shelves(s) or [min(self._busy_until, key=self._busy_until.get)]
-        shelf = free[int(rng.integers(len(free)))]
+        if shelf is None:
+            free = self._free_shelves(s) or [min(self._busy_until, key=self._busy_until.get)]
+            shelf = free[int(rng.integers(len(free)))]
         plates = self._shelf_idx[shelf]
         start = self._start_on(shelf, s)
         if kind == "lean":
@@ -619,6 +636,70 @@ class SimSource:
         t_a = self.t0 + start * self._dt
         self._add_truth(kind, None, 0, t_a + t_end_s / 2, shelf, ids, kind, t_a, t_a + t_end_s,
                         t_quiet=round(t_quiet, 3), peak_g=round(float(sum(force.values())), 1))
+
+    # ------------------------------------------------------------ scripted interactions
+
+    def _scripted(self, e: ScriptedInteraction, s: int) -> None:
+        """Perform one planned interaction at sample ``s`` (``sensing.script``), with the same
+        physics as a random shopper's. The plan keeps shelves apart; an overlap is logged."""
+        rng = self._rng
+        if self._busy_until.get(e.shelf, 0) > s:
+            log.warning("script: shelf %s still busy at t=%.2f s; %s performed anyway", e.shelf, e.t, e.type)
+        if e.type in ("lean", "press"):
+            self._non_event(e.type, s, shelf=e.shelf)
+            return
+        dur = e.dur if e.dur is not None else float(rng.uniform(1.0, 3.5))
+        info = {k: v for k, v in (("script_id", e.id), ("session_id", e.session_id)) if v is not None}
+        own = [f for f in self._facings if f.sku == e.sku and f.placement.shelf == e.shelf
+               and (not e.plates or set(f.plates) & {self.layout.plate(e.shelf, p).index for p in e.plates})]
+        deltas = np.zeros(self._nplates)
+        if e.type == "pick":
+            if not own:
+                log.warning("script: no facing of %s on shelf %s at t=%.2f s; pick skipped", e.sku, e.shelf, e.t)
+                return
+            f = own[0]
+            q = min(e.quantity, len(f.units))
+            if q < e.quantity:
+                log.warning("script: facing %s on shelf %s holds %d, %d planned", e.sku, e.shelf, q, e.quantity)
+            if q == 0:
+                return
+            which = sorted(rng.choice(len(f.units), q, replace=False).tolist(), reverse=True)
+            units = [f.units.pop(i) for i in which]
+            for u in units:
+                np.add.at(deltas, f.plates, -u.weight * u.split)
+            self._in_hand.setdefault(f.sku, []).extend(u.weight for u in units)
+            self._interaction("pick", f.sku, q, e.shelf, deltas, s, dur, "scripted",
+                              unit_weights_g=[round(u.weight, 3) for u in units], **info)
+            return
+        weights: list[float] = []
+        if own:                      # back where it belongs
+            f = own[0]
+            for _ in range(e.quantity):
+                u = self._new_unit(f, rng, self._take_from_hand(f))
+                f.units.append(u)
+                np.add.at(deltas, f.plates, u.weight * u.split)
+                weights.append(u.weight)
+            self._interaction("put_back", e.sku, e.quantity, e.shelf, deltas, s, dur, "scripted",
+                              unit_weights_g=[round(w, 3) for w in weights], **info)
+            return
+        # misplaced: set down on a plate that is not this product's facing
+        pids = e.plates or [p.id for p in self.layout.shelf_plates(e.shelf)]
+        plate = self.layout.plate(e.shelf, pids[0] if e.plates else pids[int(rng.integers(len(pids)))]).index
+        home = next((f for f in self._facings if f.sku == e.sku), None)
+        for _ in range(e.quantity):
+            held = self._in_hand.get(e.sku)
+            if held:
+                w = held.pop(int(rng.integers(len(held))))
+            elif e.unit_weight_g is not None:
+                sd = e.unit_weight_sd_g or max(1.5, 0.025 * e.unit_weight_g)
+                w = max(0.2 * e.unit_weight_g, float(rng.normal(e.unit_weight_g, sd)))
+            else:
+                w = self._new_unit(home, rng).weight
+            weights.append(w)
+            self.foreign.setdefault(plate, []).append((e.sku, w))
+        deltas[plate] = sum(weights)
+        self._interaction("put_back", e.sku, e.quantity, e.shelf, deltas, s, dur, "misplaced",
+                          unit_weights_g=[round(w, 3) for w in weights], **info)
 
     # ------------------------------------------------------------ physics of one interaction
 
