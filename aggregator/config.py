@@ -1,0 +1,233 @@
+"""cartd's YAML config, validated strictly (unknown keys are errors, one line per problem).
+
+Same conventions as the daemon's config (``daemon/config.py``): ``ConfigError`` carries lines
+``key.path: message``; the CLI prints them and exits 78 (EX_CONFIG). Relative paths are relative
+to the config file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.config import ConfigError, TlsConfig, _message
+
+EX_CONFIG = 78
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 1883
+    topic_prefix: str = "gondola/v1"
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    # MQTT 5 persistent session: the broker queues our QoS 1 messages while we are down for this
+    # long. Must exceed the longest restart you want to survive without relying on unit resends.
+    session_expiry_s: int = Field(86400, ge=0)
+    # Shared-subscription group. Several cartd instances with the same group split the event
+    # stream; null subscribes plainly (one instance only).
+    shared_group: str | None = "cartd"
+
+    @field_validator("port")
+    @classmethod
+    def _port(cls, v: int) -> int:
+        if not 1 <= v <= 65535:
+            raise ValueError(f"must be 1..65535, got {v}")
+        return v
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#"):
+            raise ValueError(f"must be a plain topic path without wildcards or edge slashes, got {v!r}")
+        return v
+
+    @field_validator("shared_group")
+    @classmethod
+    def _group(cls, v: str | None) -> str | None:
+        if v is not None and (not v or any(c in v for c in "/+#")):
+            raise ValueError(f"must be a non-empty name without / + #, got {v!r}")
+        return v
+
+
+class SqliteStorage(_Strict):
+    type: Literal["sqlite"]
+    path: Path
+
+
+class PostgresStorage(_Strict):
+    type: Literal["postgres"]
+    dsn: str  # libpq connection string or URI, e.g. "host=127.0.0.1 dbname=gondola"
+    schema_name: str = Field("public", alias="schema")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @field_validator("schema_name")
+    @classmethod
+    def _schema(cls, v: str) -> str:
+        if not v.replace("_", "").isalnum() or v[0].isdigit():
+            raise ValueError(f"must be a plain SQL identifier, got {v!r}")
+        return v
+
+
+Storage = Annotated[Union[SqliteStorage, PostgresStorage], Field(discriminator="type")]
+
+
+class UnitConfig(_Strict):
+    unit_id: str
+    # Known shelves of this unit; empty = accept any shelf id the unit publishes.
+    shelves: list[str] = []
+
+    @field_validator("unit_id")
+    @classmethod
+    def _uid(cls, v: str) -> str:
+        if not v or v.startswith("_") or any(c in v for c in "/+#"):
+            raise ValueError(f"must be non-empty, not start with '_' and hold no / + #, got {v!r}")
+        return v
+
+
+class AssociationConfig(_Strict):
+    # Unit, gate and tracking clocks may disagree by this much (NTP on a store LAN: well under 1 s).
+    clock_tolerance_s: float = Field(2.0, ge=0)
+    # A best candidate below this confidence, or closer than `ambiguity_margin` to the second,
+    # still gets the line but it is marked needs_review.
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    ambiguity_margin: float = Field(0.2, ge=0, le=1)
+    # For a put-back, a candidate who does not hold the SKU is weighted by this factor.
+    not_holding_factor: float = Field(0.2, ge=0, le=1)
+    # Wait this long for tracking to reach an event's t_end before associating with what is known.
+    tracking_wait_s: float = Field(2.0, ge=0)
+    # An event whose t_end is further than this in the future of cartd's clock is dead-lettered
+    # as a warning (clock_skew) and still applied.
+    max_clock_skew_s: float = Field(5.0, gt=0)
+
+
+class ReceiptConfig(_Strict):
+    # Issue the receipt at the latest this long after the exit was received, even if a unit has
+    # not reported past the exit time (then complete=false; late events become corrections).
+    deadline_s: float = Field(15.0, gt=0)
+    # A unit decides an event up to ~1.2 s after t_end (the detector's settle window): its
+    # watermark is (latest t_end or health time) minus this.
+    unit_lag_s: float = Field(2.0, ge=0)
+    # Ask lagging units for a `rebirth` (fresh retained health) this often while a receipt waits.
+    rebirth_interval_s: float = Field(1.0, gt=0)
+    # Gather late events for this long before issuing a correction receipt.
+    correction_delay_s: float = Field(1.0, ge=0)
+    currency: str = "USD"
+
+
+class ResendConfig(_Strict):
+    # A seq gap that is still open after this long triggers a resend request to the unit.
+    gap_wait_s: float = Field(1.0, ge=0)
+    retry_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+
+
+class BatchConfig(_Strict):
+    # Messages processed per transaction (one commit, then the PUBACKs).
+    max_messages: int = Field(1000, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+
+
+class Config(_Strict):
+    version: Literal[1] = 1
+    store_id: str
+    instance_id: str = "cartd-1"  # MQTT client id suffix; stable across restarts (persistent session)
+    mqtt: MqttConfig = MqttConfig()
+    storage: Storage
+    catalogue: Path | None = None
+    units: list[UnitConfig] = []
+    association: AssociationConfig = AssociationConfig()
+    receipts: ReceiptConfig = ReceiptConfig()
+    resend: ResendConfig = ResendConfig()
+    batch: BatchConfig = BatchConfig()
+    health_interval_s: float = Field(5.0, gt=0)
+    tick_s: float = Field(0.2, gt=0)
+
+    @field_validator("store_id", "instance_id")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not v or any(c in v for c in "/+#") or v.startswith("_"):
+            raise ValueError(f"must be non-empty, not start with '_' and hold no / + #, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_units(self) -> "Config":
+        seen: set[str] = set()
+        for u in self.units:
+            if u.unit_id in seen:
+                raise ValueError(f"unit {u.unit_id!r} is listed twice")
+            seen.add(u.unit_id)
+        return self
+
+    @property
+    def base(self) -> str:
+        return f"{self.mqtt.topic_prefix}/{self.store_id}"
+
+    @property
+    def client_id(self) -> str:
+        return f"cartd-{self.store_id}-{self.instance_id}"
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("sqlite", "postgres") and out == "storage":
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def parse_config(data: Any, source: str | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], source)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            if err["type"] == "union_tag_invalid":
+                msg = "unknown storage type; expected sqlite or postgres"
+            elif err["type"] == "union_tag_not_found":
+                msg = "required key 'type' is missing (sqlite or postgres)"
+            else:
+                msg = _message(err)
+            problems.append(f"{_loc(err['loc']) or '(top level)'}: {msg}")
+        raise ConfigError(problems, source) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError([f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"], str(path)) from None
+    if isinstance(data, dict):
+        data = dict(data)
+        base = path.parent
+        for holder, key in ((data, "catalogue"), (data.get("storage"), "path"), ):
+            if isinstance(holder, dict) and isinstance(holder.get(key), str) and not os.path.isabs(holder[key]):
+                holder = holder if holder is data else data.setdefault("storage", holder)
+                holder[key] = str(base / holder[key])
+        mq = data.get("mqtt")
+        if isinstance(mq, dict) and isinstance(mq.get("password_file"), str) and not os.path.isabs(mq["password_file"]):
+            mq["password_file"] = str(base / mq["password_file"])
+    return parse_config(data, str(path))
