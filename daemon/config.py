@@ -181,6 +181,69 @@ class DetectionConfig(_Strict):
     degraded_after_s: float = Field(2.0, gt=0)  # channel silent this long → status degraded
 
 
+# ---------------------------------------------------------------- camera and vision (optional)
+
+
+class _CameraBase(_Strict):
+    """Frames kept in the ring buffer: width × height × 3 bytes each, fps × buffer_s of them
+    (640×480 at 5 fps for 8 s ≈ 37 MB); see docs/vision.md."""
+
+    width: int = Field(640, ge=64, le=4096)
+    height: int = Field(480, ge=48, le=4096)
+    fps: float = Field(5.0, gt=0, le=60)
+    buffer_s: float = Field(8.0, ge=1.0, le=60.0)  # pre-roll: an event's "before" frame must still be here
+    stall_s: float = Field(3.0, gt=0, le=60)       # no frame this long → the source is restarted
+
+
+class SimCamera(_CameraBase):
+    type: Literal["sim"]
+    seed: int | None = None  # default: sensing.seed
+
+
+class ReplayCamera(_CameraBase):
+    type: Literal["replay"]
+    path: Path               # frames file written by `shelfd record` (<recording>.frames)
+
+
+class V4l2Camera(_CameraBase):
+    type: Literal["v4l2"]
+    device: str = "/dev/video0"
+    pixel_format: Literal["MJPG", "YUYV"] = "MJPG"
+
+
+class Picamera2Camera(_CameraBase):
+    type: Literal["picamera2"]
+    camera_num: int = Field(0, ge=0, le=7)
+
+
+CameraConfig = Annotated[
+    Union[SimCamera, ReplayCamera, V4l2Camera, Picamera2Camera], Field(discriminator="type")
+]
+
+
+class CaptureConfig(_Strict):
+    """Opt-in: crops of high-confidence weight events saved (on the unit only) as training data."""
+
+    enabled: bool = False
+    min_confidence: float = Field(0.98, ge=0.5, le=1.0)
+    max_mb: float = Field(200.0, gt=0)
+    max_age_days: float = Field(14.0, gt=0)
+    dir: Path | None = None  # default: <state_dir>/vision/capture
+
+
+class VisionConfig(_Strict):
+    """Models and fusion. Both models are optional; with neither, events stay weight-only."""
+
+    action_model: Path | None = None
+    product_model: Path | None = None
+    product_sidecar: Path | None = None  # sidecar of a third-party model kept in a read-only folder
+    tau: float = Field(0.5, gt=0, le=1.0)        # temper: vision log-likelihoods × tau
+    floor: float = Field(0.02, gt=0, lt=1.0)     # no vision probability counts as less than this
+    deadline_ms: int = Field(400, ge=0, le=10000)  # an event waits at most this long for vision
+    threads: int = Field(1, ge=1, le=4)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+
+
 class Config(_Strict):
     version: Literal[1]
     unit_id: str
@@ -192,6 +255,8 @@ class Config(_Strict):
     planogram: list[PlacementConfig] = Field(default_factory=list)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    camera: CameraConfig | None = None   # optional per unit
+    vision: VisionConfig | None = None
 
     @field_validator("unit_id", "store_id")
     @classmethod
@@ -259,6 +324,17 @@ class Config(_Strict):
                 self.sensing.script, plates_of, {p.sku: p.unit_weight_g for p in self.planogram})]
         if isinstance(self.sensing, ReplaySensing) and not self.sensing.path.exists():
             problems.append(("sensing.path", f"recording not found: {self.sensing.path}"))
+        if self.vision is not None and self.camera is None:
+            problems.append(("vision", "needs a camera section (camera.type: sim, replay, v4l2 or picamera2)"))
+        if isinstance(self.camera, SimCamera) and not isinstance(self.sensing, SimSensing):
+            problems.append(("camera.type", "sim renders the simulated shelf: it needs sensing.backend: sim"))
+        if isinstance(self.camera, ReplayCamera) and not self.camera.path.exists():
+            problems.append(("camera.path", f"frames file not found: {self.camera.path}"))
+        if self.vision is not None:
+            for key in ("action_model", "product_model", "product_sidecar"):
+                path = getattr(self.vision, key)
+                if path is not None and not _readable(path):
+                    problems.append((f"vision.{key}", f"file not found or not readable: {path}"))
         if problems:
             raise ValueError(_JOIN.join(f"{k}\x1f{m}" for k, m in problems))
         return self
@@ -286,7 +362,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("hx711", "iio", "sim", "replay") and out == "sensing":
+        elif (part in ("hx711", "iio", "sim", "replay") and out == "sensing") or \
+                (part in ("sim", "replay", "v4l2", "picamera2") and out == "camera"):
             continue  # the discriminator tag pydantic inserts; users never wrote it
         else:
             out += ("." if out else "") + str(part)
@@ -299,6 +376,10 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
+    if kind == "union_tag_invalid" and isinstance(err.get("input"), dict) and "type" in err["input"]:
+        return f"unknown camera type {err['input'].get('type')!r}; expected sim, replay, v4l2 or picamera2"
+    if kind == "union_tag_not_found" and err.get("loc", ("",))[0] == "camera":
+        return "required key 'type' is missing (sim, replay, v4l2 or picamera2)"
     if kind == "union_tag_invalid":
         return f"unknown backend {err['input'].get('backend')!r}; expected hx711, iio, sim or replay" \
             if isinstance(err.get("input"), dict) else err["msg"]
@@ -365,7 +446,18 @@ def _resolve_paths(data: Any, base: Path) -> Any:
         data["sensing"] = dict(data["sensing"])
         fix(data["sensing"], "path")
         fix(data["sensing"], "ground_truth")
+        fix(data["sensing"], "load_file")
         fix(data["sensing"], "script")
+    if isinstance(data.get("camera"), dict):
+        data["camera"] = dict(data["camera"])
+        fix(data["camera"], "path")
+    if isinstance(data.get("vision"), dict):
+        data["vision"] = dict(data["vision"])
+        for k in ("action_model", "product_model", "product_sidecar"):
+            fix(data["vision"], k)
+        if isinstance(data["vision"].get("capture"), dict):
+            data["vision"]["capture"] = dict(data["vision"]["capture"])
+            fix(data["vision"]["capture"], "dir")
     if isinstance(data.get("mqtt"), dict):
         data["mqtt"] = dict(data["mqtt"])
         fix(data["mqtt"], "password_file")
