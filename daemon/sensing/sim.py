@@ -187,6 +187,9 @@ class SimSource:
 
         self.ground_truth: list[GroundTruthEvent] = []
         self._truth: list[_Truth] = []
+        # what the sim camera starts from (read-only view: vision replays ``truth`` on top of it)
+        self._initial_facings = [(f.sku, f.placement.shelf, tuple(f.placement.plates), len(f.units))
+                                 for f in self._facings]
         self._active: list[_Wave] = []
         self._static = self._stock_loads()            # grams on each plate at rest, as rendered
         self._busy_until = {s: 0 for s in layout.shelves}  # sample index each shelf is free again
@@ -323,6 +326,17 @@ class SimSource:
     def read(self, timeout: float = 1.0) -> SampleBlock | None:
         self.start()
         a = self._n
+    def initial_facings(self) -> list[tuple[str, str, tuple[int, ...], int]]:
+        """(sku, shelf, plate ids, units) of every facing as stocked before sample 0. With
+        ``truth`` (what changed when and where) it is all a simulated camera needs to draw the
+        shelf at any past instant; a read-only view, so sensing never imports vision."""
+        return list(self._initial_facings)
+
+    @property
+    def stream_time(self) -> float:
+        """Epoch time of the next sample ``read`` will deliver: the simulated "now"."""
+        return self.t0 + self._n * self._dt
+
         if self._total is not None and a >= self._total:
             return None
         n = self._block if self._total is None else min(self._block, self._total - a)
