@@ -7,6 +7,8 @@ version is kept as ``calibration.prev.json`` so a bad calibration can be rolled 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +35,7 @@ class ChannelCal:
     offset: float          # raw counts at zero load
     scale: float           # counts per gram (sign included)
     points: list[list[float]] = field(default_factory=list)  # [[mass_g, counts], ...] used for the fit
+    updated: str | None = None  # when this channel's offset or scale last changed (UTC, ISO 8601)
 
     def to_grams(self, counts):
         return (counts - self.offset) / self.scale
@@ -62,7 +65,8 @@ class CalibrationState:
                 scale = float(c["scale"])
                 if scale == 0 or scale != scale:
                     raise CalibrationError(f"{where}: channel {name!r} has an invalid scale {c['scale']!r}")
-                chans[name] = ChannelCal(float(c["offset"]), scale, [list(map(float, p)) for p in c.get("points", [])])
+                chans[name] = ChannelCal(float(c["offset"]), scale, [list(map(float, p)) for p in c.get("points", [])],
+                                         c.get("updated"))
             return cls(unit_id=str(d["unit_id"]), channels=chans, calibration_id=str(d["calibration_id"]),
                        technician=d.get("technician"), created=str(d.get("created", "")),
                        source=str(d.get("source", "shelfcal")))
@@ -100,11 +104,12 @@ def save(state_dir: Path, state: CalibrationState) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         if path.exists():
-            # A hard link keeps the old version without a window where no calibration exists.
-            prev = state_dir / PREVIOUS
-            if prev.exists():
-                prev.unlink()
-            os.link(path, prev)
+            # A hard link keeps the old version without a window where no calibration exists,
+            # and renaming that link over the old .prev means a kill at any instant leaves a
+            # complete previous version (the old .prev or the new one), never none.
+            prev_tmp = tmp + ".prev"
+            os.link(path, prev_tmp)
+            os.replace(prev_tmp, state_dir / PREVIOUS)
         os.replace(tmp, path)
         dfd = os.open(state_dir, os.O_DIRECTORY)
         try:
@@ -112,8 +117,48 @@ def save(state_dir: Path, state: CalibrationState) -> Path:
         finally:
             os.close(dfd)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp + ".prev"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
         raise
     log.info("calibration %s written to %s", state.calibration_id, path)
     return path
+
+
+@contextlib.contextmanager
+def locked(state_dir: Path):
+    """Serialise read-modify-write of the calibration between shelfcal and a running daemon (a
+    tare from the store back-end). An advisory flock, released by the kernel if the holder dies."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / ".calibration.lock", os.O_RDWR | os.O_CREAT, 0o660)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        # temporary files of writers killed mid-write (SIGKILL, power cut) are garbage
+        for stale in state_dir.glob(".calibration.*.tmp*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        yield
+    finally:
+        os.close(fd)
+
+
+def update(state_dir: Path, unit_id: str, channels: dict[str, ChannelCal], *, technician: str | None,
+           source: str = "shelfcal") -> CalibrationState:
+    """A new calibration version: the one in force with ``channels`` replaced, under the lock,
+    with a fresh ``calibration_id``; written atomically, the old one kept as calibration.prev.json.
+
+    Raises CalibrationError (and writes nothing) when the file in force is corrupt or belongs to
+    another unit: a technician must decide about that, not a tool."""
+    with locked(state_dir):
+        current = load(state_dir, unit_id)
+        merged = dict(current.channels) if current else {}
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        for name, cal in channels.items():
+            if cal.updated is None:
+                cal.updated = now
+            merged[name] = cal
+        state = CalibrationState(unit_id=unit_id, channels=merged, technician=technician, created=now,
+                                 source=source)
+        save(state_dir, state)
+        return state

@@ -115,6 +115,16 @@ class SimSensing(_Strict):
     ground_truth: Path | None = None  # where the simulator writes what really happened
     dead_channels: list[str] = Field(default_factory=list)
     glitch_rate: float = Field(0.0005, ge=0, le=0.1)  # per sample per channel
+    # Technician scenarios (shelfcal tests, the README walk-through); see docs/simulator.md.
+    shoppers: bool = True           # False: nobody touches the shelves (an installation or service visit)
+    stocked: bool = True            # False: every plate starts empty
+    factory_calibration: bool = True  # False: the unit starts uncalibrated (shelfd refuses to run)
+    scale_error: dict[str, float] = Field(default_factory=dict)  # channel → relative error of the factory scale
+    plate_noise_g: dict[str, float] = Field(default_factory=dict)  # "shelf/plate" → white-noise σ
+    # Sim-only hook: a JSON file {"shelf/plate": grams} of test masses "placed" on plates; the
+    # simulator polls it, so a subprocess (shelfcal, a test) can load a plate of a running sim.
+    load_file: Path | None = None
+    drift_g_per_min: float = Field(3.0, ge=0)  # steepest temperature drift of a cell
     # Store simulation (aggregator/sim): perform exactly the interactions listed in this JSONL
     # file (daemon/sensing/sim_script.py) instead of random shoppers, and start sample 0 at epoch
     # `t0` (paced on the wall clock from there), so every unit of a simulated store shares one clock.

@@ -20,7 +20,7 @@ from .events.item_event import build_event, rfc3339
 from .layout import Layout
 from .sensing.base import SampleBlock, SampleSource
 from .signal.condition import Conditioner
-from .signal.detector import REST, Detector, DetectorParams, WeightChange
+from .signal.detector import INIT, REST, Detector, DetectorParams, WeightChange
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,25 @@ class Pipeline:
         self._estimate_stock()
         self.stats.cpu_seconds += time.process_time() - t0
         return events
+
+    def apply_calibration(self, calibration: CalibrationState) -> list[str]:
+        """Use a new calibration from the next block on (a tare or re-calibration while running).
+
+        Plates whose channels changed re-learn their baseline without an event: their weight
+        jumps by design, which is not a pick. Returns the keys of those plates."""
+        old = self.calibration
+        self.conditioner = Conditioner(self.layout, self.channels, "counts", calibration, self.rate_hz,
+                                       median_samples=self.conditioner.k,
+                                       max_gap_s=self.conditioner.max_gap / self.rate_hz)
+        self.calibration = calibration
+        changed = []
+        for pl in self.layout.plates:
+            if old is None or any(old.channels.get(c) != calibration.channels.get(c) for c in pl.channels):
+                # back to INIT (as after a data gap): it adopts a new baseline once quiet
+                self.detector._drop_from_group(pl.index)
+                self.detector.state[pl.index] = INIT
+                changed.append(pl.key)
+        return changed
 
     def finish(self) -> list[dict]:
         return [self._event(c) for c in self.detector.flush()]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,7 @@ class SimSource:
     def __init__(self, cfg: Config, layout: Layout, clock: Callable[[], float] = time.monotonic, *,
                  scale_error: dict[str, float] | None = None,
                  plate_noise_g: dict[str, float] | None = None,
-                 drift_g_per_min: float = 3.0,
+                 drift_g_per_min: float | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         if not isinstance(cfg.sensing, SimSensing):
             raise ValueError("SimSource needs sensing.backend: sim")
@@ -181,8 +182,10 @@ class SimSource:
         # column → plate; a plate on several cells shares its load equally (the sum is what counts)
         self._ch_plate = np.array([p.index for p in layout.plates for _ in p.channels], dtype=int)
         self._ch_frac = np.array([1.0 / len(p.channels) for p in layout.plates for _ in p.channels])
-        self._init_channels(scale_error or {})
-        self._init_noise(plate_noise_g or {}, drift_g_per_min)
+        # YAML knobs first, constructor arguments (tests, benches) override them
+        self._init_channels({**self.sim.scale_error, **(scale_error or {})})
+        self._init_noise({**self.sim.plate_noise_g, **(plate_noise_g or {})},
+                         self.sim.drift_g_per_min if drift_g_per_min is None else drift_g_per_min)
         self._init_stock()
 
         self.ground_truth: list[GroundTruthEvent] = []
@@ -196,6 +199,10 @@ class SimSource:
         self._in_hand: dict[str, list[float]] = {}    # units shoppers took, by SKU (put-backs)
         self._n = 0
         self._next_arrival = int(LEAD_IN_S * self.rate_hz) + self._poisson_gap()
+        if not self.sim.shoppers:
+            self._next_arrival = 1 << 62  # a service visit: nobody touches the shelves
+        self._placed: dict[str, float] = {}   # test masses from sensing.load_file, by plate key
+        self._load_sig: tuple[int, int] | None = None
         self._script = load_script(self.sim.script) if self.sim.script is not None else None
         self._script_i = 0
         if self._script is not None:
@@ -265,7 +272,7 @@ class SimSource:
             # Fill a facing to a couple of kg, as a stocker would: many light units, few heavy ones.
             full = pl.stock if pl.stock is not None else int(np.clip(6000.0 / pl.unit_weight_g, 8, 30))
             f = _Facing(pl, plates, [], max(full, 1))
-            f.units = [self._new_unit(f, rng) for _ in range(full)]
+            f.units = [self._new_unit(f, rng) for _ in range(full if self.sim.stocked else 0)]
             self._facings.append(f)
         self.foreign: dict[int, list[tuple[str, float]]] = {}  # misplaced units lying on a plate
 
@@ -304,6 +311,14 @@ class SimSource:
                  for i, ch in enumerate(self.channels)}
         return CalibrationState(unit_id=self.cfg.unit_id, channels=chans, technician="sim",
                                 source="sim-factory")
+
+    def true_calibration(self) -> CalibrationState:
+        """The cells' real offset and scale (``scale_error`` included): what a perfect technician
+        would measure. Tests compare shelfcal's fit with it; the daemon never sees it."""
+        chans = {ch: ChannelCal(float(self._offset[i]), float(self._true_scale[i]))
+                 for i, ch in enumerate(self.channels)}
+        return CalibrationState(unit_id=self.cfg.unit_id, channels=chans, technician="truth",
+                                source="sim-truth")
 
     def plate_loads_g(self) -> dict[str, float]:
         """True grams of items resting on each plate at the current stream position (no forces,
@@ -349,6 +364,7 @@ class SimSource:
             if wait > 0:
                 self._sleep(wait)
         self._schedule_until(a + n)
+        self._poll_load_file(a)
         block = self._render(a, n)
         self._n = a + n
         self._tally(block.flags)
@@ -457,6 +473,55 @@ class SimSource:
         flags[:, self._dead] = np.uint8(Flag.TIMEOUT)
         values = np.where(flags == 0, counts, np.nan)
         return SampleBlock(t, values, flags)
+
+    # ------------------------------------------------------------ test masses (sensing.load_file)
+
+    def _poll_load_file(self, at: int) -> None:
+        """Apply changes of ``sensing.load_file`` ({"shelf/plate": grams}) as a technician's hands
+        would: the mass is set down over ~0.3 s and the plate rings. Sim-only; cheap (one stat)."""
+        path = self.sim.load_file
+        if path is None:
+            return
+        try:
+            st = os.stat(path)
+        except OSError:
+            if self._load_sig is None:
+                return
+            self._load_sig, want = None, {}
+        else:
+            sig = (st.st_mtime_ns, st.st_size)
+            if sig == self._load_sig:
+                return
+            try:
+                want = json.loads(Path(path).read_text() or "{}")
+                if not isinstance(want, dict):
+                    raise ValueError("not a JSON object")
+                want = {str(k): float(v) for k, v in want.items()}
+            except (OSError, ValueError, TypeError) as exc:
+                log.warning("sensing.load_file %s unreadable (%s); test masses unchanged", path, exc)
+                return
+            self._load_sig = sig
+        keys = {p.key: p.index for p in self.layout.plates}
+        for key in set(want) | set(self._placed):
+            if key not in keys:
+                log.warning("sensing.load_file: no plate %r in this layout, ignored", key)
+                continue
+            delta = want.get(key, 0.0) - self._placed.get(key, 0.0)
+            if abs(delta) < 1e-9:
+                continue
+            self._placed[key] = want.get(key, 0.0)
+            p = keys[key]
+            ramp, tau = 0.3, 0.15
+            length = int(math.ceil((0.1 + ramp + 8 * tau) * self.rate_hz))
+            tt = np.arange(length) * self._dt
+            freq = float(np.clip(self._f0[p] * math.sqrt(self._plate_mass[p] / (self._plate_mass[p] + self._static[p] + max(delta, 0))), 6.0, 15.0))
+            taper = np.ones(length)
+            ntap = max(2, int(0.25 * 8 * tau * self.rate_hz))
+            taper[-ntap:] = 0.5 * (1 + np.cos(np.linspace(0, np.pi, ntap)))
+            w = delta * _smoothstep((tt - 0.1) / ramp) + _ring(tt, 0.1 + ramp, 0.1 * abs(delta), freq, tau) * taper
+            w[-1] = delta
+            self._active.append(_Wave(p, at, w, float(delta)))
+            log.info("sim: %+.1f g placed on plate %s (now %.1f g of test masses)", delta, key, self._placed[key])
 
     # ------------------------------------------------------------ shoppers
 
