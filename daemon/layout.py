@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import Config, SimSensing
+from .config import Config, ReplaySensing, SimSensing
 
 
 def default_unit_sd(unit_weight_g: float) -> float:
@@ -68,7 +68,9 @@ class Layout:
         for shelf in cfg.shelves:
             for pc in sorted(shelf.plates, key=lambda p: p.id):
                 chans = tuple(pc.channels)
-                if not chans and isinstance(cfg.sensing, SimSensing):
+                # A recording of a simulated unit carries the simulator's channel names, so the
+                # same config (backend switched to replay) must map plates the same way.
+                if not chans and isinstance(cfg.sensing, (SimSensing, ReplaySensing)):
                     chans = (sim_channel_name(shelf.id, pc.id),)
                 plates.append(Plate(shelf.id, pc.id, len(plates), chans, pc.capacity_g))
         placements = [

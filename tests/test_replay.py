@@ -82,3 +82,21 @@ def test_record_then_replay_own_format(tmp_path):
     r = shelfd("replay", str(rec), "--format", "shelfd", "--config", str(cfg), "--out", str(out))
     assert r.returncode == 65
     assert f"case.jsonl:{len(lines) // 2 + 1}: corrupt or truncated block" in r.stderr
+
+
+def test_recording_of_a_sim_unit_replays_through_its_config_switched_to_replay(tmp_path):
+    """The technician's path: record a unit, then point the same config's backend at the file."""
+    cfg = write_config(tmp_path / "unit.yaml", state_dir=str(tmp_path / "state"),
+                       sensing={"backend": "sim", "seed": 5, "speed": 0, "events_per_min": 30,
+                                "duration_s": 40})
+    rec = tmp_path / "case.jsonl"
+    assert shelfd("record", "--config", str(cfg), "--out", str(rec), "--duration", "40").returncode == 0
+    as_sim = shelfd("replay", str(rec), "--format", "shelfd", "--config", str(cfg))
+    replay_cfg = write_config(tmp_path / "replay.yaml", state_dir=str(tmp_path / "state"),
+                              sensing={"backend": "replay", "format": "shelfd", "path": str(rec), "speed": 0})
+    as_replay = shelfd("replay", str(rec), "--format", "shelfd", "--config", str(replay_cfg))
+    assert as_sim.returncode == 0 and as_replay.returncode == 0, as_replay.stderr
+    key = lambda line: {k: v for k, v in json.loads(line).items() if k != "event_id"}  # noqa: E731
+    sim_events = [key(l) for l in as_sim.stdout.splitlines()]
+    assert len(sim_events) >= 3
+    assert [key(l) for l in as_replay.stdout.splitlines()] == sim_events
