@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,25 +21,31 @@ log = logging.getLogger("shelfd")
 
 
 def _setup_logging(level: str = "info") -> None:
-    # journald stamps each line itself; a shell user gets a time column
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if not os.environ.get("JOURNAL_STREAM"):
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr, force=True)
+    # Under systemd: one line per record with an sd-daemon <N> priority and no timestamp
+    # (journald stamps it); in a shell: a time column and full tracebacks. See logsetup.py.
+    from .logsetup import setup
+    setup(level)
 
 
 def _fail(msg: str, code: int) -> None:
-    click.echo(f"shelfd: {msg}", err=True)
+    from .logsetup import error_line
+    click.echo(error_line(f"shelfd: {msg}"), err=True)
     sys.exit(code)
 
 
-def _load(config: Path):
+def _load(config: Path, notify: bool = False):
     from .config import ConfigError, load_config
+    from .logsetup import error_line
     try:
         return load_config(config)
     except ConfigError as exc:
-        for line in exc.problems:
-            click.echo(f"{config}: {line}" if not line.startswith(str(config)) else line, err=True)
+        lines = [line if line.startswith(str(config)) else f"{config}: {line}" for line in exc.problems]
+        for line in lines:
+            click.echo(error_line(line), err=True)
+        if notify:  # `shelfd run` under systemd: `systemctl status` shows why it stays down
+            from .sdnotify import Notifier
+            more = f" (+{len(lines) - 1} more, see journal)" if len(lines) > 1 else ""
+            Notifier().status_and_wait(f"config error, not restarting: {lines[0]}{more}")
         sys.exit(EX_CONFIG)
 
 
@@ -85,7 +90,7 @@ def run(config: Path) -> None:
 
     SIGTERM or Ctrl-C stops it cleanly: status `stopped` is published and unsent events stay in
     the outbox for the next start."""
-    cfg = _load(config)
+    cfg = _load(config, notify=True)
     _setup_logging(cfg.log_level)
     from .service import Service
     sys.exit(Service(cfg).run())

@@ -441,6 +441,9 @@ def load_config(path: str | Path) -> Config:
     return cfg
 
 
+_CRED_VARS = ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY")
+
+
 def _resolve_paths(data: Any, base: Path) -> Any:
     if not isinstance(data, dict):
         return data
@@ -448,6 +451,13 @@ def _resolve_paths(data: Any, base: Path) -> Any:
 
     def fix(d: dict, key: str) -> None:
         v = d.get(key)
+        if isinstance(v, str) and v.startswith(_CRED_VARS):
+            # systemd LoadCredential= files: ${CREDENTIALS_DIRECTORY}/name (see systemd/README.md);
+            # left as written when unset, so the readable-file check names the variable
+            cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+            if cred_dir:
+                d[key] = cred_dir + v[len(next(p for p in _CRED_VARS if v.startswith(p))):]
+            return
         if isinstance(v, str) and v and not os.path.isabs(v):
             d[key] = str(base / v)
 
