@@ -1,0 +1,337 @@
+"""Runs a simulated store for real: a private Mosquitto on a free loopback port, one ``shelfd``
+per unit (sim backend, scripted, on the store clock), ``cartd``, and the gates and tracking played
+from the plan on the same clock. Every child runs in its own session (a terminal's Ctrl-C reaches
+only us), and :meth:`StoreRun.stop` ends them in order and leaves nothing behind.
+
+The store clock is the wall clock: ``t0`` (epoch) is a few seconds after start, every unit's
+sample 0 is at ``t0`` (``sensing.t0``), and the feeder publishes a gate or tracking message planned
+at offset ``x`` at wall time ``t0 + x``. Real time means one run of N minutes takes N minutes;
+overlapping shoppers keep 200 of them under ten.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+
+from .plan import Plan
+from .store import Store
+from .tracking import NoiseParams, batches
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFIX = "gondola/v1"
+
+
+def rfc3339(t: float) -> str:
+    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mosquitto_bin() -> str | None:
+    for c in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", shutil.which("mosquitto")):
+        if c and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.send_signal(sig)
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class Broker:
+    """A private Mosquitto with persistence (sessions survive a restart on the same port)."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        binary = mosquitto_bin()
+        if binary is None:
+            raise RuntimeError("mosquitto is missing: install it with 'sudo apt-get install mosquitto'")
+        self.binary, self.port, self.dir = binary, port or free_port(), workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence true",
+                 f"persistence_location {workdir}/", "autosave_interval 1", "max_queued_messages 0",
+                 "log_dest stderr", "log_type error", "log_type warning"]
+        if os.geteuid() == 0:  # as root Mosquitto drops to user mosquitto, who cannot write our tmp
+            lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+        (workdir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        with open(self.dir / "mosquitto.log", "ab") as logf:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.dir / "mosquitto.conf")],
+                                         stdout=logf, stderr=logf, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {(self.dir / 'mosquitto.log').read_text()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on 127.0.0.1:{self.port}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        _stop(self.proc, sig)
+
+
+@dataclass
+class RunOptions:
+    tracking: str = "clean"            # clean | noisy
+    noise: NoiseParams | None = None
+    startup_s: float = 6.0             # t0 is this long after start(): daemons boot and settle
+    receipt_grace_s: float = 40.0      # after the last exit, wait this long at most for receipts
+    cartd_overrides: dict = field(default_factory=dict)
+    watch_events: bool = False         # also collect the units' item events (the demo prints them)
+
+
+class StoreRun:
+    """One simulated store run. ``start()``, then ``wait()``, then ``stop()`` (or use ``with``)."""
+
+    def __init__(self, store: Store, plan: Plan, workdir: Path, opts: RunOptions | None = None,
+                 on_receipt: Callable[[dict], None] | None = None,
+                 on_event: Callable[[dict], None] | None = None,
+                 on_gate: Callable[[str, dict], None] | None = None):
+        self.store, self.plan, self.dir = store, plan, Path(workdir)
+        self.opts = opts or RunOptions()
+        self.on_receipt, self.on_event, self.on_gate = on_receipt, on_event, on_gate
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.broker = Broker(self.dir / "broker")
+        self.base = f"{PREFIX}/{store.store_id}"
+        self.units: dict[str, subprocess.Popen] = {}
+        self.cartd: subprocess.Popen | None = None
+        self.receipts: dict[str, dict] = {}       # receipt_id → document, as seen on the broker
+        self.receipt_seen_at: dict[str, float] = {}
+        self.events: list[dict] = []
+        self._lock = threading.Condition()
+        self._stop = threading.Event()
+        self._feeder: threading.Thread | None = None
+        self.t0 = 0.0
+        self.cartd_config = self.dir / "cartd.yaml"
+
+    # ------------------------------------------------------------ set-up
+
+    def _write_files(self) -> None:
+        scripts = self.plan.scripts(self.store)
+        self.unit_configs: dict[str, Path] = {}
+        for i, unit in enumerate(self.store.units):
+            udir = self.dir / unit.unit_id
+            udir.mkdir(exist_ok=True)
+            script = udir / "script.jsonl"
+            script.write_text("".join(json.dumps(x) + "\n" for x in scripts[unit.unit_id]))
+            cfg = self.store.unit_config(unit, port=self.broker.port, state_dir=udir / "state", script=script,
+                                         t0=self.t0, seed=self.plan.params.seed * 100 + i,
+                                         ground_truth=udir / "sim_truth.json")
+            path = udir / "shelfd.yaml"
+            path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+            self.unit_configs[unit.unit_id] = path
+        cat = self.store.write_catalogue(self.dir / "catalogue.yaml")
+        cfg = {"version": 1, "store_id": self.store.store_id, "instance_id": "cartd-1",
+               "mqtt": {"host": "127.0.0.1", "port": self.broker.port, "topic_prefix": PREFIX},
+               "storage": {"type": "sqlite", "path": str(self.dir / "cartd.sqlite3")},
+               "catalogue": str(cat),
+               "units": [{"unit_id": u.unit_id, "shelves": list(u.shelves)} for u in self.store.units]}
+        for k, v in self.opts.cartd_overrides.items():
+            if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+                cfg[k] = {**cfg[k], **v}
+            else:
+                cfg[k] = v
+        self.cartd_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.plan.write(self.dir / "plan.json")
+
+    def _feed(self) -> list[tuple[float, str, dict, int]]:
+        """Every gate and tracking message: (offset s, topic, payload, qos), in time order."""
+        msgs: list[tuple[float, str, dict, int]] = []
+        for s in self.plan.sessions:
+            msgs.append((s.t_entry, f"{self.base}/_store/gates/entry",
+                         {"schema": "gondola.gate-entry/1", "session_id": s.session_id,
+                          "t": rfc3339(self.t0 + s.t_entry), "gate": s.gate, "shopper_ref": f"acct-{s.session_id}"}, 1))
+            msgs.append((s.t_exit, f"{self.base}/_store/gates/exit",
+                         {"schema": "gondola.gate-exit/1", "session_id": s.session_id,
+                          "t": rfc3339(self.t0 + s.t_exit), "gate": s.gate}, 1))
+        for t, obs in batches(self.plan, self.store, self.opts.tracking, self.plan.params.seed, self.opts.noise):
+            msgs.append((t, f"{self.base}/_store/tracking",
+                         {"schema": "gondola.tracking/1", "t": rfc3339(self.t0 + t),
+                          "source": f"sim-{self.opts.tracking}", "observations": obs}, 1))
+        msgs.sort(key=lambda m: (m[0], m[1]))
+        return msgs
+
+    def cartd_cmd(self) -> list[str]:
+        return [sys.executable, "-c", "import sys; from aggregator.cli import main; sys.exit(main())",
+                "run", "--config", str(self.cartd_config)]
+
+    def start_cartd(self) -> None:
+        with open(self.dir / "cartd.log", "ab") as logf:
+            self.cartd = subprocess.Popen(self.cartd_cmd(), cwd=ROOT, stdout=logf, stderr=logf,
+                                          start_new_session=True)
+
+    def start(self) -> None:
+        self.broker.start()
+        self.t0 = round(time.time() + self.opts.startup_s, 3)
+        self._write_files()
+        feed = self._feed()
+        self._client = self._connect()
+        for uid, path in self.unit_configs.items():
+            with open(self.dir / uid / "shelfd.log", "ab") as logf:
+                self.units[uid] = subprocess.Popen(
+                    [sys.executable, "-c", "import sys; from daemon.cli import cli; sys.exit(cli())",
+                     "run", "--config", str(path)], cwd=ROOT, stdout=logf, stderr=logf, start_new_session=True)
+        self.start_cartd()
+        self._feeder = threading.Thread(target=self._play, args=(feed,), name="storesim-feeder", daemon=True)
+        self._feeder.start()
+
+    def _connect(self) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"storesim-{self.store.store_id}",
+                        protocol=mqtt.MQTTv5)
+        c.reconnect_delay_set(0.1, 1.0)
+        c.max_queued_messages_set(0)
+        subs = [(f"{self.base}/_store/receipts/+", 1)]
+        if self.opts.watch_events or self.on_event:
+            subs.append((f"{self.base}/+/events", 1))
+        connected = threading.Event()
+
+        def on_connect(cl, _u, _f, rc, _p):
+            if not rc.is_failure:
+                cl.subscribe(subs)
+                connected.set()
+
+        c.on_connect = on_connect
+        c.on_message = self._on_message
+        from paho.mqtt.properties import Properties
+        from paho.mqtt.packettypes import PacketTypes
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600  # receipts published while we reconnect are kept for us
+        c.connect("127.0.0.1", self.broker.port, keepalive=10, clean_start=False, properties=props)
+        c.loop_start()
+        if not connected.wait(10):
+            raise RuntimeError("store simulator could not connect to its broker")
+        return c
+
+    def _on_message(self, _c, _u, msg) -> None:
+        try:
+            doc = json.loads(msg.payload)
+        except ValueError:
+            return
+        if "/_store/receipts/" in msg.topic:
+            rid = doc.get("receipt_id") or msg.topic
+            with self._lock:
+                new = rid not in self.receipts
+                self.receipts[rid] = doc
+                self.receipt_seen_at.setdefault(rid, time.time())
+                self._lock.notify_all()
+            if new and self.on_receipt:
+                self.on_receipt(doc)
+        elif msg.topic.endswith("/events"):
+            with self._lock:
+                self.events.append(doc)
+            if self.on_event:
+                self.on_event(doc)
+
+    def _play(self, feed: list[tuple[float, str, dict, int]]) -> None:
+        for off, topic, payload, qos in feed:
+            wait = self.t0 + off - time.time()
+            if wait > 0 and self._stop.wait(wait):
+                return
+            self._client.publish(topic, json.dumps(payload), qos=qos)
+            if self.on_gate and "/gates/" in topic:
+                self.on_gate(topic.rsplit("/", 1)[1], payload)
+
+    # ------------------------------------------------------------ running
+
+    def sessions_receipted(self) -> set[str]:
+        with self._lock:
+            return {r.get("session_id") for r in self.receipts.values()}
+
+    def wait(self, timeout: float | None = None, tick: Callable[[], None] | None = None) -> bool:
+        """Until every session has a receipt (True), or the plan's end plus the grace (False)."""
+        want = {s.session_id for s in self.plan.sessions}
+        deadline = self.t0 + self.plan.end_s + self.opts.receipt_grace_s
+        if timeout is not None:
+            deadline = min(deadline, time.time() + timeout)
+        while time.time() < deadline:
+            if want <= self.sessions_receipted():
+                return True
+            for uid, p in self.units.items():
+                if p.poll() is not None:
+                    raise RuntimeError(f"shelfd {uid} exited with {p.returncode}; see {self.dir / uid / 'shelfd.log'}")
+            if tick:
+                tick()
+            with self._lock:
+                self._lock.wait(0.5)
+        return want <= self.sessions_receipted()
+
+    def stored_receipts(self) -> list[dict]:
+        """cartd's stored receipts (``cartd receipts``), the record behind what was published."""
+        try:
+            out = subprocess.run([sys.executable, "-c", "import sys; from aggregator.cli import main; sys.exit(main())",
+                                  "receipts", "--config", str(self.cartd_config)], cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired:
+            return []
+        docs = []
+        for line in out.stdout.splitlines():
+            try:
+                docs.append(json.loads(line))
+            except ValueError:
+                continue
+        return docs
+
+    def all_receipts(self) -> list[dict]:
+        with self._lock:
+            seen = dict(self.receipts)
+        for d in self.stored_receipts():
+            seen.setdefault(d.get("receipt_id"), d)
+        return list(seen.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._feeder is not None:
+            self._feeder.join(5)
+        for p in self.units.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.units.values():
+            _stop(p)
+        _stop(self.cartd)
+        client = getattr(self, "_client", None)
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self.broker.stop()
+
+    def __enter__(self) -> "StoreRun":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

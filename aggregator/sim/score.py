@@ -1,0 +1,134 @@
+"""Receipts against what the shoppers really took: precision, recall and F1 per line item.
+
+A line item is (shopper, product, quantity), the AutoCheckout competition's measure: a receipt
+line counts as right only when the product *and* the quantity match a line of that shopper's true
+cart. The latest receipt of a session (a correction replaces the cart) is the one scored; a
+session without a receipt contributes only misses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def final_receipts(receipts: list[dict]) -> dict[str, dict]:
+    """The latest receipt document per session (largest ``n``)."""
+    out: dict[str, dict] = {}
+    for r in receipts:
+        sid = r.get("session_id")
+        if sid is None:
+            continue
+        if sid not in out or int(r.get("n", 1)) > int(out[sid].get("n", 1)):
+            out[sid] = r
+    return out
+
+
+def receipt_cart(receipt: dict) -> dict[str, int]:
+    cart: dict[str, int] = {}
+    for line in receipt.get("lines", []):
+        if line.get("sku") is None or int(line.get("quantity", 0)) <= 0:
+            continue
+        cart[line["sku"]] = cart.get(line["sku"], 0) + int(line["quantity"])
+    return cart
+
+
+@dataclass
+class Score:
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    sessions: int = 0
+    receipts: int = 0
+    review_lines: int = 0
+    corrections: int = 0
+    incomplete: int = 0
+    errors: list[dict] = field(default_factory=list)
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+    def as_dict(self) -> dict:
+        return {"precision": round(self.precision, 4), "recall": round(self.recall, 4), "f1": round(self.f1, 4),
+                "tp": self.tp, "fp": self.fp, "fn": self.fn, "sessions": self.sessions,
+                "receipts": self.receipts, "corrections": self.corrections, "incomplete": self.incomplete,
+                "review_lines": self.review_lines}
+
+
+def score(truth: dict[str, dict[str, int]], receipts: list[dict]) -> Score:
+    final = final_receipts(receipts)
+    s = Score(sessions=len(truth), receipts=len(final))
+    s.corrections = sum(1 for r in receipts if r.get("kind") == "correction")
+    for sid, want in truth.items():
+        r = final.get(sid)
+        got = receipt_cart(r) if r else {}
+        if r:
+            s.review_lines += sum(1 for ln in r.get("lines", []) if ln.get("needs_review"))
+            s.incomplete += 0 if r.get("complete", True) else 1
+        for sku in sorted(set(want) | set(got)):
+            w, g = want.get(sku, 0), got.get(sku, 0)
+            if w and g and w == g:
+                s.tp += 1
+                continue
+            if g:
+                s.fp += 1
+            if w:
+                s.fn += 1
+            s.errors.append({"session_id": sid, "sku": sku, "true_qty": w, "receipt_qty": g,
+                             "receipt": r.get("receipt_id") if r else None})
+    # receipts for sessions that do not exist in the truth are all false
+    for sid, r in final.items():
+        if sid not in truth:
+            n = len(receipt_cart(r))
+            s.fp += n
+    return s
+
+
+def _epoch(ts: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+
+
+def shelf_events(plan, events: list[dict], t0: float) -> dict:
+    """The units' item events against the planned interactions (diagnosis: was a wrong receipt
+    line a shelf's mistake or the association's?). Each planned pick/put-back is matched to the
+    first unused event of its unit and shelf whose span overlaps the touch (±1 s)."""
+    evs = sorted((e for e in events), key=lambda e: e.get("seq", 0))
+    by_shelf: dict[tuple[str, str], list[dict]] = {}
+    for e in evs:
+        by_shelf.setdefault((e["unit_id"], e["shelf"]), []).append(e)
+    used: set[str] = set()
+    found = right = 0
+    wrong: list[dict] = []
+    real = [i for i in plan.interactions if i.type in ("pick", "put_back")]
+    for i in real:
+        a, b = t0 + i.t - 1.0, t0 + i.t + i.dur + 3.0
+        match = None
+        for e in by_shelf.get((i.unit_id, i.shelf), []):
+            if e["event_id"] in used:
+                continue
+            if _epoch(e["t_start"]) <= b and _epoch(e["t_end"]) >= a:
+                match = e
+                break
+        if match is None:
+            wrong.append({"interaction": i.id, "problem": "missed", "type": i.type, "sku": i.sku})
+            continue
+        used.add(match["event_id"])
+        found += 1
+        if match["type"] == i.type and match["sku"] == i.sku and match["quantity"] == i.quantity:
+            right += 1
+        else:
+            wrong.append({"interaction": i.id, "problem": "wrong", "planned": [i.type, i.sku, i.quantity],
+                          "event": [match["type"], match["sku"], match["quantity"]], "wrong_place": i.wrong_place})
+    extra = [e for e in evs if e["event_id"] not in used]
+    return {"planned": len(real), "found": found, "right": right, "phantoms": len(extra),
+            "accuracy": round(right / len(real), 4) if real else 1.0, "errors": wrong,
+            "phantom_events": [[e["unit_id"], e["shelf"], e["type"], e["sku"], e["quantity"], e["t_start"]] for e in extra]}
