@@ -60,7 +60,8 @@ class Service:
         except calstate.CalibrationError as exc:
             log.error("%s; restore calibration.prev.json or run `shelfcal calibrate`", exc)
             return EX_CONFIG
-        if calibration is None and source.units == "counts" and isinstance(cfg.sensing, SimSensing):
+        if calibration is None and source.units == "counts" and isinstance(cfg.sensing, SimSensing) \
+                and cfg.sensing.factory_calibration:
             calibration = source.factory_calibration()
             calstate.save(state_dir, calibration)
         try:
@@ -69,11 +70,18 @@ class Service:
         except (UncalibratedError, ValueError) as exc:
             log.error("cannot start: %s", exc)
             return EX_CONFIG
+        # tare / rezero / rest / snapshot / calibration_reload for shelfcal and the store back-end
+        from .control_handlers import UnitControl
+        from .control_socket import ControlSocket, socket_path
+        self.control = UnitControl(cfg, layout, list(source.channels), source.rate_hz, state_dir, pipe, source)
+        self.control.register(self.commands)
+        control_sock = ControlSocket(socket_path(state_dir), self.commands)
         outbox = Outbox(state_dir / "outbox.sqlite3")
         publisher = Publisher(cfg, outbox, commands=self.commands)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         publisher.start()
+        control_sock.start()
         log.info("unit %s/%s: %d shelves, %d plates, %s backend at %.0f Hz, outbox depth %d",
                  cfg.store_id, cfg.unit_id, len(layout.shelves), len(layout.plates),
                  cfg.sensing.backend, source.rate_hz, outbox.depth())
@@ -86,6 +94,7 @@ class Service:
                 if block is None:
                     log.info("recording ended")
                     break
+                self.control.feed(block)
                 for ev in pipe.process(block):
                     outbox.add(ev)
                     publisher.notify()
@@ -101,6 +110,7 @@ class Service:
             rc = EX_SOFTWARE
         finally:
             self.notifier.stopping()
+            control_sock.stop()
             self.commands.fail_pending("the unit is stopping; ask again when it is back")
             try:
                 source.close()

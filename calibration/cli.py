@@ -1,0 +1,528 @@
+"""``shelfcal``: the technician's tool for a shelf unit's load cells, planogram and camera.
+
+Exit codes (sysexits): 0 ok, 64 usage (wrong plate, mass out of range), 65 refused data (degenerate
+point, failed verify, corrupt or foreign calibration), 66 missing input, 69 unavailable (no
+samples, daemon not answering, channel fault in diag), 73 cannot write, 75 try again (plate never
+at rest, aborted at the prompt: nothing written), 78 config error, 130 interrupted (Ctrl-C:
+the calibration in force is unchanged).
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import (EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_TEMPFAIL, EX_USAGE, ShelfcalError)
+
+DEFAULT_CONFIG = "/etc/shelfd/shelfd.yaml"
+
+
+def _console():
+    from rich.console import Console
+    con = Console(highlight=False)
+    if not con.is_terminal:
+        con = Console(highlight=False, width=120)  # logs and pipes: no wrapping of table cells
+    return con
+
+
+class Ctx:
+    def __init__(self, config: Path, via: str, timeout: float):
+        self.config_path = config
+        self.via = via
+        self.timeout = timeout
+        self._cfg = None
+        self._link = None
+        self._unit = None
+
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            from daemon.config import ConfigError, load_config
+            try:
+                self._cfg = load_config(self.config_path)
+            except ConfigError as exc:
+                first = exc.problems[0] if exc.problems else "invalid"
+                more = f" (+{len(exc.problems) - 1} more: run `shelfd check --config {self.config_path}`)" \
+                    if len(exc.problems) > 1 else ""
+                raise ShelfcalError(f"{self.config_path}: {first}{more}", EX_CONFIG) from None
+        return self._cfg
+
+    def unit(self):
+        if self._unit is None:
+            from .guided import Unit
+            from .link import connect
+            self._link = connect(self.cfg, self.via, self.timeout)
+            self._unit = Unit.open(self._link, Path(self.cfg.state_dir))
+        return self._unit
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
+
+
+def _interactive(yes: bool) -> bool:
+    return not yes and sys.stdin.isatty()
+
+
+def _technician(name: str | None) -> str:
+    if name:
+        return name
+    env = os.environ.get("SHELFCAL_TECHNICIAN")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """An explicit accept: --yes, or 'y' typed at the prompt; anything else aborts (nothing written)."""
+    if yes:
+        return
+    try:
+        ok = click.confirm(question, default=False)
+    except click.Abort:
+        ok = False
+    if not ok:
+        raise ShelfcalError("aborted: nothing written; the calibration in force is unchanged", EX_TEMPFAIL)
+
+
+def _wait(unit, plate, timeout: float, interactive: bool, what: str):
+    from .guided import wait_rest
+    con = _console()
+    if not interactive:
+        return wait_rest(unit, plate, timeout_s=timeout)
+    with con.status(f"plate {plate.key}: waiting for rest ({what})") as st:
+        def progress(r):
+            if r.get("waiting"):
+                msg = "collecting fresh samples"
+            else:
+                msg = r.get("reason") or "settling"
+            st.update(f"plate {plate.key}: waiting for rest ({what}): {msg}, {r['left_s']:.0f} s left")
+        return wait_rest(unit, plate, timeout_s=timeout, progress=progress)
+
+
+# ---------------------------------------------------------------- the group
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config", type=click.Path(path_type=Path), envvar="SHELFD_CONFIG",
+              default=DEFAULT_CONFIG, show_default=True, help="The unit's YAML config (env SHELFD_CONFIG).")
+@click.option("--via", type=click.Choice(["auto", "daemon", "local"]), default="auto", show_default=True,
+              help="auto: the running shelfd's control socket if it answers, else open the load cells here.")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="Seconds to wait for a daemon's answer.")
+@click.pass_context
+def cli(ctx: click.Context, config: Path, via: str, timeout: float) -> None:
+    """Gondola technician tool: diagnose, tare, calibrate and verify a shelf unit's load cells,
+    edit its planogram, set its camera's plate regions.
+
+    \b
+    A first calibration (walk-through in the README):
+      shelfcal diag                                    wiring and noise, a verdict per channel
+      shelfcal calibrate --plate 1/2                   guided: empty → zero → known masses → fit → accept
+      shelfcal verify --plate 1/2 --mass-g 1000        pass/fail with a different mass
+      shelfcal report --out report/                    plots and a summary for the service record
+    Scripted: shelfcal tare --plate 1/2 --yes; shelfcal calibrate --plate 1/2 --mass-g 500 --yes
+    """
+    ctx.obj = Ctx(config, via, timeout)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# ---------------------------------------------------------------- diag
+
+
+@cli.command()
+@click.option("--seconds", type=float, default=3.0, show_default=True, help="Samples to judge (own drivers).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+@click.pass_obj
+def diag(obj: Ctx, seconds: float, as_json: bool) -> None:
+    """Per channel: sample rate, faults, distinct values, noise, offset, and a verdict to act on.
+
+    Exit 0 when every channel is usable (warnings allowed), 69 when one is not."""
+    from .diag import judge
+    from .link import wait_for_data
+    unit = obj.unit()
+    wait_for_data(unit.link, seconds)
+    snap = unit.link.call("snapshot", seconds=max(seconds, 1.0))
+    verdicts = judge(obj.cfg, snap)
+    faults = [v for v in verdicts.values() if v["level"] == "fault"]
+    if as_json:
+        click.echo(json.dumps({"via": unit.link.kind, "snapshot": snap, "verdicts": verdicts}, default=str))
+    else:
+        from rich.table import Table
+        t = Table(title=f"unit {unit.unit_id}: {len(snap['channels'])} channels over {snap['seconds']:.1f} s "
+                        f"({unit.link.kind})")
+        for col in ("channel", "plate", "sps", "t/o", "glitch", "sat", "distinct",
+                    "σ counts", "σ g", "offset", "status"):
+            t.add_column(col, justify="left" if col in ("channel", "plate", "status") else "right")
+        plate_of = {c: k for k, p in snap["plates"].items() for c in p["channels"]}
+        for ch, c in snap["channels"].items():
+            v = verdicts[ch]
+            style = {"ok": "green", "warning": "yellow", "fault": "red"}[v["level"]]
+            t.add_row(ch, plate_of.get(ch, "-"), f"{c['measured_sps']:.1f}/{c['expected_sps']:g}",
+                      str(c["timeouts"]), str(c["glitches"]), str(c["saturations"]), str(c["distinct_values"]),
+                      _num(c["noise_counts"], 1), _num(c["noise_g"], 2),
+                      "-" if c["offset_share"] is None else f"{c['offset_share']:.1%}",
+                      f"[{style}]{v['level']}[/{style}]")
+        _console().print(t)
+        for ch, v in verdicts.items():
+            click.echo(f"channel {ch} (plate {plate_of.get(ch, '-')}): {v['text']}")
+    if faults:
+        sys.exit(69)
+
+
+def _num(x, digits):
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+# ---------------------------------------------------------------- live
+
+
+@cli.command()
+@click.option("--interval", type=float, default=0.5, show_default=True)
+@click.option("--count", type=int, default=0, help="Stop after this many updates (0: until Ctrl-C).")
+@click.pass_obj
+def live(obj: Ctx, interval: float, count: int) -> None:
+    """A live table of every plate's weight and state, updating in place (Ctrl-C to leave)."""
+    from rich.live import Live
+    from rich.table import Table
+    from .link import wait_for_data
+    unit = obj.unit()
+    wait_for_data(unit.link, 1.0)
+
+    def table():
+        snap = unit.link.call("snapshot", seconds=2.0)
+        t = Table(title=f"unit {unit.unit_id} ({unit.link.kind}) calibration {snap['calibration_id'] or 'none'}")
+        for col in ("plate", "weight g", "state", "noise g"):
+            t.add_column(col, justify="right" if col != "plate" else "left")
+        for k, p in snap["plates"].items():
+            t.add_row(k, _num(p["weight_g"], 1), p["state"], _num(p["noise_g"], 2))
+        return t
+
+    con = _console()
+    n = 0
+    if not con.is_terminal:
+        while True:
+            con.print(table())
+            n += 1
+            if count and n >= count:
+                return
+            time.sleep(interval)
+    with Live(table(), console=con, refresh_per_second=4) as lv:
+        while not count or n < count:
+            time.sleep(interval)
+            lv.update(table())
+            n += 1
+
+
+# ---------------------------------------------------------------- tare / calibrate / verify
+
+_plate_opt = click.option("--plate", "plate_name", help="SHELF/PLATE (or the plate id when unique).")
+_yes_opt = click.option("--yes", is_flag=True, help="Non-interactive: no prompts, accept the result.")
+_rest_opt = click.option("--rest-timeout", type=float, default=30.0, show_default=True,
+                         help="Seconds to wait for the plate to come to rest.")
+_tech_opt = click.option("--technician", help="Name recorded with the calibration (default $SHELFCAL_TECHNICIAN or the login).")
+
+
+def _pick_plate(unit, plate_name: str | None, interactive: bool):
+    if plate_name is None:
+        if not interactive:
+            raise ShelfcalError("--plate is required with --yes (plates: " + ", ".join(unit.plates) + ")", EX_USAGE)
+        plate_name = click.prompt(f"plate ({', '.join(unit.plates)})")
+    return unit.plate(plate_name)
+
+
+def _zero_step(unit, plate, yes: bool, force: bool, rest_timeout: float, interactive: bool):
+    from .guided import record_zero, zero_warnings
+    if interactive:
+        click.prompt(f"Empty plate {plate.key} completely, keep hands off, then press Enter", default="",
+                     show_default=False)
+    r = _wait(unit, plate, rest_timeout, interactive, "empty plate")
+    warns = zero_warnings(unit, plate, r["level_counts"])
+    for w in warns:
+        click.echo(f"warning: {w}", err=True)
+    if warns and not force:
+        if interactive:
+            _confirm("Use this zero anyway?", False)
+            force = True
+        else:
+            raise ShelfcalError(f"suspicious zero ({warns[0]}); empty the plate, or pass --force", EX_DATAERR)
+    record_zero(unit, plate, r)
+    return r, force
+
+
+@cli.command()
+@_plate_opt
+@_yes_opt
+@click.option("--force", is_flag=True, help="Tare even when the zero looks suspicious.")
+@_rest_opt
+@_tech_opt
+@click.pass_obj
+def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
+    """Zero a plate: empty it, wait for rest, set the offset (and start a calibration session)."""
+    unit = obj.unit()
+    interactive = _interactive(yes)
+    plate = _pick_plate(unit, plate_name, interactive)
+    r, force = _zero_step(unit, plate, yes, force, rest_timeout, interactive)
+    cal = unit.calibration()
+    if cal is None or any(c not in cal.channels for c in plate.channels):
+        click.echo(f"plate {plate.key}: zero recorded ({', '.join(f'{x:.0f}' for x in r['level_counts'])} counts); "
+                   f"it has no scale yet: place a known mass and run "
+                   f"`shelfcal calibrate --plate {plate.key} --mass-g GRAMS`")
+        return
+    res = unit.link.call("tare", plates=[plate.key], force=True if force else False,
+                         technician=_technician(technician))
+    p = res["plates"][plate.key]
+    unit.log({"kind": "tare", "plate": plate.key, "calibration_id": res["calibration_id"],
+              "shift_g": p["shift_g"], "technician": _technician(technician)})
+    click.echo(f"plate {plate.key}: tared (zero moved {p['shift_g']:+.1f} g); calibration {res['calibration_id']} in force")
+
+
+@cli.command()
+@_plate_opt
+@click.option("--mass-g", "masses", type=float, multiple=True,
+              help="Known mass on the plate now (scripted: one point per run, after `shelfcal tare`).")
+@_yes_opt
+@click.option("--force", is_flag=True, help="Accept a suspicious zero.")
+@_rest_opt
+@_tech_opt
+@click.pass_obj
+def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician) -> None:
+    """Calibrate a plate with known masses (least-squares over the zero and every mass point).
+
+    \b
+    Interactive: empty → rest → zero; then for each mass: place it → rest → point; fit, accept.
+    Scripted:    shelfcal tare --plate 1/2 --yes           (plate empty)
+                 shelfcal calibrate --plate 1/2 --mass-g 500 --yes    (500 g on it)
+                 shelfcal calibrate --plate 1/2 --mass-g 2000 --yes   (optional further points)"""
+    from .guided import add_point, fit_plate, session_points, write_fit
+    unit = obj.unit()
+    interactive = _interactive(yes)
+    plate = _pick_plate(unit, plate_name, interactive)
+    unit.calibration()  # a corrupt or foreign file stops us before any work
+    for m in masses:
+        unit.check_mass(plate, m)
+    tech = _technician(technician)
+    if interactive:
+        _zero_step(unit, plate, yes, force, rest_timeout, True)
+        queue = list(masses)
+        while True:
+            if queue:
+                m = queue.pop(0)
+            else:
+                s = session_points(unit, plate)
+                ans = click.prompt("Known mass in grams (Enter when done)" if len(s["points"]) else
+                                   "Known mass in grams", default="" if s["points"] else None, show_default=False)
+                if not str(ans).strip():
+                    break
+                try:
+                    m = float(ans)
+                except ValueError:
+                    click.echo(f"not a number: {ans!r}")
+                    continue
+                try:
+                    unit.check_mass(plate, m)
+                except ShelfcalError as exc:
+                    click.echo(str(exc))
+                    continue
+            _place_prompt(obj, unit, plate, m)
+            r = _wait(unit, plate, rest_timeout, True, f"{m:g} g")
+            try:
+                s = add_point(unit, plate, m, r)
+            except ShelfcalError as exc:
+                if exc.code != EX_DATAERR:
+                    raise
+                click.echo(str(exc))
+                continue
+            _show_fit(fit_plate(unit, plate, s))
+    else:
+        if len(masses) != 1:
+            raise ShelfcalError("scripted calibration takes exactly one --mass-g per run (the mass on the plate now)",
+                                EX_USAGE)
+        s = session_points(unit, plate)
+        r = _wait(unit, plate, rest_timeout, False, f"{masses[0]:g} g")
+        s = add_point(unit, plate, masses[0], r)
+    s = session_points(unit, plate)
+    if not s["points"]:
+        raise ShelfcalError("no known-mass point recorded: nothing written", EX_TEMPFAIL)
+    pf = fit_plate(unit, plate, s)
+    if not interactive:
+        _show_fit(pf)
+    _confirm(f"Write this calibration for plate {plate.key}?", yes)
+    cid = write_fit(unit, pf, tech)
+    _reload(unit)
+    click.echo(f"plate {plate.key}: calibration {cid} written by {tech} (previous kept as calibration.prev.json)")
+
+
+def _place_prompt(obj: Ctx, unit, plate, m: float) -> None:
+    sim = _sim_load_file(obj)
+    if sim is not None:
+        click.prompt(f"Place {m:g} g in the middle of plate {plate.key} and press Enter "
+                     f"(simulator: press Enter and shelfcal places it)", default="", show_default=False)
+        _sim_set(sim, plate.key, m)
+    else:
+        click.prompt(f"Place {m:g} g in the middle of plate {plate.key}, hands off, then press Enter",
+                     default="", show_default=False)
+
+
+def _show_fit(pf) -> None:
+    from rich.table import Table
+    t = Table(title=f"plate {pf.plate.key}: fit over {len(pf.masses)} points")
+    for col in ("mass g", "residual g"):
+        t.add_column(col, justify="right")
+    for m, r in zip(pf.masses, pf.residuals_g):
+        t.add_row(f"{m:g}", f"{r:+.2f}")
+    con = _console()
+    con.print(t)
+    for f in pf.fits:
+        prev = pf.previous_scale.get(f.channel)
+        change = f" (was {prev:.4f}, {100 * (f.scale / prev - 1):+.2f} %)" if prev else ""
+        con.print(f"channel {f.channel}: scale {f.scale:.4f} counts/g{change}, offset {f.offset:.0f} counts")
+    cap = pf.capacity_g
+    note = "" if cap >= pf.plate.capacity_g else f"  [yellow]below the plate's rating of {pf.plate.capacity_g:g} g[/yellow]"
+    con.print(f"implied capacity before the ADC saturates: {cap:,.0f} g{note}")
+
+
+def _reload(unit) -> None:
+    try:
+        res = unit.link.call("calibration_reload")
+    except ShelfcalError as exc:
+        click.echo(f"warning: the calibration is written but the unit did not adopt it ({exc}); "
+                   f"restart shelfd", err=True)
+        return
+    if unit.link.kind == "daemon":
+        click.echo(f"shelfd now runs calibration {res['calibration_id']}")
+
+
+@cli.command()
+@_plate_opt
+@click.option("--mass-g", "mass", type=float, required=True, help="A known mass, different from the calibration masses.")
+@click.option("--tolerance-g", type=float, help="Pass band (default: 2 g or 0.5 % of the mass, whichever is larger).")
+@_yes_opt
+@_rest_opt
+@_tech_opt
+@click.pass_obj
+def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technician) -> None:
+    """Weigh a known mass on a tared plate: pass (exit 0) or fail (exit 65) against a tolerance."""
+    unit = obj.unit()
+    interactive = _interactive(yes)
+    plate = _pick_plate(unit, plate_name, interactive)
+    unit.check_mass(plate, mass)
+    cal = unit.calibration()
+    if cal is None or any(c not in cal.channels for c in plate.channels):
+        raise ShelfcalError(f"plate {plate.key} is not calibrated: run `shelfcal calibrate --plate {plate.key}`",
+                            EX_USAGE)
+    tol = tolerance_g if tolerance_g is not None else max(2.0, 0.005 * mass)
+    if tol <= 0:
+        raise ShelfcalError(f"--tolerance-g must be more than 0, got {tol:g}", EX_USAGE)
+    cal_masses = {p[0] * len(plate.channels) for c in plate.channels for p in cal.channels[c].points if p[0] > 0}
+    if any(abs(mass - m) < 1.0 for m in cal_masses):
+        click.echo(f"warning: {mass:g} g was a calibration mass; a different mass checks the fit between points",
+                   err=True)
+    if interactive:
+        _place_prompt(obj, unit, plate, mass)
+    r = _wait(unit, plate, rest_timeout, interactive, f"{mass:g} g")
+    g = r.get("grams")
+    if g is None:
+        raise ShelfcalError(f"plate {plate.key} has no calibrated reading; run `shelfcal calibrate`", EX_DATAERR)
+    err = g - mass
+    ok = abs(err) <= tol
+    unit.log({"kind": "verify", "plate": plate.key, "mass_g": mass, "read_g": round(g, 2), "error_g": round(err, 2),
+              "tolerance_g": tol, "pass": ok, "calibration_id": cal.calibration_id, "technician": _technician(technician)})
+    verdict = "PASS" if ok else "FAIL"
+    click.echo(f"plate {plate.key}: {verdict}: read {g:.1f} g for {mass:g} g ({err:+.2f} g, tolerance ±{tol:g} g, "
+               f"noise {r.get('sigma_g') or 0:.2f} g)")
+    if not ok:
+        raise ShelfcalError(f"plate {plate.key} failed verification: tare it empty and re-run "
+                            f"`shelfcal calibrate --plate {plate.key}`", EX_DATAERR)
+
+
+# ---------------------------------------------------------------- simulator helper
+
+
+def _sim_load_file(obj: Ctx) -> Path | None:
+    from daemon.config import SimSensing
+    s = obj.cfg.sensing
+    return s.load_file if isinstance(s, SimSensing) and s.load_file is not None else None
+
+
+def _sim_set(path: Path, key: str, grams: float | None) -> None:
+    from .guided import atomic_write
+    try:
+        cur = json.loads(Path(path).read_text())
+        cur = cur if isinstance(cur, dict) else {}
+    except (OSError, ValueError):
+        cur = {}
+    if grams is None or grams == 0:
+        cur.pop(key, None)
+    else:
+        cur[key] = grams
+    atomic_write(Path(path), json.dumps(cur))
+
+
+@cli.group()
+def sim() -> None:
+    """Simulator only: put test masses on simulated plates (sensing.load_file)."""
+
+
+@sim.command("place")
+@click.option("--plate", "plate_name", required=True)
+@click.option("--mass-g", "mass", type=float, required=True, help="Grams of test mass on the plate (0 removes it).")
+@click.pass_obj
+def sim_place(obj: Ctx, plate_name: str, mass: float) -> None:
+    path = _sim_load_file(obj)
+    if path is None:
+        raise ShelfcalError("this config has no sensing.load_file (simulator only): add one to place masses", EX_USAGE)
+    from daemon.layout import Layout
+    keys = [p.key for p in Layout.from_config(obj.cfg).plates]
+    key = plate_name if plate_name in keys else next((k for k in keys if k.endswith("/" + plate_name)), None)
+    if key is None:
+        raise ShelfcalError(f"no plate {plate_name!r}; plates are {', '.join(keys)}", EX_USAGE)
+    if mass < 0:
+        raise ShelfcalError(f"--mass-g must be ≥ 0, got {mass:g}", EX_USAGE)
+    _sim_set(path, key, mass)
+    click.echo(f"simulator: {mass:g} g of test mass on plate {key}")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def _register_more() -> None:
+    from . import camera, planogram, report  # noqa: F401 - they add their commands to `cli`
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _register_more()
+    try:
+        cli.main(standalone_mode=False)
+    except ShelfcalError as exc:
+        click.echo(f"shelfcal: {exc}", err=True)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        click.echo("\nshelfcal: interrupted; the calibration in force is unchanged", err=True)
+        sys.exit(EX_INTERRUPTED)
+    except click.exceptions.NoArgsIsHelpError as exc:  # type: ignore[attr-defined]
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(0)
+    except click.UsageError as exc:
+        click.echo(f"shelfcal: {exc.format_message()}", err=True)
+        sys.exit(EX_USAGE)
+    except click.Abort:
+        click.echo("\nshelfcal: aborted; the calibration in force is unchanged", err=True)
+        sys.exit(EX_INTERRUPTED)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()
