@@ -97,7 +97,7 @@ class UnitConfig(_Strict):
 
 class AssociationConfig(_Strict):
     # Unit, gate and tracking clocks may disagree by this much (NTP on a store LAN: well under 1 s).
-    clock_tolerance_s: float = Field(2.0, ge=0)
+    clock_tolerance_s: float = Field(1.0, ge=0)
     # A best candidate below this confidence, or closer than `ambiguity_margin` to the second,
     # still gets the line but it is marked needs_review.
     min_confidence: float = Field(0.5, ge=0, le=1)
@@ -117,9 +117,9 @@ class ReceiptConfig(_Strict):
     deadline_s: float = Field(15.0, gt=0)
     # A unit decides an event up to ~1.2 s after t_end (the detector's settle window): its
     # watermark is (latest t_end or health time) minus this.
-    unit_lag_s: float = Field(2.0, ge=0)
+    unit_lag_s: float = Field(1.5, ge=0)
     # Ask lagging units for a `rebirth` (fresh retained health) this often while a receipt waits.
-    rebirth_interval_s: float = Field(1.0, gt=0)
+    rebirth_interval_s: float = Field(0.5, gt=0)
     # Gather late events for this long before issuing a correction receipt.
     correction_delay_s: float = Field(1.0, ge=0)
     currency: str = "USD"

@@ -1,0 +1,170 @@
+"""`make demo`: store-in-a-box. A private Mosquitto, simulated shelf units running the real
+``shelfd``, simulated shoppers (gates and tracking), and ``cartd``; receipts are printed as they
+are issued and, at the end, compared with what the shoppers really took.
+
+    python -m aggregator.demo                       # a few shoppers, about 1–2 minutes
+    python -m aggregator.demo --shoppers 200 --units 4   # the bench-sized store (~11 minutes)
+    python -m aggregator.demo --tracking noisy      # occlusions, swaps, passers-by in tracking
+    python -m aggregator.demo --web-port 8080       # and the staff page on http://127.0.0.1:8080/
+    python -m aggregator.demo --unit                # the single-unit live view (daemon.demo)
+
+Stops when every shopper has a receipt (or the grace time ran out), or on Ctrl-C, and leaves no
+process behind. Everything it wrote (configs, logs, plan, databases) stays in the printed folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .sim.plan import PlanParams, make_plan
+from .sim.runner import RunOptions, StoreRun, mosquitto_bin
+from .sim.score import final_receipts, receipt_cart, score, shelf_events
+from .sim.store import build_store
+
+_print_lock = threading.Lock()
+
+
+def say(line: str = "") -> None:
+    with _print_lock:
+        print(line, flush=True)
+
+
+def _money(cents: int | None) -> str:
+    return "   —   " if cents is None else f"${cents / 100:7.2f}"
+
+
+def _interrupt(*_a) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the demo the same way Ctrl-C does
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m aggregator.demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shoppers", type=int, default=int(os.environ.get("GONDOLA_SHOPPERS", 4)))
+    ap.add_argument("--units", type=int, default=None, help="shelf units (default 2, 4 from 20 shoppers)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--tracking", choices=["clean", "noisy"], default=os.environ.get("GONDOLA_TRACKING", "clean"))
+    ap.add_argument("--arrival-gap", type=float, default=None, help="mean seconds between shoppers entering")
+    ap.add_argument("--web-port", type=int, default=None, help="also serve the staff page on this port")
+    ap.add_argument("--out", type=Path, default=None, help="working folder (default: a new temp folder)")
+    ap.add_argument("--quiet-events", action="store_true", help="print receipts only, not every item event")
+    ap.add_argument("--unit", action="store_true", help="the single-unit live view instead (daemon.demo)")
+    args, rest = ap.parse_known_args(argv)
+    if args.unit:
+        from daemon import demo as unit_demo
+        sys.argv = ["daemon.demo", *rest]
+        return unit_demo.main()
+    if rest:
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.shoppers < 1:
+        ap.error("--shoppers must be at least 1")
+    if mosquitto_bin() is None:
+        say("mosquitto is missing: install it with 'sudo apt-get install mosquitto'")
+        return 69
+    units = args.units or (4 if args.shoppers >= 20 else 2)
+    gap = args.arrival_gap or (2.6 if args.shoppers >= 20 else 6.0)
+    store = build_store(n_units=units)
+    plan = make_plan(store, PlanParams(shoppers=args.shoppers, seed=args.seed, arrival_gap_s=gap))
+    work = args.out or Path(tempfile.mkdtemp(prefix="gondola-store-"))
+    names = {sku: p.name for sku, p in store.products.items()}
+    truth = plan.truth()
+
+    def on_event(e: dict) -> None:
+        if args.quiet_events:
+            return
+        sku = names.get(e.get("sku"), e.get("sku") or "?")
+        say(f"    · {e['t_end'][11:21]}  {e['unit_id']} shelf {e['shelf']}  {e['type']:<8} "
+            f"{e['quantity']} × {sku}  (Δ {e['delta_g']:+.0f} g, conf {e['confidence']:.2f})")
+
+    def on_gate(kind: str, p: dict) -> None:
+        say(f"  {'→ in ' if kind == 'entry' else '← out'}  {p['t'][11:21]}  {p['session_id']}")
+
+    def on_receipt(r: dict) -> None:
+        sid = r.get("session_id")
+        want = truth.get(sid, {})
+        got = receipt_cart(r)
+        ok = "matches what they took" if got == want else "DIFFERS from what they took"
+        head = f"  ┌ receipt {r.get('receipt_id')}  ({r.get('kind', 'receipt')}, {'complete' if r.get('complete', True) else 'incomplete'})"
+        lines = [head]
+        for ln in r.get("lines", []):
+            flag = "  ⚑ review" if ln.get("needs_review") else ""
+            lines.append(f"  │ {ln.get('quantity'):>2} × {str(ln.get('name') or ln.get('sku'))[:28]:<28} "
+                         f"{_money(ln.get('amount'))}{flag}")
+        if not r.get("lines"):
+            lines.append("  │ (nothing taken)")
+        lines.append(f"  └ total {_money(r.get('total'))}   — {ok}")
+        say("\n".join(lines))
+
+    opts = RunOptions(tracking=args.tracking, watch_events=not args.quiet_events)
+    run = StoreRun(store, plan, work, opts, on_receipt=on_receipt, on_event=on_event, on_gate=on_gate)
+    web = None
+    interrupted = False
+    # Ctrl-C: the children run in their own sessions, so only we get it and stop them in order
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        run.start()
+        say(f"Gondola store-in-a-box: {len(store.units)} units × {len(store.units[0].shelves)} shelves, "
+            f"{args.shoppers} shopper(s), {args.tracking} tracking, seed {args.seed}; store opens in "
+            f"{run.t0 - time.time():.0f} s, last shopper leaves after ~{plan.end_s:.0f} s (Ctrl-C to stop)")
+        say(f"  broker 127.0.0.1:{run.broker.port}   watch: mosquitto_sub -p {run.broker.port} -t '{run.base}/#' -v")
+        say(f"  files: {work}")
+        if args.web_port is not None:
+            web = subprocess.Popen([sys.executable, "-m", "aggregator.web", "--config", str(run.cartd_config),
+                                    "--port", str(args.web_port)], stdout=subprocess.DEVNULL,
+                                   stderr=open(work / "web.log", "ab"), start_new_session=True)
+            say(f"  staff page: http://127.0.0.1:{args.web_port}/")
+        say()
+        done = run.wait()
+        if not done:
+            say("\n  (grace time over: some shoppers have no receipt)")
+    except KeyboardInterrupt:
+        interrupted = True
+        say("\n  stopping …")
+    finally:
+        if web is not None and web.poll() is None:
+            web.terminate()
+            try:
+                web.wait(5)
+            except subprocess.TimeoutExpired:
+                web.kill()
+        run.stop()
+    receipts = run.all_receipts()
+    report(plan, truth, receipts, names, run, interrupted)
+    return 0
+
+
+def report(plan, truth, receipts, names, run, interrupted: bool) -> None:
+    final = final_receipts(receipts)
+    shown = [s.session_id for s in plan.sessions if not interrupted or s.session_id in final]
+    say("\nWhat the shoppers took against their receipts:")
+    for sid in shown:
+        want, got = truth.get(sid, {}), receipt_cart(final[sid]) if sid in final else None
+        mark = "✓" if got == want else "✗"
+        w = ", ".join(f"{q}× {names.get(k, k)}" for k, q in want.items()) or "nothing"
+        say(f"  {mark} {sid}: took {w}")
+        if got is None:
+            say("      no receipt")
+        elif got != want:
+            g = ", ".join(f"{q}× {names.get(k, k)}" for k, q in got.items()) or "nothing"
+            say(f"      receipt says {g}")
+    s = score({k: truth[k] for k in shown}, [r for r in receipts if r.get("session_id") in shown])
+    ev = shelf_events(plan, run.events, run.t0) if run.events else None
+    say(f"\n  line items: precision {s.precision:.3f}  recall {s.recall:.3f}  F1 {s.f1:.3f}  "
+        f"({s.tp} right, {s.fp} wrong, {s.fn} missed; {s.receipts}/{len(shown)} receipts, "
+        f"{s.review_lines} line(s) for review)")
+    if ev:
+        say(f"  shelf events: {ev['right']}/{ev['planned']} interactions seen exactly right, {ev['phantoms']} phantom(s)")
+    (run.dir / "result.json").write_text(json.dumps({"score": s.as_dict(), "errors": s.errors, "shelf_events": ev}, indent=1))
+    say(f"  details: {run.dir / 'result.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,675 @@
+"""The aggregator's logic: messages in, database rows and outgoing messages out.
+
+No MQTT here: ``handle_batch`` takes (topic, payload) pairs and ``tick`` runs the timed work; both
+run one transaction and return the messages to publish *after* the commit. The service acknowledges
+the incoming messages only after that commit, so a crash anywhere replays them, and every write is
+idempotent (event_id primary key, ON CONFLICT DO NOTHING, state transitions guarded by WHERE).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ulid import ULID
+
+from . import __version__
+from .catalogue import Catalogue
+from .config import Config
+from .messages import (BadMessage, GateEntry, GateExit, ItemEvent, Tracking, decode, fmt_ts,
+                       health_fields, validate)
+from .store import RetryTransaction, Store
+
+log = logging.getLogger(__name__)
+
+_LEADER_GAPS = 7302
+
+
+@dataclass
+class Outbound:
+    topic: str
+    payload: str
+    qos: int = 1
+    retain: bool = False
+    kind: str | None = None  # "receipt" | "deadletter": mark published on PUBACK
+    ref: str | None = None
+
+
+class Engine:
+    def __init__(self, cfg: Config, store: Store, catalogue: Catalogue,
+                 clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.store = store
+        self.catalogue = catalogue
+        self.clock = clock
+        self.base = cfg.base
+        self.units_cfg = {u.unit_id: set(u.shelves) for u in cfg.units}
+        self.counters: Counter[str] = Counter()
+        self.deadletter_counts: Counter[str] = Counter()
+        self._out: list[Outbound] = []
+        self._tracker_t: float | None = None
+
+    # ================================================================ batches
+
+    def handle_batch(self, msgs: list[tuple[str, bytes]]) -> list[Outbound]:
+        """Apply messages in one transaction; returns what to publish after the commit.
+
+        A deadlock between instances retries the batch; an unexpected fault in one message is
+        isolated by replaying the batch one message per transaction and dead-lettering the culprit.
+        """
+        for attempt in range(6):
+            try:
+                return self._run_tx(lambda: [self._handle(t, p) for t, p in msgs])
+            except RetryTransaction as exc:
+                log.debug("batch retry %d: %s", attempt, exc)
+                self.counters["tx_retries"] += 1
+                time.sleep(0.01 * (attempt + 1))
+            except Exception:
+                if len(msgs) == 1:
+                    break
+                log.exception("fault in a batch of %d messages; applying them one by one", len(msgs))
+                out: list[Outbound] = []
+                for m in msgs:
+                    out += self.handle_batch([m])
+                return out
+        # One message that keeps failing: keep it as a dead letter and move on (never a crash loop).
+        topic, payload = msgs[0]
+        self.counters["internal_errors"] += 1
+        log.exception("cannot apply a message on %s; kept as dead letter internal_error", topic)
+        return self._run_tx(lambda: self._deadletter("internal_error", topic, "the aggregator failed on this message (see its log)", payload))
+
+    def _run_tx(self, fn: Callable[[], Any]) -> list[Outbound]:
+        self._out = []
+        self.store.begin()
+        try:
+            fn()
+            self.store.commit()
+        except BaseException:
+            self.store.rollback()
+            self._out = []
+            raise
+        out, self._out = self._out, []
+        return out
+
+    def _handle(self, topic: str, payload: bytes) -> None:
+        self.counters["messages"] += 1
+        if not topic.startswith(self.base + "/"):
+            self._deadletter("unexpected_topic", topic, "topic outside this store's tree", payload)
+            return
+        parts = topic[len(self.base) + 1:].split("/")
+        try:
+            if parts[0] == "_store":
+                if parts[1:] == ["gates", "entry"]:
+                    self._entry(topic, payload)
+                elif parts[1:] == ["gates", "exit"]:
+                    self._exit(topic, payload)
+                elif parts[1:] == ["tracking"]:
+                    self._tracking(topic, payload)
+                else:
+                    self._deadletter("unexpected_topic", topic, "not a topic cartd consumes", payload)
+            elif len(parts) == 2 and parts[1] == "events":
+                self._event(topic, parts[0], payload)
+            elif len(parts) == 2 and parts[1] == "health":
+                self._health(parts[0], payload)
+            elif len(parts) == 2 and parts[1] == "status":
+                self._status(parts[0], payload)
+            elif len(parts) == 3 and parts[1:] == ["res", "resend"]:
+                self._resend_reply(topic, parts[0], payload)
+            else:
+                self._deadletter("unexpected_topic", topic, "not a topic cartd consumes", payload)
+        except BadMessage as bad:
+            self._deadletter(bad.reason, topic, bad.detail, payload)
+
+    # ================================================================ dead letters
+
+    def _deadletter(self, reason: str, topic: str, detail: str, payload: bytes | str | None = None, *,
+                    action: str = "kept", event_id: str | None = None, unit_id: str | None = None,
+                    session_id: str | None = None) -> None:
+        now = self.clock()
+        if isinstance(payload, bytes):
+            try:
+                text: str | None = payload[:16384].decode("utf-8")
+            except UnicodeDecodeError:
+                import base64
+                text = base64.b64encode(payload[:12288]).decode()
+        else:
+            text = payload[:16384] if payload else None
+        dl_id = str(ULID())
+        doc = {"schema": "gondola.deadletter/1", "id": dl_id, "t": fmt_ts(now), "reason": reason,
+               "action": action, "topic": topic, "detail": detail, "event_id": event_id,
+               "unit_id": unit_id, "session_id": session_id, "payload": text}
+        self.store.ex("INSERT INTO deadletters (id, t, reason, action, topic, detail, event_id, unit_id, session_id, payload)"
+                      " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (dl_id, now, reason, action, topic, detail, event_id, unit_id, session_id, text))
+        self.deadletter_counts[reason] += 1
+        log.warning("dead letter %s (%s) on %s: %s", reason, action, topic, detail)
+        self._out.append(Outbound(f"{self.base}/_store/cartd/deadletter", json.dumps(doc), kind="deadletter", ref=dl_id))
+
+    # ================================================================ gates
+
+    def _entry(self, topic: str, payload: bytes) -> None:
+        m = validate(GateEntry, decode(payload))
+        if m.store_id not in (None, self.cfg.store_id):
+            raise BadMessage("wrong_store", f"entry for store {m.store_id!r}, this is {self.cfg.store_id!r}")
+        now = self.clock()
+        cur = self.store.ex("INSERT INTO sessions (session_id, entered_at, entry_gate, shopper_ref, state, last_change)"
+                            " VALUES (?,?,?,?, 'open', ?) ON CONFLICT (session_id) DO NOTHING",
+                            (m.session_id, m.t, m.gate, m.shopper_ref, now))
+        if cur.rowcount == 0:
+            row = self.store.q1("SELECT entered_at FROM sessions WHERE session_id=?", (m.session_id,))
+            if row and row[0] is not None and abs(row[0] - m.t) > 1e-3:
+                self._deadletter("duplicate_entry_conflict", topic,
+                                 f"session {m.session_id} entered again at {fmt_ts(m.t)} (first entry {fmt_ts(row[0])} kept)",
+                                 payload, session_id=m.session_id)
+            else:
+                self.counters["duplicates"] += 1
+            return
+        self.counters["sessions"] += 1
+        early = self.store.q1("SELECT t, gate, received_at FROM pending_exits WHERE session_id=?", (m.session_id,))
+        if early:  # the exit came first (out-of-order delivery, or a gate clock problem)
+            self.store.ex("DELETE FROM pending_exits WHERE session_id=?", (m.session_id,))
+            self._apply_exit(m.session_id, early[0], early[1], early[2])
+
+    def _exit(self, topic: str, payload: bytes) -> None:
+        m = validate(GateExit, decode(payload))
+        if m.store_id not in (None, self.cfg.store_id):
+            raise BadMessage("wrong_store", f"exit for store {m.store_id!r}, this is {self.cfg.store_id!r}")
+        row = self.store.q1("SELECT state, exited_at, entered_at FROM sessions WHERE session_id=?" + self.store.for_update(),
+                            (m.session_id,))
+        if row is None:
+            cur = self.store.ex("INSERT INTO pending_exits (session_id, t, gate, received_at) VALUES (?,?,?,?)"
+                                " ON CONFLICT (session_id) DO NOTHING", (m.session_id, m.t, m.gate, self.clock()))
+            if cur.rowcount:
+                self._deadletter("exit_without_entry", topic,
+                                 f"exit of unknown session {m.session_id} at {fmt_ts(m.t)}; kept, applied if the entry arrives",
+                                 payload, session_id=m.session_id)
+            else:
+                self.counters["duplicates"] += 1
+            return
+        if row[1] is not None:
+            if abs(row[1] - m.t) > 1e-3:
+                self._deadletter("duplicate_exit", topic,
+                                 f"session {m.session_id} exited again at {fmt_ts(m.t)} (first exit {fmt_ts(row[1])} kept)",
+                                 payload, session_id=m.session_id)
+            else:
+                self.counters["duplicates"] += 1
+            return
+        if row[2] is not None and m.t < row[2] - self.cfg.association.clock_tolerance_s:
+            self._deadletter("clock_skew", topic,
+                             f"session {m.session_id} exits at {fmt_ts(m.t)}, before its entry {fmt_ts(row[2])}",
+                             payload, action="applied", session_id=m.session_id)
+        self._apply_exit(m.session_id, m.t, m.gate, self.clock())
+
+    def _apply_exit(self, session_id: str, t: float, gate: str | None, received_at: float) -> None:
+        self.store.ex("UPDATE sessions SET exited_at=?, exit_gate=?, exit_received_at=?, state='exited', last_change=?"
+                      " WHERE session_id=? AND state='open'", (t, gate, received_at, self.clock(), session_id))
+        self.counters["exits"] += 1
+
+    # ================================================================ tracking and unit documents
+
+    def _tracking(self, topic: str, payload: bytes) -> None:
+        m = validate(Tracking, decode(payload))
+        rows = [(o.unit_id, o.shelf or "", m.t, o.session_id, o.confidence) for o in m.observations]
+        self.store.many("INSERT INTO tracking (unit_id, shelf, t, session_id, confidence) VALUES (?,?,?,?,?)"
+                        " ON CONFLICT DO NOTHING", rows)
+        g = self.store.greatest("feeds.t", "excluded.t")
+        self.store.ex(f"INSERT INTO feeds (name, t) VALUES ('tracking', ?) ON CONFLICT (name) DO UPDATE SET t = {g}", (m.t,))
+        self._tracker_t = max(self._tracker_t or m.t, m.t)
+        self.counters["tracking"] += 1
+        self.counters["observations"] += len(rows)
+
+    def _ensure_unit(self, unit_id: str) -> None:
+        self.store.ex("INSERT INTO units (unit_id, contiguous_seq) VALUES (?, -1) ON CONFLICT (unit_id) DO NOTHING", (unit_id,))
+
+    def _health(self, unit_id: str, payload: bytes) -> None:
+        try:
+            t, last = health_fields(decode(payload))
+        except BadMessage:
+            t = last = None
+        if t is None:
+            self.counters["unit_health_unusable"] += 1
+            return
+        self._ensure_unit(unit_id)
+        # Keep the newest (t, last_seq) pair; a fresh unit row starts its seq baseline here (we do
+        # not ask for history from before cartd knew the unit).
+        row = self.store.q1("SELECT health_t, contiguous_seq FROM units WHERE unit_id=?" + self.store.for_update(), (unit_id,))
+        if row[0] is None or t > row[0]:
+            self.store.ex("UPDATE units SET health_t=?, health_last_seq=? WHERE unit_id=?", (t, last, unit_id))
+        if row[1] < 0 and last is not None:
+            self.store.ex("UPDATE units SET contiguous_seq=? WHERE unit_id=? AND contiguous_seq < 0", (last, unit_id))
+        self.counters["unit_health"] += 1
+
+    def _status(self, unit_id: str, payload: bytes) -> None:
+        try:
+            data = decode(payload)
+        except BadMessage:
+            data = None
+        if not payload:
+            return  # a cleared retained status
+        state = data.get("state") if isinstance(data, dict) else None
+        if state not in ("online", "degraded", "stopped", "offline"):
+            self.counters["unit_status_unusable"] += 1
+            return
+        self._ensure_unit(unit_id)
+        self.store.ex("UPDATE units SET status=?, status_t=? WHERE unit_id=?", (state, self.clock(), unit_id))
+
+    def _resend_reply(self, topic: str, unit_id: str, payload: bytes) -> None:
+        data = decode(payload)
+        if not isinstance(data, dict):
+            raise BadMessage("schema_violation", "resend reply is not an object")
+        if not data.get("ok"):
+            self.counters["resend_refused"] += 1
+            log.warning("unit %s refused resend %s: %s", unit_id, data.get("txid"), data.get("error"))
+            return
+        result = data.get("result") or {}
+        self.counters["resend_replies"] += 1
+        self.counters["resent_events"] += int(result.get("resent") or 0)
+        for rng in result.get("missing") or []:
+            try:
+                a, b = int(rng[0]), int(rng[1])
+            except (TypeError, ValueError, IndexError):
+                continue
+            cur = self.store.ex("INSERT INTO lost (unit_id, from_seq, to_seq, recorded_at) VALUES (?,?,?,?)"
+                                " ON CONFLICT DO NOTHING", (unit_id, a, b, self.clock()))
+            if cur.rowcount:
+                self._deadletter("events_lost", topic,
+                                 f"unit {unit_id} no longer holds seq {a}..{b} in its outbox: those events are lost",
+                                 payload, action="applied", unit_id=unit_id)
+
+    # ================================================================ item events
+
+    def _event(self, topic: str, topic_unit: str, payload: bytes) -> None:
+        data = decode(payload)
+        ev: ItemEvent = validate(ItemEvent, data)  # type: ignore[assignment]
+        problem = ev.check()
+        if problem is None and ev.unit_id != topic_unit:
+            problem = f"unit_id {ev.unit_id!r} differs from the topic's unit {topic_unit!r}"
+        if problem:
+            raise BadMessage("schema_violation", problem)
+        now = self.clock()
+        cur = self.store.ex(
+            "INSERT INTO events (event_id, unit_id, seq, shelf, type, sku, quantity, t_start, t_end, confidence,"
+            " historical, received_at, state, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?, 'pending', ?)"
+            " ON CONFLICT (event_id) DO NOTHING",
+            (ev.event_id, ev.unit_id, ev.seq, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end,
+             ev.confidence, int(ev.historical), now, payload.decode("utf-8")))
+        if cur.rowcount == 0:
+            self.counters["duplicates"] += 1
+            return
+        self.counters["events"] += 1
+        if ev.historical:
+            self.counters["historical"] += 1
+        g = self.store.greatest("units.max_seq", "excluded.max_seq")
+        self.store.ex(f"INSERT INTO units (unit_id, contiguous_seq, max_seq) VALUES (?,?,?) ON CONFLICT (unit_id) DO UPDATE"
+                      f" SET max_seq = {g}, contiguous_seq = CASE WHEN units.contiguous_seq < 0"
+                      f" THEN excluded.contiguous_seq ELSE units.contiguous_seq END",
+                      (ev.unit_id, ev.seq - 1, ev.seq))
+        reason = None
+        if ev.store_id != self.cfg.store_id:
+            reason, detail = "wrong_store", f"event for store {ev.store_id!r}, this is {self.cfg.store_id!r}"
+        elif self.units_cfg and ev.unit_id not in self.units_cfg:
+            reason, detail = "unknown_unit", f"unit {ev.unit_id} is not in cartd's units list"
+        elif self.units_cfg.get(ev.unit_id) and ev.shelf not in self.units_cfg[ev.unit_id]:
+            reason, detail = "unknown_shelf", f"unit {ev.unit_id} has no shelf {ev.shelf!r} in cartd's config"
+        if reason:
+            self.store.ex("UPDATE events SET state='deadletter' WHERE event_id=?", (ev.event_id,))
+            self._deadletter(reason, topic, detail, payload, event_id=ev.event_id, unit_id=ev.unit_id)
+            return
+        if ev.t_end > now + self.cfg.association.max_clock_skew_s:
+            self._deadletter("clock_skew", topic,
+                             f"unit {ev.unit_id} event t_end {fmt_ts(ev.t_end)} is {ev.t_end - now:.1f} s ahead of cartd's clock",
+                             payload, action="applied", event_id=ev.event_id, unit_id=ev.unit_id)
+        if self._tracking_ready(ev.t_end, now, now):
+            self._associate(ev.event_id, ev.unit_id, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end, topic)
+        else:
+            self.counters["waiting_for_tracking"] += 1
+
+    def _tracking_ready(self, t_end: float, received_at: float, now: float) -> bool:
+        if self._tracker_t is None:
+            row = self.store.q1("SELECT t FROM feeds WHERE name='tracking'")
+            if row is None:
+                return True  # no tracker in this store: association uses who is inside
+            self._tracker_t = row[0]
+        if self._tracker_t >= t_end + self.cfg.association.clock_tolerance_s:
+            return True
+        return now - received_at >= self.cfg.association.tracking_wait_s
+
+    def _associate(self, event_id: str, unit_id: str, shelf: str, etype: str, sku: str | None, qty: int,
+                   t_start: float, t_end: float, topic: str) -> None:
+        a = self.cfg.association
+        lo, hi = t_start - a.clock_tolerance_s, t_end + a.clock_tolerance_s
+        in_store = {r[0] for r in self.store.q(
+            "SELECT session_id FROM sessions WHERE entered_at IS NOT NULL AND entered_at <= ?"
+            " AND (exited_at IS NULL OR exited_at >= ?)", (hi, lo))}
+        scores: dict[str, float] = {}
+        for sid, sh, conf in self.store.q(
+                "SELECT session_id, shelf, MAX(confidence) FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
+                " AND t >= ? AND t <= ? GROUP BY session_id, shelf", (unit_id, shelf, lo, hi)):
+            if sid not in in_store:
+                self.counters["tracking_outside_session"] += 1
+                continue
+            s = conf if sh == shelf else conf * 0.5  # "near the unit, shelf unknown" is weaker evidence
+            scores[sid] = max(scores.get(sid, 0.0), s)
+        evidence = "tracking"
+        if not scores:
+            if len(in_store) == 1:
+                scores = {next(iter(in_store)): 1.0}
+                evidence = "only_shopper"
+            else:
+                self.store.ex("UPDATE events SET state='deadletter' WHERE event_id=?", (event_id,))
+                who = "nobody was in the store" if not in_store else f"{len(in_store)} shoppers inside and no tracking evidence"
+                self._deadletter("no_session", topic,
+                                 f"event {event_id} at {unit_id} shelf {shelf} {fmt_ts(t_start)}..{fmt_ts(t_end)}: {who}",
+                                 None, event_id=event_id, unit_id=unit_id)
+                return
+        holding: dict[str, int] = {}
+        if etype == "put_back" and sku is not None:
+            ids = sorted(scores)
+            marks = ",".join("?" * len(ids))
+            holding = {r[0]: int(r[1] or 0) for r in self.store.q(
+                f"SELECT session_id, SUM(qty) FROM lines WHERE sku=? AND session_id IN ({marks}) GROUP BY session_id",
+                (sku, *ids))}
+            if len(scores) > 1:
+                for sid in ids:
+                    if holding.get(sid, 0) <= 0:
+                        scores[sid] *= a.not_holding_factor
+        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        best, best_s = ranked[0]
+        second_s = ranked[1][1] if len(ranked) > 1 else None
+        reasons = []
+        if best_s < a.min_confidence:
+            reasons.append("weak_evidence")
+        if second_s is not None and best_s - second_s < a.ambiguity_margin:
+            reasons.append("ambiguous")
+        if etype == "put_back" and sku is not None:
+            held = holding.get(best)
+            if held is None:
+                row = self.store.q1("SELECT SUM(qty) FROM lines WHERE session_id=? AND sku=?", (best, sku))
+                held = int(row[0] or 0) if row else 0
+            if held < qty:
+                reasons.append("put_back_not_in_cart")
+        if etype not in ("pick", "put_back") or sku is None:
+            reasons.append("unresolved")
+        signed = qty if etype == "pick" else -qty if etype == "put_back" else 0
+        if sku is not None and signed and self.catalogue.products and self.catalogue.get(sku) is None:
+            self._deadletter("unpriced_sku", topic, f"sku {sku} of event {event_id} is not in the catalogue",
+                             None, action="applied", event_id=event_id, unit_id=unit_id, session_id=best)
+        self._add_line(best, event_id, sku, signed, reasons, evidence,
+                       [{"session_id": s, "score": round(v, 4)} for s, v in ranked[:5]])
+
+    def _add_line(self, session_id: str, event_id: str, sku: str | None, signed: int, reasons: list[str],
+                  evidence: str, candidates: list[dict]) -> None:
+        now = self.clock()
+        # Locks the session row (PostgreSQL) so a concurrent receipt either includes this line or
+        # sees it as a correction, never half of each.
+        row = self.store.q1("UPDATE sessions SET last_change=? WHERE session_id=? RETURNING state, receipt_n", (now, session_id))
+        after = int(row[1]) if row and row[0] == "receipted" else 0
+        review = bool(reasons)
+        cur = self.store.ex("INSERT INTO lines (session_id, event_id, sku, qty, needs_review, reason, evidence, candidates,"
+                            " after_receipt, created_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING",
+                            (session_id, event_id, sku, signed, int(review), ",".join(reasons) or None, evidence,
+                             json.dumps(candidates), after, now))
+        self.store.ex("UPDATE events SET state='assigned', session_id=? WHERE event_id=?", (session_id, event_id))
+        if cur.rowcount and after:
+            self.store.ex("UPDATE sessions SET correction_due = COALESCE(correction_due, ?) WHERE session_id=?",
+                          (now + self.cfg.receipts.correction_delay_s, session_id))
+            self.counters["late_lines"] += 1
+        self.counters["lines"] += 1
+        if review:
+            self.counters["review_lines"] += 1
+
+    # ================================================================ timed work
+
+    def tick(self) -> list[Outbound]:
+        for attempt in range(6):
+            try:
+                return self._run_tx(self._tick)
+            except RetryTransaction:
+                self.counters["tx_retries"] += 1
+                time.sleep(0.01 * (attempt + 1))
+        return []
+
+    def _tick(self) -> None:
+        now = self.clock()
+        self._tracker_t = None  # another instance may have advanced it
+        self._pending(now)
+        if self.store.try_leader(_LEADER_GAPS):
+            self._scan_gaps(now)
+        self._receipts(now)
+        self._corrections(now)
+
+    def _pending(self, now: float) -> None:
+        rows = self.store.q("SELECT event_id, unit_id, shelf, type, sku, quantity, t_start, t_end, received_at"
+                            " FROM events WHERE state='pending' ORDER BY t_end LIMIT 5000" + self.store.skip_locked())
+        for eid, unit, shelf, etype, sku, qty, ts, te, rec in rows:
+            if self._tracking_ready(te, rec, now):
+                self._associate(eid, unit, shelf, etype, sku, qty, ts, te, f"{self.base}/{unit}/events")
+
+    def _scan_gaps(self, now: float) -> None:
+        r = self.cfg.resend
+        for unit, contig, contig_t, health_last, gap_since, resend_at, attempts in self.store.q(
+                "SELECT unit_id, contiguous_seq, contig_t_end, health_last_seq, gap_since, resend_at, resend_attempts"
+                " FROM units WHERE contiguous_seq >= 0"):
+            seqs = self.store.q("SELECT seq, t_end FROM events WHERE unit_id=? AND seq > ? ORDER BY seq LIMIT 20000", (unit, contig))
+            lost = self.store.q("SELECT from_seq, to_seq FROM lost WHERE unit_id=? AND to_seq > ? ORDER BY from_seq", (unit, contig))
+            new_contig, new_t = contig, contig_t
+            li = 0
+            i = 0
+            while True:
+                if i < len(seqs) and seqs[i][0] <= new_contig:
+                    i += 1
+                    continue
+                if i < len(seqs) and seqs[i][0] == new_contig + 1:
+                    new_contig = seqs[i][0]
+                    new_t = seqs[i][1] if new_t is None else max(new_t, seqs[i][1])
+                    i += 1
+                    continue
+                if li < len(lost) and lost[li][0] <= new_contig + 1:
+                    new_contig = max(new_contig, lost[li][1])
+                    li += 1
+                    continue
+                break
+            # The first seq we are missing, and the end of the hole: the next seq we hold, or the
+            # unit's own last_seq (from its health) when nothing newer has arrived.
+            hole_end = seqs[i][0] - 1 if i < len(seqs) else (health_last if health_last and health_last > new_contig else None)
+            if hole_end is None:
+                if new_contig != contig or gap_since is not None:
+                    self.store.ex("UPDATE units SET contiguous_seq=?, contig_t_end=?, gap_since=NULL, resend_at=NULL,"
+                                  " resend_attempts=0 WHERE unit_id=?", (new_contig, new_t, unit))
+                continue
+            if gap_since is None or new_contig != contig:
+                self.store.ex("UPDATE units SET contiguous_seq=?, contig_t_end=?, gap_since=?, resend_at=NULL, resend_attempts=0"
+                              " WHERE unit_id=?", (new_contig, new_t, now, unit))
+                continue
+            if now - gap_since < r.gap_wait_s or (resend_at is not None and now < resend_at):
+                continue
+            lo, hi = new_contig + 1, min(hole_end, new_contig + 1000)
+            if attempts >= r.max_attempts:
+                self.store.ex("INSERT INTO lost (unit_id, from_seq, to_seq, recorded_at) VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
+                              (unit, lo, hi, now))
+                self._deadletter("events_lost", f"{self.base}/{unit}/events",
+                                 f"unit {unit} did not resend seq {lo}..{hi} after {attempts} requests: recorded as lost",
+                                 None, action="applied", unit_id=unit)
+                self.store.ex("UPDATE units SET resend_attempts=0, resend_at=NULL, gap_since=? WHERE unit_id=?", (now, unit))
+                continue
+            txid = str(ULID())
+            self._out.append(Outbound(f"{self.base}/{unit}/req/resend",
+                                      json.dumps({"txid": txid, "from_seq": lo, "to_seq": hi})))
+            self.store.ex("UPDATE units SET resend_at=?, resend_attempts=resend_attempts+1 WHERE unit_id=?", (now + r.retry_s, unit))
+            self.counters["resend_requests"] += 1
+            log.info("seq gap on %s: asking for %d..%d (attempt %d)", unit, lo, hi, attempts + 1)
+
+    def watermarks(self) -> dict[str, tuple[float | None, str | None]]:
+        """unit → (watermark or None, status); +inf for a unit that stopped cleanly with nothing missing."""
+        lag = self.cfg.receipts.unit_lag_s
+        out: dict[str, tuple[float | None, str | None]] = {}
+        for unit, contig, contig_t, h_t, h_last, status in self.store.q(
+                "SELECT unit_id, contiguous_seq, contig_t_end, health_t, health_last_seq, status FROM units"):
+            wm = contig_t
+            drained = h_last is not None and contig is not None and 0 <= h_last <= contig
+            if h_t is not None and drained:
+                wm = h_t if wm is None else max(wm, h_t)
+            if status == "stopped" and drained:
+                wm = float("inf")
+            out[unit] = (None if wm is None else wm - lag, status)
+        return out
+
+    def _expected_units(self, marks: dict[str, tuple[float | None, str | None]]) -> list[str]:
+        if self.units_cfg:
+            return sorted(self.units_cfg)
+        return sorted(u for u, (_, st) in marks.items() if st in ("online", "degraded"))
+
+    def _receipts(self, now: float) -> None:
+        rows = self.store.q("SELECT session_id, exited_at, exit_received_at FROM sessions WHERE state='exited'"
+                            " AND entered_at IS NOT NULL ORDER BY exit_received_at LIMIT 500" + self.store.skip_locked())
+        if not rows:
+            return
+        tol = self.cfg.association.clock_tolerance_s
+        marks = self.watermarks()
+        expected = self._expected_units(marks)
+        lagging_all: set[str] = set()
+        for sid, exited_at, exit_rx in rows:
+            target = exited_at + tol
+            lagging = [u for u in expected if (marks.get(u, (None, None))[0] or float("-inf")) < target]
+            pending = self.store.q1("SELECT 1 FROM events WHERE state='pending' AND t_start <= ? LIMIT 1", (target,))
+            overdue = now >= (exit_rx or now) + self.cfg.receipts.deadline_s
+            if (lagging or pending) and not overdue:
+                lagging_all.update(lagging)
+                continue
+            self._issue(sid, now, complete=not lagging and not pending, waited_for=lagging)
+        for u in sorted(lagging_all):
+            self._rebirth(u, now)
+
+    def _rebirth(self, unit: str, now: float) -> None:
+        row = self.store.q1("SELECT last_rebirth FROM units WHERE unit_id=?", (unit,))
+        if row is not None and row[0] is not None and now - row[0] < self.cfg.receipts.rebirth_interval_s:
+            return
+        if row is None:
+            self._ensure_unit(unit)
+        self.store.ex("UPDATE units SET last_rebirth=? WHERE unit_id=?", (now, unit))
+        self._out.append(Outbound(f"{self.base}/{unit}/req/rebirth", json.dumps({"txid": str(ULID())})))
+        self.counters["rebirth_requests"] += 1
+
+    def _corrections(self, now: float) -> None:
+        for (sid,) in self.store.q("SELECT session_id FROM sessions WHERE state='receipted' AND correction_due IS NOT NULL"
+                                   " AND correction_due <= ? LIMIT 500" + self.store.skip_locked(), (now,)):
+            self._issue(sid, now, complete=True, waited_for=[])
+
+    # ================================================================ receipts
+
+    def cart(self, session_id: str) -> tuple[list[dict], list[dict], dict[str, list[str]]]:
+        """(receipt lines, unresolved, sku → event ids per after_receipt) for a session's cart."""
+        per: dict[str, dict[str, Any]] = {}
+        unresolved: list[dict] = []
+        for eid, sku, qty, review, reason in self.store.q(
+                "SELECT event_id, sku, qty, needs_review, reason FROM lines WHERE session_id=? ORDER BY id", (session_id,)):
+            if sku is None or qty == 0:
+                unresolved.append({"event_id": eid, "sku": sku, "reason": reason or "unresolved"})
+                continue
+            d = per.setdefault(sku, {"qty": 0, "review": False, "events": []})
+            d["qty"] += qty
+            d["review"] = d["review"] or bool(review)
+            d["events"].append(eid)
+        lines = []
+        for sku in sorted(per):
+            d = per[sku]
+            p = self.catalogue.get(sku)
+            q = max(0, d["qty"])
+            if q == 0 and d["qty"] == 0 and not d["review"]:
+                continue  # picked and put back
+            price = p.price if p else None
+            lines.append({"sku": sku, "name": p.name if p else None, "quantity": q, "unit_price": price,
+                          "amount": q * price if price is not None else 0,
+                          "needs_review": d["review"] or d["qty"] < 0, "events": d["events"]})
+        return lines, unresolved, {}
+
+    def _issue(self, session_id: str, now: float, complete: bool, waited_for: list[str]) -> None:
+        row = self.store.q1("SELECT state, receipt_n, entered_at, exited_at, shopper_ref FROM sessions WHERE session_id=?"
+                            + self.store.for_update(), (session_id,))
+        if row is None or row[0] not in ("exited", "receipted"):
+            return
+        state, n_prev, entered, exited, ref = row
+        lines, unresolved, _ = self.cart(session_id)
+        n = int(n_prev) + 1
+        doc: dict[str, Any] = {
+            "schema": "gondola.receipt/1", "receipt_id": f"{session_id}/{n}", "session_id": session_id,
+            "store_id": self.cfg.store_id, "kind": "receipt" if n == 1 else "correction", "n": n,
+            "corrects": f"{session_id}/{n_prev}" if n_prev else None, "issued_at": fmt_ts(now),
+            "entered_at": fmt_ts(entered), "exited_at": fmt_ts(exited), "complete": complete,
+            "currency": self.cfg.receipts.currency, "shopper_ref": ref, "lines": lines,
+            "total": sum(l["amount"] for l in lines), "unresolved": unresolved}
+        if waited_for:
+            doc["waited_for"] = waited_for
+        if n > 1:
+            prev = self.store.q1("SELECT payload FROM receipts WHERE receipt_id=?", (f"{session_id}/{n_prev}",))
+            prev_doc = json.loads(prev[0]) if prev else {"lines": [], "total": 0}
+            before = {l["sku"]: l for l in prev_doc["lines"]}
+            after = {l["sku"]: l for l in lines}
+            late = defaultdict(list)
+            for eid, sku in self.store.q("SELECT event_id, sku FROM lines WHERE session_id=? AND after_receipt=?",
+                                         (session_id, n_prev)):
+                late[sku].append(eid)
+            adj = []
+            for sku in sorted(set(before) | set(after)):
+                b, a_ = before.get(sku), after.get(sku)
+                dq = (a_["quantity"] if a_ else 0) - (b["quantity"] if b else 0)
+                da = (a_["amount"] if a_ else 0) - (b["amount"] if b else 0)
+                if dq or da or late.get(sku):
+                    p = self.catalogue.get(sku)
+                    adj.append({"sku": sku, "name": p.name if p else None, "quantity_delta": dq,
+                                "amount_delta": da, "events": late.get(sku, [])})
+            doc["adjustments"] = adj
+            doc["total_delta"] = doc["total"] - int(prev_doc.get("total", 0))
+        text = json.dumps(doc, separators=(",", ":"))
+        # Atomic transition: only the transaction whose UPDATE matched issues receipt n.
+        cur = self.store.ex("UPDATE sessions SET state='receipted', receipt_n=?, correction_due=NULL WHERE session_id=? AND receipt_n=?",
+                            (n, session_id, n_prev))
+        if cur.rowcount != 1:
+            raise RetryTransaction(f"receipt {session_id}/{n} raced")
+        self.store.ex("INSERT INTO receipts (receipt_id, session_id, n, kind, issued_at, total, payload) VALUES (?,?,?,?,?,?,?)",
+                      (doc["receipt_id"], session_id, n, doc["kind"], now, doc["total"], text))
+        self.counters["receipts" if n == 1 else "corrections"] += 1
+        log.info("%s %s: %d lines, total %d %s%s", doc["kind"], doc["receipt_id"], len(lines), doc["total"],
+                 doc["currency"], "" if complete else f" (deadline; no word from {', '.join(waited_for)})")
+        self._out.append(Outbound(f"{self.base}/_store/receipts/{session_id}", text, kind="receipt", ref=doc["receipt_id"]))
+
+    # ================================================================ publication bookkeeping
+
+    def mark_published(self, refs: list[tuple[str, str]]) -> None:
+        if not refs:
+            return
+        self._run_tx(lambda: [self.store.ex(
+            "UPDATE receipts SET published=1 WHERE receipt_id=?" if k == "receipt" else
+            "UPDATE deadletters SET published=1 WHERE id=?", (r,)) for k, r in refs])
+
+    def unpublished(self) -> list[Outbound]:
+        out = [Outbound(f"{self.base}/_store/receipts/{sid}", p, kind="receipt", ref=rid) for rid, sid, p in self.store.q(
+            "SELECT receipt_id, session_id, payload FROM receipts WHERE published=0 ORDER BY issued_at")]
+        for dl_id, t, reason, action, topic, detail, eid, uid, sid, payload in self.store.q(
+                "SELECT id, t, reason, action, topic, detail, event_id, unit_id, session_id, payload FROM deadletters"
+                " WHERE published=0 ORDER BY t LIMIT 1000"):
+            doc = {"schema": "gondola.deadletter/1", "id": dl_id, "t": fmt_ts(t), "reason": reason, "action": action,
+                   "topic": topic, "detail": detail, "event_id": eid, "unit_id": uid, "session_id": sid, "payload": payload}
+            out.append(Outbound(f"{self.base}/_store/cartd/deadletter", json.dumps(doc), kind="deadletter", ref=dl_id))
+        self.store.end_read()
+        return out
+
+    def health(self) -> dict[str, Any]:
+        try:
+            open_n = self.store.q1("SELECT COUNT(*) FROM sessions WHERE state='open'")[0]
+            waiting = self.store.q1("SELECT COUNT(*) FROM sessions WHERE state='exited'")[0]
+            units = {}
+            for u, contig, mx, status in self.store.q("SELECT unit_id, contiguous_seq, max_seq, status FROM units"):
+                units[u] = {"contiguous_seq": contig, "last_seq": mx, "status": status}
+            for u, (wm, _) in self.watermarks().items():
+                if u in units:
+                    units[u]["watermark"] = None if wm is None else ("inf" if wm == float("inf") else fmt_ts(wm))
+        finally:
+            self.store.end_read()
+        c = dict(self.counters)
+        c["deadletters"] = dict(self.deadletter_counts)
+        return {"t": fmt_ts(self.clock()), "instance": self.cfg.instance_id, "version": __version__,
+                "counters": c, "open_sessions": open_n, "awaiting_receipt": waiting, "units": units}

@@ -1,0 +1,208 @@
+"""``cartd run``: the MQTT side. Receive → apply in one transaction → commit → acknowledge.
+
+paho runs its network loop in its own thread and only queues what it gets (``manual_ack=True``:
+nothing is acknowledged by paho). One worker thread owns the database: it drains bursts of up to
+``batch.max_messages``, hands them to the engine, commits, then sends the PUBACKs, and publishes
+what the engine produced. A message acknowledged is a message committed; a message not committed
+is redelivered by the broker from our persistent session (MQTT 5, clean_start=False, session
+expiry), and re-applying it is a no-op (dedupe by event_id).
+
+PUBACKs carry the packet id of *one* connection: after a reconnect the broker redelivers everything
+unacknowledged with new ids, so acks for messages of an older connection are dropped, not sent.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from . import __version__
+from .catalogue import Catalogue
+from .config import Config
+from .engine import Engine, Outbound
+from .messages import fmt_ts
+from .store import open_store
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, cfg: Config, catalogue: Catalogue, clock=time.time):
+        self.cfg = cfg
+        self.clock = clock
+        self.store = open_store(cfg.storage)
+        self.store.migrate()
+        self.engine = Engine(cfg, self.store, catalogue, clock)
+        self.base = cfg.base
+        self._q: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._stop = threading.Event()
+        self._gen = 0
+        self._connected = threading.Event()
+        self._inflight_pub: dict[tuple[int, int], tuple[str, str]] = {}
+        self._pub_lock = threading.Lock()
+        self.status_topic = f"{self.base}/_store/cartd/status/{cfg.instance_id}"
+        self.health_topic = f"{self.base}/_store/cartd/health/{cfg.instance_id}"
+        self.client = self._make_client()
+
+    # ------------------------------------------------------------ MQTT client
+
+    def _make_client(self) -> paho.Client:
+        m = self.cfg.mqtt
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id, protocol=paho.MQTTv5,
+                        manual_ack=True)
+        c.max_inflight_messages_set(200)
+        c.max_queued_messages_set(0)
+        c.reconnect_delay_set(0.2, 5)
+        c.will_set(self.status_topic, json.dumps({"state": "offline", "instance": self.cfg.instance_id,
+                                                   "version": __version__}), qos=1, retain=True)
+        if m.username is not None:
+            pw = m.password_file.read_text().rstrip("\r\n") if m.password_file else None
+            c.username_pw_set(m.username, pw)
+        if m.tls is not None:
+            c.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                      certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                      keyfile=str(m.tls.key_file) if m.tls.key_file else None)
+            if m.tls.insecure:
+                c.tls_insecure_set(True)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_publish = self._on_publish
+        return c
+
+    def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
+        b, g = self.base, self.cfg.mqtt.shared_group
+        shared = [f"{b}/+/events", f"{b}/_store/gates/+", f"{b}/_store/tracking"]
+        if g:
+            shared = [f"$share/{g}/{t}" for t in shared]
+        # Retained unit documents and replies go to every instance (shared subscriptions get no
+        # retained messages); applying them is idempotent.
+        plain = [f"{b}/+/status", f"{b}/+/health", f"{b}/+/res/resend"]
+        return [(t, SubscribeOptions(qos=1)) for t in shared + plain]
+
+    def _on_connect(self, c, _u, flags, rc, _p) -> None:
+        if rc.is_failure:
+            log.warning("broker refused the connection: %s", rc)
+            return
+        self._gen += 1
+        c.subscribe(self._subscriptions())
+        c.publish(self.status_topic, json.dumps({"state": "online", "since": fmt_ts(self.clock()),
+                                                  "instance": self.cfg.instance_id, "version": __version__}),
+                  qos=1, retain=True)
+        log.info("connected to %s:%d as %s (session present: %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
+                 self.cfg.client_id, flags.session_present)
+        self._connected.set()
+        self._q.put(("connected", self._gen))
+
+    def _on_disconnect(self, _c, _u, _f, rc, _p) -> None:
+        self._connected.clear()
+        self._gen += 1  # acks of the old connection are now meaningless
+        if not self._stop.is_set():
+            log.warning("lost the broker connection (%s); reconnecting", rc)
+
+    def _on_message(self, _c, _u, msg: paho.MQTTMessage) -> None:
+        self._q.put(("msg", self._gen, msg.topic, msg.payload, msg.mid, msg.qos))
+
+    def _on_publish(self, _c, _u, mid, _rc, _p) -> None:
+        self._q.put(("puback", self._gen, mid))
+
+    # ------------------------------------------------------------ running
+
+    def run(self) -> None:
+        m = self.cfg.mqtt
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = m.session_expiry_s
+        self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
+        self.client.loop_start()
+        try:
+            self._work()
+        finally:
+            self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._q.put(("wake",))
+
+    def _work(self) -> None:
+        b = self.cfg.batch
+        next_tick = time.monotonic()
+        next_health = time.monotonic() + 1.0
+        while not self._stop.is_set():
+            timeout = max(0.0, min(next_tick, next_health) - time.monotonic())
+            items: list[tuple[Any, ...]] = []
+            try:
+                items.append(self._q.get(timeout=timeout))
+                deadline = time.monotonic() + b.max_wait_ms / 1000.0
+                while len(items) < b.max_messages:
+                    try:
+                        items.append(self._q.get_nowait())
+                    except queue.Empty:
+                        if time.monotonic() >= deadline:
+                            break
+                        time.sleep(0.0005)
+            except queue.Empty:
+                pass
+            msgs = [it for it in items if it[0] == "msg"]
+            acks = [it for it in items if it[0] == "puback"]
+            if any(it[0] == "connected" for it in items):
+                self._publish(self.engine.unpublished())
+            if msgs:
+                out = self.engine.handle_batch([(it[2], it[3]) for it in msgs])
+                for it in msgs:
+                    if it[5] and it[1] == self._gen:
+                        self.client.ack(it[4], it[5])
+                self.engine.counters["batches"] += 1
+                self._publish(out)
+            if acks:
+                done = []
+                with self._pub_lock:
+                    for it in acks:
+                        ref = self._inflight_pub.pop((it[1], it[2]), None)
+                        if ref:
+                            done.append(ref)
+                self.engine.mark_published(done)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + self.cfg.tick_s
+                self._publish(self.engine.tick())
+            if now >= next_health:
+                next_health = now + self.cfg.health_interval_s
+                self._publish_health()
+
+    def _publish(self, out: list[Outbound]) -> None:
+        for o in out:
+            with self._pub_lock:
+                info = self.client.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
+                if o.kind and info.rc == paho.MQTT_ERR_SUCCESS:
+                    self._inflight_pub[(self._gen, info.mid)] = (o.kind, o.ref or "")
+
+    def _publish_health(self) -> None:
+        try:
+            doc = self.engine.health()
+        except Exception:
+            log.exception("cannot compute health")
+            return
+        self.client.publish(self.health_topic, json.dumps(doc), qos=1, retain=True)
+
+    def _shutdown(self) -> None:
+        if self._connected.is_set():
+            info = self.client.publish(self.status_topic, json.dumps({
+                "state": "stopped", "since": fmt_ts(self.clock()), "instance": self.cfg.instance_id,
+                "version": __version__}), qos=1, retain=True)
+            try:
+                info.wait_for_publish(2.0)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.store.close()
+        log.info("cartd stopped")
