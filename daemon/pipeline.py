@@ -50,7 +50,9 @@ class Pipeline:
     def __init__(self, store_id: str, unit_id: str, layout: Layout, channels: list[str], units: str,
                  rate_hz: float, calibration: CalibrationState | None,
                  detection: DetectionConfig | None = None,
-                 evidence: EvidenceProvider | None = None):
+                 evidence: EvidenceProvider | None = None, vision=None,
+                 fusion: tuple[float, float] = (0.75, 1e-4), vision_deadline_s: float = 0.4,
+                 capture=None):
         det = detection or DetectionConfig()
         self.store_id, self.unit_id = store_id, unit_id
         self.layout = layout
@@ -66,6 +68,14 @@ class Pipeline:
             max_active_s=det.max_active_s, noise_floor_g=det.noise_floor_g))
         self.identifier = Identifier(layout, max_quantity=det.max_quantity)
         self.evidence = evidence
+        # Camera (optional): a daemon.vision.engine.VisionEngine. Each change is handed to it on
+        # its worker thread; the event waits at most vision_deadline_s (wall clock) for the answer,
+        # in order, and otherwise goes out weight-only, flagged. The sample thread never blocks.
+        self.vision = vision
+        self.fusion = fusion
+        self.vision_deadline_s = vision_deadline_s
+        self.capture = capture
+        self._waiting: list[tuple[WeightChange, object, float]] = []  # (change, future|None, deadline)
         self.stats = PipelineStats()
         self.facings = [Facing(f.sku, f.shelf, f.plates, f.stock, "stock" if f.stock is not None else "unknown")
                         for f in layout.placements]
@@ -78,8 +88,10 @@ class Pipeline:
     def process(self, block: SampleBlock) -> list[dict]:
         t0 = time.process_time()
         cond = self.conditioner.process(block)
+        if self.vision is not None and len(block):
+            self.vision.pump(float(block.t[-1]))   # data-clocked cameras (sim, replay) catch up
         changes = self.detector.process(cond.t, cond.grams, cond.available)
-        events = [self._event(c) for c in changes]
+        events = self._route(changes)
         if len(block):
             self._last_grams = cond.grams[-1]
             self.last_t = float(block.t[-1])
@@ -110,15 +122,63 @@ class Pipeline:
         return changed
 
     def finish(self) -> list[dict]:
-        return [self._event(c) for c in self.detector.flush()]
+        return self._route(self.detector.flush(), wait=True)
 
-    def _event(self, change: WeightChange) -> dict:
+    def _route(self, changes: list[WeightChange], wait: bool = False) -> list[dict]:
+        """Events in detection order: without a camera at once; with one, each after its vision
+        answer or its deadline, whichever comes first."""
+        if self.vision is None:
+            return [self._event(c) for c in changes]
+        now = time.monotonic()
+        for c in changes:
+            job = None
+            if c.kind == "change":
+                from .vision.engine import ChangeView
+                job = self.vision.submit(ChangeView(c.shelf, list(c.plates), c.t_start, c.t_end, c.delta_g))
+            self._waiting.append((c, job, now + self.vision_deadline_s))
+        out = []
+        while self._waiting:
+            c, job, deadline = self._waiting[0]
+            if job is not None and not job.done():
+                left = deadline - time.monotonic()
+                if left > 0 and wait:
+                    try:
+                        job.result(timeout=left)
+                    except Exception:  # noqa: BLE001 - the result is read below
+                        pass
+                elif left > 0:
+                    break
+            self._waiting.pop(0)
+            out.append(self._event(c, job))
+        return out
+
+    @property
+    def vision_pending(self) -> int:
+        return len(self._waiting)
+
+    def _event(self, change: WeightChange, job=None) -> dict:
         ident = None
+        vres = None
+        if self.vision is not None and change.kind == "change":
+            vres = self._vision_result(job)
         if change.kind == "change":
-            ev = self.evidence(change) if self.evidence else None
-            ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
-                                             change.noise_g, ev)
+            ev = list(self.evidence(change)) if self.evidence else []
+            weight_ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
+                                                    change.noise_g, ev or None)
+            ident = weight_ident
+            if vres is not None and vres.ok:
+                from .events.fusion import VisionEvidence
+                tau, floor = self.fusion
+                ev.append(VisionEvidence(vres, change.delta_g, tau, floor))
+                ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
+                                                 change.noise_g, ev)
         event = build_event(self.store_id, self.unit_id, change, ident)
+        if vres is not None:
+            from .events.fusion import vision_block
+            event["vision"] = vision_block(vres)
+            event["weight_only"] = not vres.ok
+            if vres.ok and self.capture is not None and weight_ident.best.sku is not None:
+                self.capture.offer(event, weight_ident.confidence, vres)
         self.stats.events += 1
         self.stats.by_type[event["type"]] = self.stats.by_type.get(event["type"], 0) + 1
         self._apply_inventory(event)
@@ -181,6 +241,19 @@ class Pipeline:
                          "trigger_g": round(float(self.detector.trigger_g()[pl.index]), 1)}
                 for pl in self.layout.plates}
 
+    def _vision_result(self, job):
+        from .vision.engine import VisionResult
+        if job is None:
+            return VisionResult("unavailable", reason="not analysed")
+        if not job.done():
+            self.vision.note_timeout()
+            return VisionResult("timeout", models=self.vision.model_hashes(),
+                                reason=f"no vision answer within {self.vision_deadline_s * 1000:.0f} ms")
+        try:
+            return job.result()
+        except Exception as exc:  # noqa: BLE001 - counted and survived; the event goes weight-only
+            return VisionResult("error", reason=f"{type(exc).__name__}: {exc}")
+
     def degraded_reasons(self) -> list[str]:
         states = self.detector.plate_states()
         bad = [pl.key for pl in self.layout.plates if states[pl.index] == "unavailable"]
@@ -189,17 +262,20 @@ class Pipeline:
 
 def run_offline(cfg, source: SampleSource, layout: Layout, emit: Callable[[dict], None],
                 calibration: CalibrationState | None = None, evidence: EvidenceProvider | None = None,
-                progress: Callable[[PipelineStats], None] | None = None) -> PipelineStats:
+                progress: Callable[[PipelineStats], None] | None = None, *,
+                vision: dict | None = None) -> PipelineStats:
     """Run a finite source through the pipeline as fast as it delivers; ``emit`` gets each event.
 
-    ``cfg`` is the unit's :class:`~daemon.config.Config` or None (ids default to the recording's)."""
+    ``cfg`` is the unit's :class:`~daemon.config.Config` or None (ids default to the recording's).
+    ``vision``: Pipeline keyword arguments for the camera path (``vision``, ``fusion``,
+    ``vision_deadline_s``, ``capture``), e.g. from ``daemon.vision.setup.build_vision``."""
     store_id = cfg.store_id if cfg else "replay"
     unit_id = cfg.unit_id if cfg else "replay"
     detection = cfg.detection if cfg else None
     if calibration is None and hasattr(source, "factory_calibration") and source.units == "counts":
         calibration = source.factory_calibration()
     pipe = Pipeline(store_id, unit_id, layout, list(source.channels), source.units, source.rate_hz,
-                    calibration, detection, evidence)
+                    calibration, detection, evidence, **(vision or {}))
     source.start()
     try:
         while True:

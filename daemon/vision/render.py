@@ -414,12 +414,17 @@ def random_sku(rng: np.random.Generator) -> str:
 
 
 def random_scene(rng: np.random.Generator, skus: Sequence[str] | None = None,
-                 width: int = WIDTH, height: int = HEIGHT) -> tuple[SceneState, ShelfGeometry]:
-    """A unit of 2–4 shelves × 3–6 plates, each plate one or two facings of random SKUs."""
-    n_sh = int(rng.integers(2, 5))
-    n_pl = int(rng.integers(3, 7))
-    plates = [(str(s + 1), p + 1) for s in range(n_sh) for p in range(n_pl)]
-    geom = ShelfGeometry(plates, width, height)
+                 width: int = WIDTH, height: int = HEIGHT,
+                 geom: ShelfGeometry | None = None) -> tuple[SceneState, ShelfGeometry]:
+    """A unit of 2–4 shelves × 3–6 plates (or ``geom``'s plates), each plate one or two facings
+    of random SKUs."""
+    if geom is None:
+        n_sh = int(rng.integers(2, 5))
+        n_pl = int(rng.integers(3, 7))
+        plates = [(str(s + 1), p + 1) for s in range(n_sh) for p in range(n_pl)]
+        geom = ShelfGeometry(plates, width, height)
+    else:
+        plates = [(k.split("/")[0], int(k.split("/")[1])) for k in geom.rois()]
     facings = []
     for shelf, pid in plates:
         k = 2 if rng.random() < 0.3 else 1
@@ -482,11 +487,12 @@ def action_sample(rng: np.random.Generator, label: str | None = None,
 
 
 def product_crop(rng: np.random.Generator, sku: str, others: Sequence[str] | None = None,
-                 width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+                 width: int = WIDTH, height: int = HEIGHT, geom: ShelfGeometry | None = None) -> np.ndarray:
     """A crop of one unit of ``sku`` cut the way the runtime cuts it for the product model: the box
-    that changed when that unit was taken from (or put on) a plate among other products."""
+    that changed when that unit was taken from (or put on) a plate among other products. With
+    ``geom``, on that unit's own plates (what enrolling from the unit's own camera gives)."""
     for _ in range(4):
-        scene, geom = random_scene(rng, others, width, height)
+        scene, geom = random_scene(rng, others, width, height, geom)
         i = int(rng.integers(len(scene.facings)))
         f = scene.facings[i]
         scene.facings[i] = f = replace(f, sku=sku, count=int(rng.integers(1, 9)))

@@ -1,0 +1,72 @@
+"""Vision joins weight: tempered camera log-likelihoods in the product of likelihoods.
+
+``identify.py`` scores every (SKU, quantity) hypothesis as planogram prior × unit-weight
+likelihood; the camera adds, per hypothesis,
+
+    τ · max(log p_product(sku), log floor)  +  τ · max(log p_action(type), log floor)
+
+and to the "none of these" hypothesis τ · max(log p_action(no_change), log floor).
+
+Why tempered: a camera model is trained on other pictures than this shelf's and is over-confident
+when wrong; the weight is physics. With τ < 1 and a floor, the camera can move a hypothesis by
+at most τ·ln(1/floor) nats (defaults τ = 0.75, floor = 1e-4: 6.9 nats). That is enough to beat
+the planogram's prior against a product that belongs elsewhere (ln(1/0.003) = 5.8 nats: a
+misplaced return of a product that weighs the same as the plate's own) and to decide between
+equal-weight products, but a product whose weight is more than ≈ 3.7 σ from the change
+(−½·3.7² = −6.9 nats) can never win, however sure the camera is.
+
+A SKU the product model does not know (not enrolled in the gallery) gets the model's uniform
+score, so enrolling some products does not penalise the others.
+"""
+from __future__ import annotations
+
+import math
+
+from ..vision.engine import VisionResult
+
+ACTION_FOR_TYPE = {"pick": ("pick", "swap"), "put_back": ("put_back", "swap")}
+
+
+class VisionEvidence:
+    """An ``identify.Evidence``: log-likelihood of (sku, quantity) from one VisionResult."""
+
+    def __init__(self, result: VisionResult, delta_g: float, tau: float = 0.75, floor: float = 1e-4):
+        self.result = result
+        self.tau = tau
+        self.log_floor = math.log(floor)
+        skus = result.skus or {}
+        self._sku_ll = {s: self._ll(p) for s, p in skus.items()}
+        self._unknown_ll = self._ll(1.0 / len(skus)) if skus else 0.0
+        act = result.action or {}
+        typ = "pick" if delta_g < 0 else "put_back"
+        self._move_ll = self._ll(sum(act.get(a, 0.0) for a in ACTION_FOR_TYPE[typ])) if act else 0.0
+        self._none_ll = self._ll(act.get("no_change", 0.0)) if act else 0.0
+
+    def _ll(self, p: float) -> float:
+        return self.tau * max(math.log(p) if p > 0 else -math.inf, self.log_floor)
+
+    def __call__(self, sku: str | None, quantity: int) -> float:
+        if sku is None:
+            return self._none_ll
+        return self._move_ll + self._sku_ll.get(sku, self._unknown_ll)
+
+
+def vision_block(result: VisionResult, top: int = 3) -> dict:
+    """The event's ``vision`` field: conclusions only, never pixels."""
+    block: dict = {"status": result.status}
+    if result.reason:
+        block["reason"] = result.reason
+    if result.action:
+        best = max(result.action, key=result.action.get)
+        block["action"] = best
+        block["action_scores"] = {k: round(v, 4) for k, v in result.action.items()}
+    if result.skus:
+        ranked = sorted(result.skus.items(), key=lambda kv: -kv[1])[:top]
+        block["skus"] = [{"sku": s, "score": round(p, 4)} for s, p in ranked]
+    if result.models:
+        block["models"] = dict(result.models)
+    if result.status == "ok":
+        block["ms"] = result.ms
+    if result.flags:
+        block["flags"] = list(result.flags)
+    return block

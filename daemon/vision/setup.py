@@ -1,0 +1,170 @@
+"""Build a unit's camera path from its config: source → runner → ring buffer → engine (+ capture).
+
+``build_vision(cfg, layout, sensing_source, offline=False)`` returns a :class:`VisionSetup` whose
+``pipeline_kwargs()`` go straight into :class:`daemon.pipeline.Pipeline`. Without a ``camera``
+section it returns None and the unit is weight-only, as before. Model problems raise
+:class:`VisionConfigError` with one line per problem (``vision.action_model: <file>: ...``) so
+``shelfd check`` and ``shelfd run`` report them as configuration errors (exit 78).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .camera import CameraRunner, Picamera2Source, V4l2Source
+from .capture import CaptureStore
+from .engine import VisionEngine
+from .frames import FrameRing
+from .rois import RoiError, load_rois, save_rois
+
+log = logging.getLogger(__name__)
+
+OFFLINE_DEADLINE_S = 30.0  # replay/bench: nothing is live, so wait for every answer
+
+
+class VisionConfigError(Exception):
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def load_models(cfg, state_dir: Path | None = None):
+    """(action model | None, product model | None) or VisionConfigError naming each bad file."""
+    from .models import ModelError, load_model
+
+    v = cfg.vision
+    if v is None:
+        return None, None
+    problems, action, product = [], None, None
+    if v.action_model is not None:
+        try:
+            action = load_model(v.action_model, role="action", num_threads=v.threads)
+        except ModelError as exc:
+            problems.append(f"vision.action_model: {exc}")
+    if v.product_model is not None:
+        try:
+            product = load_model(v.product_model, sidecar=v.product_sidecar, state_dir=state_dir,
+                                 num_threads=v.threads)
+            if product.spec.role not in ("product", "embedding"):
+                problems.append(f"vision.product_model: {v.product_model}: sidecar role is "
+                                f"{product.spec.role!r}, expected 'product' or 'embedding'")
+        except ModelError as exc:
+            problems.append(f"vision.product_model: {exc}")
+    if problems:
+        raise VisionConfigError(problems)
+    return action, product
+
+
+def check_vision(cfg) -> list[str]:
+    """Problems ``shelfd check`` reports for the camera/vision sections (models are loaded)."""
+    if cfg.camera is None:
+        return []
+    problems: list[str] = []
+    try:
+        load_models(cfg, None)
+    except VisionConfigError as exc:
+        problems.extend(exc.problems)
+    try:
+        load_rois(cfg.state_dir, cfg.unit_id)
+    except RoiError as exc:
+        problems.append(f"camera: {exc}")
+    return problems
+
+
+@dataclass
+class VisionSetup:
+    engine: VisionEngine
+    runner: CameraRunner
+    ring: FrameRing
+    capture: CaptureStore | None
+    tau: float
+    floor: float
+    deadline_s: float
+
+    def pipeline_kwargs(self) -> dict:
+        return {"vision": self.engine, "fusion": (self.tau, self.floor),
+                "vision_deadline_s": self.deadline_s, "capture": self.capture}
+
+    def start(self) -> None:
+        self.runner.start()
+
+    def stop(self) -> None:
+        self.runner.stop()
+        self.engine.close()
+
+    def health(self) -> dict:
+        d = {"camera": self.runner.health(), "vision": self.engine.health()}
+        if self.capture is not None:
+            d["capture"] = self.capture.health()
+        return d
+
+    def degraded_reasons(self) -> list[str]:
+        st = self.runner.stats
+        if st.state not in ("running", "stopped"):
+            return [f"camera {st.state}: {st.last_error or 'no frames'}; events are weight-only"]
+        if not self.engine.rois:
+            return ["camera has no plate ROIs (run `shelfcal camera`); events are weight-only"]
+        return []
+
+
+def make_camera_source(cfg, layout, sensing_source):
+    from .render import ShelfGeometry
+
+    cam = cfg.camera
+    if cam.type == "sim":
+        from .sim_camera import SimCameraSource
+
+        if not hasattr(sensing_source, "initial_facings"):
+            raise VisionConfigError(["camera.type: sim needs the sim sensing backend"])
+        geom = ShelfGeometry.from_layout(layout, cam.width, cam.height)
+        seed = cam.seed if cam.seed is not None else getattr(cfg.sensing, "seed", 0)
+        return SimCameraSource(sensing_source, geom, cam.fps, seed), geom.rois()
+    if cam.type == "replay":
+        from .framefile import ReplayCameraSource
+
+        src = ReplayCameraSource(cam.path)
+        if (src.width, src.height) != (cam.width, cam.height):
+            log.warning("camera.path %s has %d×%d frames; camera says %d×%d: using the file's size",
+                        cam.path, src.width, src.height, cam.width, cam.height)
+        return src, src.rois
+    if cam.type == "v4l2":
+        return V4l2Source(cam.device, cam.width, cam.height, cam.fps, cam.pixel_format), None
+    if cam.type == "picamera2":
+        return Picamera2Source(cam.camera_num, cam.width, cam.height, cam.fps), None
+    raise VisionConfigError([f"camera.type: unknown {cam.type!r}"])
+
+
+def build_vision(cfg, layout, sensing_source, *, offline: bool = False) -> VisionSetup | None:
+    if cfg.camera is None:
+        return None
+    cam = cfg.camera
+    state_dir = Path(cfg.state_dir)
+    action, product = load_models(cfg, state_dir)
+    source, source_rois = make_camera_source(cfg, layout, sensing_source)
+    try:
+        rois = load_rois(state_dir, cfg.unit_id)
+    except RoiError as exc:
+        raise VisionConfigError([f"camera: {exc}"]) from None
+    if rois is None and source_rois:
+        rois = dict(source_rois)
+        if cam.type == "sim":
+            # the sim knows where its plates are: its "factory" ROIs, like its factory calibration
+            save_rois(state_dir, rois, unit_id=cfg.unit_id, frame_size=(cam.width, cam.height), technician="sim")
+    width, height = getattr(source, "width", cam.width), getattr(source, "height", cam.height)
+    ring = FrameRing.for_camera(cam.fps, cam.buffer_s, width, height)
+    runner = CameraRunner(source, ring, width=width, height=height, fps=cam.fps, stall_s=cam.stall_s)
+    engine = VisionEngine(ring, rois, runner=runner, action_model=action, product_model=product,
+                          block_when_busy=offline)
+    v = cfg.vision
+    capture = None
+    if v is not None and v.capture.enabled:
+        capture = CaptureStore(v.capture.dir or state_dir / "vision" / "capture",
+                               min_confidence=v.capture.min_confidence, max_mb=v.capture.max_mb,
+                               max_age_days=v.capture.max_age_days)
+    tau, floor = (v.tau, v.floor) if v is not None else (0.75, 1e-4)
+    deadline = OFFLINE_DEADLINE_S if offline else ((v.deadline_ms if v is not None else 400) / 1000.0)
+    log.info("camera %s %d×%d at %.1f fps, ring %d frames; models: %s; %d ROIs", cam.type, width, height,
+             cam.fps, ring.max_frames, ", ".join(f"{r} {s[:12]}" for r, s in engine.model_hashes().items()) or "none",
+             len(rois or {}))
+    return VisionSetup(engine, runner, ring, capture, tau, floor, deadline)
