@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test bench check-aifi clean venv mosquitto test-tools
+.PHONY: demo test bench check-aifi clean venv mosquitto test-tools test-browser
 
 $(VENV)/.installed: pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
@@ -25,8 +25,13 @@ mosquitto:
 	    echo "mosquitto is missing: install it with 'sudo apt-get install mosquitto'"; exit 1; \
 	  fi; }
 
+# Store-in-a-box (aggregator/demo.py): a few shoppers by default; `make demo SHOPPERS=200` for the
+# bench-sized store, `make demo DEMO_ARGS="--tracking noisy --web-port 8080"`, `DEMO_ARGS=--unit`
+# for the single-unit live view.
+SHOPPERS  ?=
+DEMO_ARGS ?=
 demo: venv mosquitto
-	@$(PY) -m daemon.demo
+	@$(PY) -m aggregator.demo $(if $(SHOPPERS),--shoppers $(SHOPPERS)) $(DEMO_ARGS)
 
 # The deployment tests compile the device-tree overlays (dtc) and lint the install script
 # (shellcheck); installed with apt like mosquitto, otherwise those tests skip (fail under CI).
@@ -39,7 +44,18 @@ test-tools:
 	    echo "dtc/shellcheck missing: 'sudo apt-get install device-tree-compiler shellcheck' (their tests skip)"; \
 	  fi; }
 
-test: venv mosquitto test-tools
+# The staff page's test drives Debian's chromium headless (Playwright with executable_path);
+# installed with apt when root, otherwise that test skips (fails under CI).
+test-browser:
+	@test -x /usr/bin/chromium && command -v chromedriver >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (apt) …"; \
+	    (apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)) >/dev/null; \
+	  else \
+	    echo "chromium missing: 'sudo apt-get install chromium chromium-driver' (the staff page test skips)"; \
+	  fi; }
+
+test: venv mosquitto test-tools test-browser
 	@$(PY) -m pytest -q
 
 bench: venv mosquitto
