@@ -77,6 +77,14 @@ def check(config: Path) -> None:
     except RecordingError as exc:
         click.echo(f"{config}: sensing.path: {exc}", err=True)
         sys.exit(EX_CONFIG)
+    if cfg.camera is not None:
+        # models are loaded and checked against their sidecars here, not first at `run`
+        from .vision.setup import check_vision
+        problems = check_vision(cfg)
+        for line in problems:
+            click.echo(f"{config}: {line}", err=True)
+        if problems:
+            sys.exit(EX_CONFIG)
     click.echo(f"{config}: ok — unit {cfg.store_id}/{cfg.unit_id}, {cfg.sensing.backend} backend, "
                f"{len(layout.shelves)} shelves, {len(layout.plates)} plates, "
                f"{len(layout.placements)} planogram facings, topics under {cfg.topic_base}/")
@@ -159,7 +167,8 @@ def replay(source: Path, fmt: str, config: Path | None, speed: float, out: Path 
     emit = _Sequencer(fh)
     t0 = time.perf_counter()
     try:
-        stats = run_offline(cfg, src, layout, emit, calibration=calibration)
+        stats = run_offline(cfg, src, layout, emit, calibration=calibration,
+                            vision=_replay_vision(cfg, layout, src, source, fmt))
     except RecordingError as exc:
         _fail(f"{exc} ({emit.seq} event(s) before it were written)", EX_DATAERR)
     except UncalibratedError as exc:
@@ -171,6 +180,28 @@ def replay(source: Path, fmt: str, config: Path | None, speed: float, out: Path 
     click.echo(f"shelfd replay: {stats.samples} samples × {len(layout.plates)} plates "
                f"({stats.data_seconds:.1f} s of data) in {wall:.2f} s "
                f"({stats.data_seconds / max(wall, 1e-9):.0f}× real time), {emit.seq} event(s)", err=True)
+
+
+def _replay_vision(cfg, layout, src, source: Path, fmt: str) -> dict | None:
+    """The camera path for a replay: a unit with a camera whose recording has frames beside it
+    (``<recording>.frames``) replays them through the same models and fusion as ``run``."""
+    if cfg is None or cfg.camera is None or fmt != "shelfd":
+        return None
+    from .vision.framefile import frames_path
+    from .vision.setup import VisionConfigError, build_vision
+    frames = frames_path(source)
+    if not frames.exists():
+        log.warning("%s: no frames beside the recording; events are weight-only", frames)
+        return None
+    cam = {k: v for k, v in cfg.camera.model_dump().items() if k in ("width", "height", "fps", "buffer_s", "stall_s")}
+    from .config import ReplayCamera
+    cfg = cfg.model_copy(update={"camera": ReplayCamera(type="replay", path=frames, **cam)})
+    try:
+        vis = build_vision(cfg, layout, src, offline=True)
+    except VisionConfigError as exc:
+        _fail("; ".join(exc.problems), EX_CONFIG)
+    vis.start()
+    return vis.pipeline_kwargs()
 
 
 @cli.command()
@@ -200,6 +231,19 @@ def record(config: Path, out: Path, duration: float) -> None:
         cal = src.factory_calibration()
     writer = RecordingWriter(out, list(src.channels), src.rate_hz, src.units, cfg.unit_id,
                              cal.to_json() if cal else None)
+    frames = None
+    if cfg.camera is not None:
+        # camera frames go beside the samples (<out>.frames) so a replay can run the camera path
+        from .vision.framefile import FrameWriter, frames_path
+        from .vision.setup import VisionConfigError, open_camera
+        try:
+            runner, ring, rois = open_camera(cfg, layout, src)
+        except VisionConfigError as exc:
+            _fail("; ".join(exc.problems), EX_CONFIG)
+        frames = FrameWriter(frames_path(out), unit_id=cfg.unit_id, width=runner.width,
+                             height=runner.height, fps=cfg.camera.fps, rois=rois)
+        runner.start()
+        last_frame_t = float("-inf")
     src.start()
     t_end = time.monotonic() + duration
     data_s = 0.0
@@ -210,12 +254,22 @@ def record(config: Path, out: Path, duration: float) -> None:
                 break
             writer.write(block)
             data_s += len(block) / src.rate_hz
+            if frames is not None and len(block):
+                runner.pump(float(block.t[-1]))
+                for fr in ring.snapshot(last_frame_t + 1e-6, float("inf")):
+                    frames.write(fr)
+                    last_frame_t = fr.t
     except KeyboardInterrupt:
         pass
     finally:
         src.close()
         writer.close()
+        if frames is not None:
+            runner.stop()
+            frames.close()
     click.echo(f"shelfd record: {writer.rows} rows × {len(src.channels)} channels → {out}", err=True)
+    if frames is not None:
+        click.echo(f"shelfd record: {frames.frames} camera frames → {frames.path}", err=True)
 
 
 def main() -> None:

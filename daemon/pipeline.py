@@ -176,7 +176,7 @@ class Pipeline:
         if vres is not None:
             from .events.fusion import vision_block
             event["vision"] = vision_block(vres)
-            event["weight_only"] = not vres.ok
+            event["weight_only"] = not (vres.ok and bool(vres.action or vres.skus))
             if vres.ok and self.capture is not None and weight_ident.best.sku is not None:
                 self.capture.offer(event, weight_ident.confidence, vres)
         self.stats.events += 1

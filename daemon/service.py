@@ -38,6 +38,7 @@ class Service:
         self._last_check = 0.0
         self._last_health = 0.0
         self._reasons: list[str] = []
+        self.vision = None  # daemon.vision.setup.VisionSetup when the unit has a camera
         # Requests to the running unit (MQTT req/ topics, local socket); pipeline commands run
         # in the sample loop below, between blocks.
         self.commands = Commands()
@@ -64,9 +65,19 @@ class Service:
                 and cfg.sensing.factory_calibration:
             calibration = source.factory_calibration()
             calstate.save(state_dir, calibration)
+        # camera (optional): models that cannot load are configuration errors, a camera that is
+        # missing or failing is not (the runner retries; events go weight-only meanwhile)
+        from .vision.setup import VisionConfigError, build_vision
+        try:
+            self.vision = build_vision(cfg, layout, source)
+        except VisionConfigError as exc:
+            for line in exc.problems:
+                log.error("%s", line)
+            return EX_CONFIG
         try:
             pipe = Pipeline(cfg.store_id, cfg.unit_id, layout, list(source.channels), source.units,
-                            source.rate_hz, calibration, cfg.detection)
+                            source.rate_hz, calibration, cfg.detection,
+                            **(self.vision.pipeline_kwargs() if self.vision else {}))
         except (UncalibratedError, ValueError) as exc:
             log.error("cannot start: %s", exc)
             return EX_CONFIG
@@ -87,6 +98,8 @@ class Service:
                  cfg.sensing.backend, source.rate_hz, outbox.depth())
         rc = EX_OK
         try:
+            if self.vision is not None:
+                self.vision.start()
             source.start()
             self.notifier.ready(f"running: {len(layout.plates)} plates, outbox {outbox.depth()}")
             while not self.stop_event.is_set():
@@ -114,6 +127,8 @@ class Service:
             self.commands.fail_pending("the unit is stopping; ask again when it is back")
             try:
                 source.close()
+                if self.vision is not None:
+                    self.vision.stop()
             finally:
                 publisher.publish_state(pipe.inventory())
                 publisher.publish_health(self._health(pipe, source, publisher))
@@ -147,6 +162,8 @@ class Service:
 
     def _check(self, pipe: Pipeline, source, dt: float | None) -> None:
         reasons = list(pipe.degraded_reasons())
+        if getattr(self, "vision", None) is not None:
+            reasons += self.vision.degraded_reasons()
         self._rates = {}
         for ch, c in source.counters().items():
             prev = self._last_counts.get(ch)
@@ -181,4 +198,19 @@ class Service:
             "pipeline": {"samples": pipe.stats.samples, "events": pipe.stats.events,
                          "cpu_s": round(pipe.stats.cpu_seconds, 3),
                          "calibration_id": pipe.calibration.calibration_id if pipe.calibration else None},
+            **self._camera_health(pipe),
         }
+
+    def _camera_health(self, pipe: Pipeline) -> dict:
+        """``camera``: absent → {"state": "absent"}; otherwise fps, frames, dropped, restarts,
+        stalls, inference figures and the models' hashes (docs/vision.md)."""
+        vis = getattr(self, "vision", None)
+        if vis is None:
+            return {"camera": {"state": "absent"}}
+        h = vis.health()
+        cam = dict(h["camera"])
+        cam["vision"] = h["vision"]
+        cam["vision"]["pending_events"] = pipe.vision_pending
+        if "capture" in h:
+            cam["capture"] = h["capture"]
+        return {"camera": cam}

@@ -6,6 +6,8 @@ JSON lines, so a technician can inspect, cut or mail one, and a damaged line is 
   then one line per block: {"t": b64 float64[n], "v": b64 float64[n*c], "f": b64 uint8[n*c]}
 Raw samples are stored (counts for hardware units) with the calibration that was in force, so a
 replay reproduces exactly what the unit saw, and can also be re-run under a newer calibration.
+A unit with a camera also writes ``<file>.frames`` beside it (JPEG frames with timestamps and the
+plate ROIs in force; ``daemon/vision/framefile.py``); ``shelfd replay`` uses it when present.
 """
 from __future__ import annotations
 

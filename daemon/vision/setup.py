@@ -168,3 +168,16 @@ def build_vision(cfg, layout, sensing_source, *, offline: bool = False) -> Visio
              cam.fps, ring.max_frames, ", ".join(f"{r} {s[:12]}" for r, s in engine.model_hashes().items()) or "none",
              len(rois or {}))
     return VisionSetup(engine, runner, ring, capture, tau, floor, deadline)
+
+
+def open_camera(cfg, layout, sensing_source) -> tuple[CameraRunner, FrameRing, dict | None]:
+    """Just the camera (no models): what ``shelfd record`` needs to save frames beside samples."""
+    cam = cfg.camera
+    source, source_rois = make_camera_source(cfg, layout, sensing_source)
+    try:
+        rois = load_rois(cfg.state_dir, cfg.unit_id) or source_rois
+    except RoiError:
+        rois = source_rois
+    width, height = getattr(source, "width", cam.width), getattr(source, "height", cam.height)
+    ring = FrameRing.for_camera(cam.fps, cam.buffer_s, width, height)
+    return CameraRunner(source, ring, width=width, height=height, fps=cam.fps, stall_s=cam.stall_s), ring, rois
