@@ -63,6 +63,10 @@ def check(config: Path) -> None:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config: Path, log_level: str) -> None:
     """Run the aggregator in the foreground (SIGTERM/SIGINT stop it cleanly)."""
+    stopping: list[object] = []
+    # Installed first: a SIGTERM during start-up still means a clean stop, not a kill.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg, cat = _load(config)
@@ -73,6 +77,8 @@ def run(config: Path, log_level: str) -> None:
         _storage_error(cfg, exc)
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     signal.signal(signal.SIGINT, lambda *_: svc.stop())
+    if stopping:
+        svc.stop()
     log.info("cartd %s for store %s (%s), instance %s", __version__, cfg.store_id, cfg.storage.type, cfg.instance_id)
     try:
         svc.run()

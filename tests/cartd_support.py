@@ -236,3 +236,56 @@ class UnitResponder:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def scenario(n_sessions: int, events_per_session: int, now: float, seed: int = 1, units=("unit-a", "unit-b")):
+    """A deterministic store visit log: entries, tracking, events (seq per unit), exits.
+
+    Each shopper visits shelves one at a time (alone at a shelf at that moment, clean tracking),
+    picks and sometimes puts back what they hold. Returns (messages in time order as (topic, doc)),
+    expected {session: {sku: qty}}, {unit: last_seq}).
+    """
+    import random
+    rng = random.Random(seed)
+    skus = ["A", "B", "C"]
+    msgs: list[tuple[float, str, dict]] = []
+    expect: dict[str, dict[str, int]] = {}
+    seq = {u: 0 for u in units}
+    t_base = now - 10 - n_sessions * events_per_session * 1.0 - 30
+    events: list[tuple[float, str, dict]] = []
+    for i in range(n_sessions):
+        sid = f"S{i:04d}"
+        t = t_base + i * 0.7
+        msgs.append((t, "_store/gates/entry", entry(sid, t)))
+        cart: dict[str, int] = {}
+        # each shopper gets a private shelf id so two shoppers are never at one shelf at once
+        shelf = str(i)
+        unit = units[i % len(units)]
+        for k in range(events_per_session):
+            ts0 = t + 2 + k * 1.0
+            held = [s for s, q in cart.items() if q > 0]
+            if held and rng.random() < 0.25:
+                sku, etype = rng.choice(held), "put_back"
+                cart[sku] -= 1
+            else:
+                sku, etype = rng.choice(skus), "pick"
+                cart[sku] = cart.get(sku, 0) + 1
+            msgs.append((ts0 - 0.2, "_store/tracking", tracking(ts0 - 0.2, [(sid, unit, shelf, 0.9)])))
+            msgs.append((ts0 + 0.5, "_store/tracking", tracking(ts0 + 0.5, [(sid, unit, shelf, 0.9)])))
+            events.append((ts0, unit, {"shelf": shelf, "etype": etype, "sku": sku}))
+        t_exit = t + 2 + events_per_session * 1.0 + 2
+        msgs.append((t_exit, "_store/gates/exit", exit_(sid, t_exit)))
+        expect[sid] = {s: q for s, q in cart.items() if q > 0}
+    for ts0, unit, e in sorted(events, key=lambda x: x[0]):
+        seq[unit] += 1
+        msgs.append((ts0 + 0.8, f"{unit}/events", item_event(unit, seq[unit], e["shelf"], e["etype"], e["sku"], 1, ts0, ts0 + 0.6)))
+    msgs.sort(key=lambda m: m[0])
+    return [(topic, doc) for _, topic, doc in msgs], expect, seq
+
+
+def receipt_carts(payloads: list[str]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for p in payloads:
+        d = json.loads(p) if isinstance(p, str) else p
+        out[d["session_id"]] = {l["sku"]: l["quantity"] for l in d["lines"] if l["quantity"] > 0}
+    return out

@@ -1,0 +1,126 @@
+"""Read-only queries for the staff page (and anything else that wants to look, never write).
+
+    v = Views.open("cartd.yaml")     # SQLite opened with mode=ro; PostgreSQL with a read-only session
+    v.shelves(); v.open_carts(); v.receipts(); v.review_lines(); v.deadletters(); v.units(); v.summary()
+
+Every result is plain JSON-able data; times are RFC 3339 strings, money integer minor units.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .catalogue import Catalogue
+from .config import Config, load_config
+from .engine import Engine
+from .messages import fmt_ts
+from .store import Store, open_store
+
+
+class Views:
+    def __init__(self, cfg: Config, store: Store, catalogue: Catalogue):
+        self.cfg = cfg
+        self.store = store
+        self.catalogue = catalogue
+        self._engine = Engine(cfg, store, catalogue)  # for cart() and watermarks(): reads only
+
+    @classmethod
+    def open(cls, config: str | Path) -> "Views":
+        return cls.from_config(load_config(config))
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "Views":
+        return cls(cfg, open_store(cfg.storage, readonly=True), Catalogue.load(cfg.catalogue, cfg.receipts.currency))
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _name(self, sku: str | None) -> str | None:
+        p = self.catalogue.get(sku)
+        return p.name if p else None
+
+    def _q(self, sql: str, params: tuple = ()) -> list[tuple]:
+        try:
+            return self.store.q(sql, params)
+        finally:
+            self.store.end_read()
+
+    def shelves(self, limit: int = 5) -> list[dict[str, Any]]:
+        """Each (unit, shelf) that has published events, with its last ``limit`` events."""
+        out: dict[tuple[str, str], list[dict]] = {}
+        rows = self._q(
+            "SELECT e.unit_id, e.shelf, e.event_id, e.type, e.sku, e.quantity, e.t_end, e.session_id, e.state,"
+            " l.needs_review, e.historical FROM events e LEFT JOIN lines l ON l.event_id = e.event_id"
+            " ORDER BY e.unit_id, e.shelf, e.t_end DESC")
+        for unit, shelf, eid, etype, sku, qty, t_end, sid, state, review, hist in rows:
+            evs = out.setdefault((unit, shelf), [])
+            if len(evs) < limit:
+                evs.append({"event_id": eid, "type": etype, "sku": sku, "name": self._name(sku), "quantity": qty,
+                            "t_end": fmt_ts(t_end), "session_id": sid, "state": state,
+                            "needs_review": bool(review), "historical": bool(hist)})
+        return [{"unit_id": u, "shelf": s, "last_events": evs} for (u, s), evs in sorted(out.items())]
+
+    def open_carts(self) -> list[dict[str, Any]]:
+        """Sessions without a receipt yet (in the store, or exited and awaiting the receipt)."""
+        out = []
+        sessions = self._q("SELECT session_id, state, entered_at, exited_at FROM sessions"
+                           " WHERE state IN ('open', 'exited') ORDER BY entered_at")
+        for sid, state, entered, exited in sessions:
+            try:
+                lines, unresolved, _ = self._engine.cart(sid)
+            finally:
+                self.store.end_read()
+            out.append({"session_id": sid, "state": state, "entered_at": fmt_ts(entered), "exited_at": fmt_ts(exited),
+                        "lines": lines, "unresolved": unresolved, "total": sum(l["amount"] for l in lines),
+                        "currency": self.cfg.receipts.currency})
+        return out
+
+    def receipts(self, limit: int = 50, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Stored receipts and corrections (gondola.receipt/1 documents), newest first."""
+        if session_id:
+            rows = self._q("SELECT payload FROM receipts WHERE session_id=? ORDER BY n DESC LIMIT ?", (session_id, limit))
+        else:
+            rows = self._q("SELECT payload FROM receipts ORDER BY issued_at DESC, n DESC LIMIT ?", (limit,))
+        return [json.loads(p) for (p,) in rows]
+
+    def review_lines(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Cart lines marked needs_review, newest first, with the association candidates."""
+        rows = self._q("SELECT l.session_id, l.event_id, l.sku, l.qty, l.reason, l.candidates, e.t_end, e.unit_id, e.shelf"
+                       " FROM lines l JOIN events e ON e.event_id = l.event_id WHERE l.needs_review = 1"
+                       " ORDER BY e.t_end DESC LIMIT ?", (limit,))
+        return [{"session_id": sid, "event_id": eid, "sku": sku, "name": self._name(sku), "quantity": qty,
+                 "reason": reason, "candidates": json.loads(c) if c else [], "t_end": fmt_ts(t_end),
+                 "unit_id": unit, "shelf": shelf}
+                for sid, eid, sku, qty, reason, c, t_end, unit, shelf in rows]
+
+    def deadletters(self, limit: int = 50) -> list[dict[str, Any]]:
+        rows = self._q("SELECT id, t, reason, action, topic, detail, event_id, unit_id, session_id, payload"
+                       " FROM deadletters ORDER BY t DESC LIMIT ?", (limit,))
+        return [{"schema": "gondola.deadletter/1", "id": i, "t": fmt_ts(t), "reason": r, "action": a, "topic": tp,
+                 "detail": d, "event_id": e, "unit_id": u, "session_id": s, "payload": p}
+                for i, t, r, a, tp, d, e, u, s, p in rows]
+
+    def units(self) -> list[dict[str, Any]]:
+        try:
+            marks = self._engine.watermarks()
+            rows = self.store.q("SELECT unit_id, status, max_seq, contiguous_seq FROM units ORDER BY unit_id")
+        finally:
+            self.store.end_read()
+        out = []
+        for u, status, mx, contig in rows:
+            wm = marks.get(u, (None, None))[0]
+            out.append({"unit_id": u, "status": status, "last_seq": mx, "contiguous_seq": contig,
+                        "watermark": None if wm is None else ("inf" if wm == float("inf") else fmt_ts(wm))})
+        return out
+
+    def summary(self) -> dict[str, int]:
+        def one(sql: str) -> int:
+            return int(self._q(sql)[0][0])
+        return {"open_sessions": one("SELECT COUNT(*) FROM sessions WHERE state='open'"),
+                "awaiting_receipt": one("SELECT COUNT(*) FROM sessions WHERE state='exited'"),
+                "receipts": one("SELECT COUNT(*) FROM receipts WHERE n=1"),
+                "corrections": one("SELECT COUNT(*) FROM receipts WHERE n>1"),
+                "review_lines": one("SELECT COUNT(*) FROM lines WHERE needs_review=1"),
+                "deadletters": one("SELECT COUNT(*) FROM deadletters"),
+                "events": one("SELECT COUNT(*) FROM events")}
