@@ -170,16 +170,24 @@ class Gallery:
     def sku_list(self) -> list[str]:
         return sorted(set(self.skus))
 
+    def similarity_matrix(self, E: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(SKUs, M×K best cosine similarity of each of M embeddings to each SKU's images)."""
+        names = self.sku_list
+        E = l2_normalise(np.atleast_2d(np.asarray(E, np.float32)))
+        if not names:
+            return names, np.zeros((len(E), 0), np.float32)
+        sims = E @ self.embeddings.T
+        idx = {n: i for i, n in enumerate(names)}
+        col = np.array([idx[s] for s in self.skus])
+        out = np.full((len(E), len(names)), -2.0, np.float32)
+        for k in range(len(names)):
+            out[:, k] = sims[:, col == k].max(axis=1)
+        return names, out
+
     def similarities(self, e: np.ndarray) -> dict[str, float]:
-        """Best cosine similarity per SKU."""
-        if not self.skus:
-            return {}
-        sims = self.embeddings @ l2_normalise(np.asarray(e, np.float32).reshape(-1))
-        best: dict[str, float] = {}
-        for s, v in zip(self.skus, sims):
-            if v > best.get(s, -2.0):
-                best[s] = float(v)
-        return best
+        """Best cosine similarity per SKU (nearest enrolled image)."""
+        names, S = self.similarity_matrix(np.asarray(e).reshape(1, -1))
+        return {n: float(v) for n, v in zip(names, S[0])}
 
     def scores(self, e: np.ndarray, temperature: float = 0.05) -> dict[str, float]:
         best = self.similarities(e)
