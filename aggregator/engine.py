@@ -137,13 +137,20 @@ class Engine:
                 text = base64.b64encode(payload[:12288]).decode()
         else:
             text = payload[:16384] if payload else None
-        dl_id = str(ULID())
+        # The id derives from what was received, so a redelivered message (after a crash, or seen
+        # by every instance on a plain subscription) does not make a second dead letter.
+        import hashlib
+        key = f"{reason}\x00{topic}\x00{event_id or ''}\x00{unit_id or ''}\x00{session_id or ''}\x00{detail if payload is None else text}"
+        dl_id = hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:26].upper()
         doc = {"schema": "gondola.deadletter/1", "id": dl_id, "t": fmt_ts(now), "reason": reason,
                "action": action, "topic": topic, "detail": detail, "event_id": event_id,
                "unit_id": unit_id, "session_id": session_id, "payload": text}
-        self.store.ex("INSERT INTO deadletters (id, t, reason, action, topic, detail, event_id, unit_id, session_id, payload)"
-                      " VALUES (?,?,?,?,?,?,?,?,?,?)",
-                      (dl_id, now, reason, action, topic, detail, event_id, unit_id, session_id, text))
+        cur = self.store.ex("INSERT INTO deadletters (id, t, reason, action, topic, detail, event_id, unit_id, session_id, payload)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                            (dl_id, now, reason, action, topic, detail, event_id, unit_id, session_id, text))
+        if cur.rowcount == 0:
+            self.counters["duplicate_deadletters"] += 1
+            return
         self.deadletter_counts[reason] += 1
         log.warning("dead letter %s (%s) on %s: %s", reason, action, topic, detail)
         self._out.append(Outbound(f"{self.base}/_store/cartd/deadletter", json.dumps(doc), kind="deadletter", ref=dl_id))
@@ -217,6 +224,8 @@ class Engine:
                         " ON CONFLICT DO NOTHING", rows)
         g = self.store.greatest("feeds.t", "excluded.t")
         self.store.ex(f"INSERT INTO feeds (name, t) VALUES ('tracking', ?) ON CONFLICT (name) DO UPDATE SET t = {g}", (m.t,))
+        # This instance's own view: tracking is delivered in order to every instance, so when our
+        # tracker_t passes an event's t_end we have committed every observation up to it.
         self._tracker_t = max(self._tracker_t or m.t, m.t)
         self.counters["tracking"] += 1
         self.counters["observations"] += len(rows)
@@ -434,7 +443,6 @@ class Engine:
 
     def _tick(self) -> None:
         now = self.clock()
-        self._tracker_t = None  # another instance may have advanced it
         self._pending(now)
         if self.store.try_leader(_LEADER_GAPS):
             self._scan_gaps(now)
@@ -592,6 +600,15 @@ class Engine:
         if row is None or row[0] not in ("exited", "receipted"):
             return
         state, n_prev, entered, exited, ref = row
+        # A put-back judged "not in the cart" may have raced its own pick (several instances, or a
+        # resend that filled a gap): with the whole visit known, clear the flag when the cart
+        # holds enough of that SKU after all.
+        for line_id, sku in self.store.q("SELECT id, sku FROM lines WHERE session_id=? AND needs_review=1"
+                                         " AND reason='put_back_not_in_cart'", (session_id,)):
+            net = self.store.q1("SELECT SUM(qty) FROM lines WHERE session_id=? AND sku=?", (session_id, sku))
+            if net and net[0] is not None and net[0] >= 0:
+                self.store.ex("UPDATE lines SET needs_review=0, reason=NULL WHERE id=?", (line_id,))
+                self.counters["review_cleared"] += 1
         lines, unresolved, _ = self.cart(session_id)
         n = int(n_prev) + 1
         doc: dict[str, Any] = {

@@ -81,12 +81,12 @@ class Service:
 
     def _subscriptions(self) -> list[tuple[str, SubscribeOptions]]:
         b, g = self.base, self.cfg.mqtt.shared_group
-        shared = [f"{b}/+/events", f"{b}/_store/gates/+", f"{b}/_store/tracking"]
-        if g:
-            shared = [f"$share/{g}/{t}" for t in shared]
-        # Retained unit documents and replies go to every instance (shared subscriptions get no
-        # retained messages); applying them is idempotent.
-        plain = [f"{b}/+/status", f"{b}/+/health", f"{b}/+/res/resend"]
+        # Item events are the volume: instances share them. Gates and tracking go to every
+        # instance, so each one has seen (and committed) the entries and tracking that precede an
+        # event before it associates it; applying them twice is idempotent. Retained unit
+        # documents and replies too (shared subscriptions get no retained messages).
+        shared = [f"$share/{g}/{b}/+/events" if g else f"{b}/+/events"]
+        plain = [f"{b}/_store/gates/+", f"{b}/_store/tracking", f"{b}/+/status", f"{b}/+/health", f"{b}/+/res/resend"]
         return [(t, SubscribeOptions(qos=1)) for t in shared + plain]
 
     def _on_connect(self, c, _u, flags, rc, _p) -> None:
