@@ -86,10 +86,13 @@ def embeddings(split: str, n_aug: int = 1, model: EmbeddingModel | None = None,
     model = model or backbone()
     items = read_split(split)
     f = OUT / "cache" / f"emb2-{split}-{n_aug}-{model.sha256[:12]}.npz"
-    if cache and f.is_file():
-        with np.load(f) as z:
-            if len(z["y"]) == len(items):
-                return z["E"], z["y"], items
+    if cache:
+        # views 0 and 1 (photo, mirror) are the same in every cache: a cache with more views serves
+        for k in sorted(int(p.stem.split("-")[2]) for p in f.parent.glob(f"emb2-{split}-*-{model.sha256[:12]}.npz")):
+            if k >= n_aug and (n_aug <= 2 or k == n_aug):
+                with np.load(f.parent / f"emb2-{split}-{k}-{model.sha256[:12]}.npz") as z:
+                    if len(z["y"]) == len(items):
+                        return z["E"][:, :n_aug], z["y"], items
     rng = np.random.default_rng(12345)
     E = np.zeros((len(items), n_aug, model.dim), np.float32)
     t0 = time.time()

@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 SIDECAR_SCHEMA = "gondola.model/1"
 ROLES = ("action", "product", "embedding")
 ACTION_LABELS = ("pick", "put_back", "no_change", "swap")
+# The project's own default action model (trained by ``python -m training.action``). It lives in
+# the repository's top-level ``models/`` folder, which an editable install (``make``) or a checkout
+# deployed on the Pi has beside ``daemon/``; a config may name any other file instead.
+DEFAULT_ACTION_MODEL = Path(__file__).resolve().parents[2] / "models" / "action" / "action-v1.tflite"
 _DTYPES = {"uint8": np.uint8, "int8": np.int8, "float32": np.float32}
 
 
