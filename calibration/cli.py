@@ -58,13 +58,12 @@ class Ctx:
         if self._unit is None:
             from .guided import Unit
             from .link import connect
-            self._link = connect(self.cfg, self.via, self.timeout)
-            self._unit = Unit.open(self._link, Path(self.cfg.state_dir))
+            self._unit = Unit(self.cfg, lambda: connect(self.cfg, self.via, self.timeout))
         return self._unit
 
     def close(self) -> None:
-        if self._link is not None:
-            self._link.close()
+        if self._unit is not None:
+            self._unit.close()
 
 
 def _interactive(yes: bool) -> bool:

@@ -67,22 +67,30 @@ class PlateInfo:
     capacity_g: float
 
 
-@dataclass
 class Unit:
-    """What shelfcal knows about the unit it talks to (from the link's ``info``)."""
+    """The unit shelfcal works on: plates from the config at once (so bad input is refused before
+    any hardware is touched), the link to its load cells opened on first use."""
 
-    link: Any
-    state_dir: Path
-    unit_id: str
-    plates: dict[str, PlateInfo] = field(default_factory=dict)
-    rate_hz: float = 0.0
+    def __init__(self, cfg, connect: Callable[[], Any]):
+        from daemon.sensing.factory import layout_for
+        self.cfg = cfg
+        self.state_dir = Path(cfg.state_dir)
+        self.unit_id = cfg.unit_id
+        layout = layout_for(cfg)
+        self.plates = {p.key: PlateInfo(p.key, list(p.channels), p.capacity_g) for p in layout.plates}
+        self._connect = connect
+        self._link = None
 
-    @classmethod
-    def open(cls, link, state_dir: Path) -> "Unit":
-        info = link.call("info")
-        Path(state_dir).mkdir(parents=True, exist_ok=True)
-        plates = {p["key"]: PlateInfo(p["key"], p["channels"], p["capacity_g"]) for p in info["plates"]}
-        return cls(link, Path(state_dir), info["unit_id"], plates, info["rate_hz"])
+    @property
+    def link(self):
+        if self._link is None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._link = self._connect()
+        return self._link
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.close()
 
     def plate(self, name: str) -> PlateInfo:
         s = str(name).strip()
@@ -157,8 +165,9 @@ def wait_rest(unit: Unit, plate: PlateInfo, *, timeout_s: float, window_s: float
         if r.get("saturated"):
             raise ShelfcalError(f"plate {plate.key}: {r['reason']}; unload it and check the cell's wires", EX_DATAERR)
         if r.get("reason") == "no data":
+            # a whole fresh window of flagged samples (or nothing at all until the deadline)
             no_data_since = no_data_since or time.monotonic()
-            if time.monotonic() - no_data_since > min(5.0, timeout_s):
+            if (r.get("samples") and new_enough) or time.monotonic() > deadline:
                 raise ShelfcalError(f"plate {plate.key}: no data from channel(s) {', '.join(plate.channels)}: "
                                     f"run `shelfcal diag`", EX_UNAVAILABLE)
         else:

@@ -29,6 +29,10 @@ from .errors import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EX_UNAVAILABLE, Shelfcal
 log = logging.getLogger(__name__)
 
 
+class NotRunning(ShelfcalError):
+    pass
+
+
 class DaemonLink:
     kind = "daemon"
 
@@ -42,6 +46,9 @@ class DaemonLink:
         except TimeoutError:
             raise ShelfcalError(f"shelfd does not answer on {self.path} within {self.timeout_s:g} s: check "
                                 f"`systemctl status shelfd` (or stop it and run shelfcal again)", EX_UNAVAILABLE) from None
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise NotRunning(f"shelfd is not running (nobody listens on {self.path}): start it, or use --via local",
+                             EX_UNAVAILABLE) from None
         except OSError as exc:
             raise ShelfcalError(f"lost the connection to shelfd on {self.path} ({exc}): is it restarting? "
                                 f"Run shelfcal again", EX_UNAVAILABLE) from None
@@ -161,15 +168,14 @@ def connect(cfg: Config, via: str = "auto", timeout_s: float = 10.0):
     """A link to the unit: the running daemon when its socket answers, else the drivers."""
     path = socket_path(cfg.state_dir)
     if via in ("auto", "daemon"):
-        if path.exists():
-            link = DaemonLink(path, timeout_s)
-            try:
-                link.call("info")
-                return link
-            except ShelfcalError as exc:
-                if "does not answer" in str(exc) or via == "daemon":
-                    raise
-                # connection refused: a stale socket of a daemon that is gone
+        link = DaemonLink(path, timeout_s)
+        try:
+            link.call("info")
+            return link
+        except NotRunning:
+            if via == "daemon":
+                raise
+            # no socket, or a stale one of a daemon that is gone: open the cells ourselves
         if via == "daemon":
             raise ShelfcalError(f"shelfd is not running (no answer on {path}): start it, or use --via local",
                                 EX_UNAVAILABLE)

@@ -1,0 +1,270 @@
+"""shelfcal against the simulator: every command as a real subprocess, on the unit's own drivers
+and through a running shelfd (control socket and MQTT), with a plate whose factory scale is wrong,
+a dead channel and a noisy plate. The written calibration state and the exit codes are asserted."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from daemon.config import load_config
+from daemon.layout import Layout
+from daemon.sensing.sim import SimSource
+
+REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+WRONG, NOISY, DEAD = "1/2", "1/3", "1/4"
+
+
+def make_unit(tmp: Path, *, factory: bool, port: int = 1, speed: float = 3.0, **sensing) -> Path:
+    doc = {
+        "version": 1, "unit_id": "cal-unit-1", "store_id": "test-store", "state_dir": "./state",
+        "mqtt": {"host": "127.0.0.1", "port": port, "health_interval_s": 1},
+        "sensing": {"backend": "sim", "seed": 3, "rate_hz": 60, "speed": speed, "shoppers": False,
+                    "stocked": False, "factory_calibration": factory, "drift_g_per_min": 0,
+                    "glitch_rate": 0, "load_file": "./load.json",
+                    "scale_error": {"sim-1-2": 0.05}, "plate_noise_g": {"1/1": 0.5, "1/2": 0.7, NOISY: 8.0},
+                    "dead_channels": ["sim-1-4"], **sensing},
+        "shelves": [{"id": "1", "plates": [{"id": i} for i in (1, 2, 3, 4)]}],
+        "planogram": [{"sku": "A1", "name": "Cola", "shelf": "1", "plates": [1], "unit_weight_g": 640}],
+    }
+    path = tmp / "unit.yaml"
+    path.write_text("# a unit for shelfcal tests\n" + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def shelfcal(cfg: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "calibration.cli", "--config", str(cfg), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def place(cfg: Path, plate: str, grams: float) -> None:
+    load = cfg.parent / "load.json"
+    cur = json.loads(load.read_text()) if load.exists() else {}
+    cur[plate] = grams
+    tmp = load.with_suffix(".tmp")
+    tmp.write_text(json.dumps(cur))
+    os.replace(tmp, load)
+
+
+def cal_doc(cfg: Path, name: str = "calibration.json") -> dict:
+    return json.loads((cfg.parent / "state" / name).read_text())
+
+
+def truth(cfg: Path):
+    c = load_config(cfg)
+    return SimSource(c, Layout.from_config(c)).true_calibration()
+
+
+def ok(r: subprocess.CompletedProcess, code: int = 0) -> subprocess.CompletedProcess:
+    assert r.returncode == code, f"exit {r.returncode} (wanted {code})\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r
+
+
+# ---------------------------------------------------------------- an uncalibrated unit, own drivers
+
+
+def test_first_calibration_fits_the_true_scale_and_verifies(tmp_path):
+    cfg = make_unit(tmp_path, factory=False)
+    # shelfd refuses an uncalibrated unit; shelfcal opens the cells itself
+    r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)], cwd=REPO,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78 and "shelfcal calibrate" in r.stderr
+
+    ok(shelfcal(cfg, "verify", "--plate", "1/1", "--mass-g", "100", "--yes"), 64)  # not calibrated yet
+    ok(shelfcal(cfg, "calibrate", "--plate", "1/1", "--mass-g", "500", "--yes"), 64)  # no zero yet
+    out = ok(shelfcal(cfg, "tare", "--plate", "1/1", "--yes")).stdout
+    assert "no scale yet" in out
+    assert not (tmp_path / "state" / "calibration.json").exists()
+
+    place(cfg, "1/1", 500)
+    out = ok(shelfcal(cfg, "calibrate", "--plate", "1/1", "--mass-g", "500", "--yes", "--technician", "ana")).stdout
+    assert "implied capacity" in out and "residual" in out
+    first = cal_doc(cfg)
+    assert first["technician"] == "ana" and first["unit_id"] == "cal-unit-1"
+    assert not (tmp_path / "state" / "calibration.prev.json").exists()
+
+    place(cfg, "1/1", 2000)
+    ok(shelfcal(cfg, "calibrate", "--plate", "1/1", "--mass-g", "2000", "--yes", "--technician", "ana"))
+    second = cal_doc(cfg)
+    assert second["calibration_id"] != first["calibration_id"]
+    assert cal_doc(cfg, "calibration.prev.json")["calibration_id"] == first["calibration_id"]
+    ch = second["channels"]["sim-1-1"]
+    assert [p[0] for p in ch["points"]] == [0.0, 500.0, 2000.0]
+    assert isinstance(ch["scale"], float)
+    true = truth(cfg).channels["sim-1-1"]
+    # plate σ 0.5 g white + 0.15 g slow over 1.5 s windows: the 2 kg span pins the scale to ≈0.05 %
+    assert abs(ch["scale"] / true.scale - 1) < 0.002, (ch["scale"], true.scale)
+    assert abs((ch["offset"] - true.offset) / true.scale) < 1.5  # grams
+
+    place(cfg, "1/1", 1000)
+    out = ok(shelfcal(cfg, "verify", "--plate", "1/1", "--mass-g", "1000", "--yes")).stdout
+    assert "PASS" in out
+    log = [json.loads(x) for x in (tmp_path / "state" / "shelfcal-log.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in log] == ["calibrate", "calibrate", "verify"] and log[-1]["pass"] is True
+
+
+def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_path):
+    cfg = make_unit(tmp_path, factory=True)
+    ok(shelfcal(cfg, "tare", "--plate", "1/1", "--yes"))  # writes the factory calibration first, then tares
+    before = (tmp_path / "state" / "calibration.json").read_bytes()
+
+    for args, code, words in [
+        (("tare", "--plate", "9/9", "--yes"), 64, "no plate '9/9'"),
+        (("calibrate", "--plate", "1/1", "--mass-g", "0", "--yes"), 64, "more than 0"),
+        (("calibrate", "--plate", "1/1", "--mass-g", "-5", "--yes"), 64, "more than 0"),
+        (("calibrate", "--plate", "1/1", "--mass-g", "25000", "--yes"), 64, "beyond plate 1/1's rating"),
+        # nothing placed: the reading does not move
+        (("calibrate", "--plate", "1/1", "--mass-g", "500", "--yes"), 65, "moved by only"),
+        # the dead channel never gives a sample
+        (("tare", "--plate", DEAD, "--yes", "--rest-timeout", "3"), 69, "no data"),
+    ]:
+        r = ok(shelfcal(cfg, *args), code)
+        assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    place(cfg, "1/1", 500)
+    ok(shelfcal(cfg, "calibrate", "--plate", "1/1", "--mass-g", "500", "--yes"))
+    after_first = (tmp_path / "state" / "calibration.json").read_bytes()
+    r = ok(shelfcal(cfg, "calibrate", "--plate", "1/1", "--mass-g", "500", "--yes"), 65)
+    assert "same as the 500 g point" in r.stderr
+    assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
+    assert after_first != before
+
+
+def test_corrupt_or_foreign_calibration_is_left_alone(tmp_path):
+    cfg = make_unit(tmp_path, factory=False)
+    state = tmp_path / "state"
+    state.mkdir()
+    for content, words in [(b'{"schema": "gondola.calibration/1", "unit_id": "cal-', "corrupt"),
+                           (json.dumps({"schema": "gondola.calibration/1", "unit_id": "other-unit",
+                                        "calibration_id": "X", "channels": {}}).encode(), "belongs to unit 'other-unit'")]:
+        (state / "calibration.json").write_bytes(content)
+        for args in (("tare", "--plate", "1/1", "--yes"), ("calibrate", "--plate", "1/1", "--mass-g", "500", "--yes"),
+                     ("diag",)):
+            r = ok(shelfcal(cfg, *args), 65)
+            assert words in r.stderr and "calibration.prev.json" in r.stderr, r.stderr
+        assert (state / "calibration.json").read_bytes() == content
+
+
+def test_a_plate_that_never_rests_times_out_with_tempfail(tmp_path):
+    cfg = make_unit(tmp_path, factory=True)
+    stop = threading.Event()
+
+    def jiggle():  # someone keeps loading and unloading the plate
+        g = 0
+        while not stop.is_set():
+            g = 300 - g
+            place(cfg, "1/1", g)
+            time.sleep(0.15)
+
+    th = threading.Thread(target=jiggle, daemon=True)
+    th.start()
+    try:
+        r = ok(shelfcal(cfg, "tare", "--plate", "1/1", "--yes", "--rest-timeout", "2.5"), 75)
+    finally:
+        stop.set()
+        th.join()
+    assert "did not come to rest within 2.5 s" in r.stderr
+
+
+def test_diag_names_the_dead_and_the_noisy_channel(tmp_path):
+    cfg = make_unit(tmp_path, factory=True)
+    r = ok(shelfcal(cfg, "diag", "--json", "--seconds", "2"), 69)
+    doc = json.loads(r.stdout)
+    v = doc["verdicts"]
+    assert v["sim-1-4"]["level"] == "fault" and "no data: check DOUT wiring" in v["sim-1-4"]["text"]
+    assert v["sim-1-3"]["level"] == "warning" and "noisy" in v["sim-1-3"]["text"]
+    assert v["sim-1-1"]["level"] == "ok"
+    ch = doc["snapshot"]["channels"]["sim-1-1"]
+    assert 50 <= ch["measured_sps"] <= 70 and ch["expected_sps"] == 60
+    assert ch["distinct_values"] > 10 and 0.2 < ch["noise_g"] < 1.5
+    assert doc["snapshot"]["channels"]["sim-1-4"]["timeouts"] > 0
+    table = ok(shelfcal(cfg, "diag"), 69).stdout
+    assert "channel sim-1-4 (plate 1/4): no data" in table
+
+
+# ---------------------------------------------------------------- through a running daemon
+
+
+@pytest.fixture
+def daemon(tmp_path, mosquitto):
+    cfg = make_unit(tmp_path, factory=True, port=mosquitto.port)
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "shelfd.log", "w"))
+    sock = tmp_path / "state" / "control.sock"
+    deadline = time.monotonic() + 20
+    while not sock.exists():
+        assert proc.poll() is None, (tmp_path / "shelfd.log").read_text()
+        assert time.monotonic() < deadline, "shelfd did not open its control socket"
+        time.sleep(0.1)
+    time.sleep(1.0)  # a second of samples in its ring
+    yield cfg, proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(15)
+
+
+def test_recalibrating_through_the_daemon_fixes_the_wrong_scale(daemon, tmp_path, mosquitto, subscriber_factory):
+    cfg, proc = daemon
+    factory_id = cal_doc(cfg)["calibration_id"]
+    place(cfg, WRONG, 300)
+    r = ok(shelfcal(cfg, "verify", "--plate", WRONG, "--mass-g", "300", "--yes"), 65)
+    assert "FAIL" in r.stdout and "failed verification" in r.stderr  # the factory scale is 5 % off
+
+    place(cfg, WRONG, 0)
+    out = ok(shelfcal(cfg, "tare", "--plate", WRONG, "--yes")).stdout
+    assert "tared" in out
+    place(cfg, WRONG, 1000)
+    out = ok(shelfcal(cfg, "calibrate", "--plate", WRONG, "--mass-g", "1000", "--yes")).stdout
+    assert "shelfd now runs calibration" in out
+    doc = cal_doc(cfg)
+    assert doc["calibration_id"] != factory_id
+    assert abs(doc["channels"]["sim-1-2"]["scale"] / truth(cfg).channels["sim-1-2"].scale - 1) < 0.003
+
+    place(cfg, WRONG, 300)
+    assert "PASS" in ok(shelfcal(cfg, "verify", "--plate", WRONG, "--mass-g", "300", "--yes")).stdout
+    live = ok(shelfcal(cfg, "live", "--count", "1")).stdout
+    assert doc["calibration_id"] in live and "1/4" in live and "unavailable" in live
+
+    # the store back-end re-zeroes the same way, over MQTT, with its transaction id
+    import paho.mqtt.publish as mqtt_publish
+    c = load_config(cfg)
+    replies = subscriber_factory(mosquitto, f"{c.topic_base}/res/#")
+    place(cfg, WRONG, 0)
+    time.sleep(2.0)
+    mqtt_publish.single(f"{c.topic_base}/req/rezero", json.dumps({"txid": "t-1", "plates": [WRONG], "load_g": 0}),
+                        qos=1, hostname=mosquitto.host, port=mosquitto.port)
+    mqtt_publish.single(f"{c.topic_base}/req/tare", json.dumps({"txid": "t-2", "plates": ["7/7"]}),
+                        qos=1, hostname=mosquitto.host, port=mosquitto.port)
+    got = replies.wait_for(2, timeout=10)
+    by = {m.json()["txid"]: (m.topic, m.json()) for m in got}
+    assert by["t-1"][0].endswith("/res/rezero") and by["t-1"][1]["ok"], by["t-1"]
+    assert cal_doc(cfg)["calibration_id"] == by["t-1"][1]["result"]["calibration_id"]
+    assert by["t-2"][1]["ok"] is False and "no plate '7/7'" in by["t-2"][1]["error"]
+    assert proc.poll() is None
+
+
+def test_a_daemon_that_does_not_answer_is_reported(tmp_path):
+    cfg = make_unit(tmp_path, factory=True)
+    state = tmp_path / "state"
+    state.mkdir()
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(state / "control.sock"))
+    srv.listen(4)  # accepts connections, never replies: a hung daemon
+    try:
+        r = ok(shelfcal(cfg, "--timeout", "1", "diag"), 69)
+        assert "does not answer" in r.stderr
+        r = ok(shelfcal(cfg, "--via", "daemon", "--timeout", "1", "tare", "--plate", "1/1", "--yes"), 69)
+    finally:
+        srv.close()
+    r = ok(shelfcal(cfg, "--via", "daemon", "diag"), 69)  # socket file left, nobody listening
+    assert "not running" in r.stderr
