@@ -1,0 +1,141 @@
+"""Store-in-a-box benchmark: receipts of a simulated store against what the shoppers took.
+
+    .venv/bin/python bench/store_bench.py [--shoppers 200] [--units 4] [--seed 1]
+                                          [--tracking clean noisy] [--out bench/out]
+
+For each tracking mode, one real run (real time): a private Mosquitto, one ``shelfd`` per unit
+(sim backend performing the planned interactions), ``cartd``, the gate and tracking feeds. The
+modes share the plan (same seed), so the shelves do the same thing and only tracking differs; they
+run side by side, each with its own broker. Reports line-item precision / recall / F1 (product,
+quantity and shopper, the AutoCheckout measure; its winner scored 84.4 %), how many shelf
+interactions the units reported exactly, receipt latency (exit gate → receipt on the broker), and
+writes ``store_bench.json`` and ``store_bench.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aggregator.sim.plan import PlanParams, make_plan  # noqa: E402
+from aggregator.sim.runner import RunOptions, StoreRun  # noqa: E402
+from aggregator.sim.score import score, shelf_events  # noqa: E402
+from aggregator.sim.store import build_store  # noqa: E402
+
+
+def one_run(store, plan, mode: str, workdir: Path, results: dict) -> None:
+    run = StoreRun(store, plan, workdir, RunOptions(tracking=mode, watch_events=True, receipt_grace_s=60))
+    t_start = time.time()
+    try:
+        run.start()
+        complete = run.wait()
+    finally:
+        run.stop()
+    receipts = run.all_receipts()
+    truth = plan.truth()
+    s = score(truth, receipts)
+    ev = shelf_events(plan, run.events, run.t0)
+    exits = {x.session_id: run.t0 + x.t_exit for x in plan.sessions}
+    lat = [run.receipt_seen_at[rid] - exits[r["session_id"]] for rid, r in run.receipts.items()
+           if r.get("n", 1) == 1 and r.get("session_id") in exits and rid in run.receipt_seen_at]
+    results[mode] = {
+        "score": s.as_dict(), "all_receipted": complete, "shelf_events": {k: v for k, v in ev.items() if k != "phantom_events"},
+        "receipt_latency_s": {"p50": round(float(np.percentile(lat, 50)), 2) if lat else None,
+                              "p99": round(float(np.percentile(lat, 99)), 2) if lat else None,
+                              "max": round(max(lat), 2) if lat else None, "n": len(lat)},
+        "latencies": [round(x, 3) for x in lat], "line_errors": s.errors, "wall_s": round(time.time() - t_start, 1),
+        "workdir": str(workdir)}
+
+
+def plot(results: dict, path: Path) -> None:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib missing: no PNG (pip install -e .[bench])", file=sys.stderr)
+        return
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    modes = list(results)
+    x = np.arange(3)
+    w = 0.8 / max(1, len(modes))
+    for i, m in enumerate(modes):
+        sc = results[m]["score"]
+        vals = [sc["precision"], sc["recall"], sc["f1"]]
+        bars = a.bar(x + i * w, vals, w, label=f"{m} tracking")
+        for bar, v in zip(bars, vals):
+            a.text(bar.get_x() + bar.get_width() / 2, v + 0.003, f"{v:.3f}", ha="center", fontsize=8)
+    a.axhline(0.99, color="g", ls="--", lw=1, label="target 0.99 (clean)")
+    a.axhline(0.844, color="r", ls=":", lw=1, label="AutoCheckout winner 0.844")
+    a.set_xticks(x + w * (len(modes) - 1) / 2, ["precision", "recall", "F1"])
+    a.set_ylim(0.8, 1.02)
+    a.set_title("receipt line items (product, quantity, shopper)")
+    a.legend(fontsize=8, loc="lower left")
+    for m in modes:
+        lat = results[m]["latencies"]
+        if lat:
+            b.hist(lat, bins=30, alpha=0.6, label=f"{m}: p50 {np.percentile(lat, 50):.1f} s, p99 {np.percentile(lat, 99):.1f} s")
+    b.set_xlabel("exit gate → receipt on the broker (s)")
+    b.set_ylabel("receipts")
+    b.set_title("receipt latency")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shoppers", type=int, default=200)
+    ap.add_argument("--units", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--arrival-gap", type=float, default=2.6)
+    ap.add_argument("--tracking", nargs="+", choices=["clean", "noisy"], default=["clean", "noisy"])
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    store = build_store(n_units=args.units)
+    plan = make_plan(store, PlanParams(shoppers=args.shoppers, seed=args.seed, arrival_gap_s=args.arrival_gap))
+    truth = plan.truth()
+    print(f"store: {len(store.units)} units × {len(store.units[0].shelves)} shelves, {len(store.facings())} facings; "
+          f"{args.shoppers} shoppers, {len(plan.interactions)} shelf interactions "
+          f"({sum(i.wrong_place for i in plan.interactions)} returns to the wrong place), "
+          f"{sum(len(v) for v in truth.values())} true receipt lines; last exit at {plan.end_s:.0f} s; "
+          f"modes: {', '.join(args.tracking)} (run side by side, real time)", flush=True)
+    results: dict = {}
+    threads = [threading.Thread(target=one_run, args=(store, plan, m, args.out / f"store_run_{m}", results))
+               for m in args.tracking]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(f"\n{'tracking':<9} {'P':>6} {'R':>6} {'F1':>6} {'TP':>5} {'FP':>4} {'FN':>4} {'receipts':>9} "
+          f"{'review':>7} {'shelf exact':>12} {'phantoms':>9} {'lat p50':>8} {'p99':>6}")
+    for m in args.tracking:
+        if m not in results:
+            print(f"{m:<9} run failed")
+            continue
+        r = results[m]
+        sc, ev, lat = r["score"], r["shelf_events"], r["receipt_latency_s"]
+        print(f"{m:<9} {sc['precision']:6.3f} {sc['recall']:6.3f} {sc['f1']:6.3f} {sc['tp']:5d} {sc['fp']:4d} "
+              f"{sc['fn']:4d} {sc['receipts']:4d}/{sc['sessions']:<4d} {sc['review_lines']:7d} "
+              f"{ev['right']:5d}/{ev['planned']:<6d} {ev['phantoms']:9d} {lat['p50'] or 0:7.2f}s {lat['p99'] or 0:5.2f}s")
+    doc = {"shoppers": args.shoppers, "units": args.units, "seed": args.seed, "interactions": len(plan.interactions),
+           "true_lines": sum(len(v) for v in truth.values()), "results": results}
+    (args.out / "store_bench.json").write_text(json.dumps(doc, indent=1))
+    plot(results, args.out / "store_bench.png")
+    print(json.dumps({m: {"f1": r["score"]["f1"], "precision": r["score"]["precision"], "recall": r["score"]["recall"]}
+                      for m, r in results.items()}))
+    print(f"wrote {args.out / 'store_bench.json'} and {args.out / 'store_bench.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
