@@ -51,6 +51,7 @@ class Engine:
         self.deadletter_counts: Counter[str] = Counter()
         self._out: list[Outbound] = []
         self._tracker_t: float | None = None
+        self._unit_seqs: dict[str, tuple[int, int]] = {}
 
     # ================================================================ batches
 
@@ -83,9 +84,11 @@ class Engine:
 
     def _run_tx(self, fn: Callable[[], Any]) -> list[Outbound]:
         self._out = []
+        self._unit_seqs = {}
         self.store.begin()
         try:
             fn()
+            self._flush_units()
             self.store.commit()
         except BaseException:
             self.store.rollback()
@@ -93,6 +96,16 @@ class Engine:
             raise
         out, self._out = self._out, []
         return out
+
+    def _flush_units(self) -> None:
+        if not self._unit_seqs:
+            return
+        g = self.store.greatest("units.max_seq", "excluded.max_seq")
+        self.store.many(f"INSERT INTO units (unit_id, contiguous_seq, max_seq) VALUES (?,?,?) ON CONFLICT (unit_id) DO UPDATE"
+                        f" SET max_seq = {g}, contiguous_seq = CASE WHEN units.contiguous_seq < 0"
+                        f" THEN excluded.contiguous_seq ELSE units.contiguous_seq END",
+                        [(u, lo - 1, hi) for u, (lo, hi) in sorted(self._unit_seqs.items())])
+        self._unit_seqs = {}
 
     def _handle(self, topic: str, payload: bytes) -> None:
         self.counters["messages"] += 1
@@ -311,11 +324,9 @@ class Engine:
         self.counters["events"] += 1
         if ev.historical:
             self.counters["historical"] += 1
-        g = self.store.greatest("units.max_seq", "excluded.max_seq")
-        self.store.ex(f"INSERT INTO units (unit_id, contiguous_seq, max_seq) VALUES (?,?,?) ON CONFLICT (unit_id) DO UPDATE"
-                      f" SET max_seq = {g}, contiguous_seq = CASE WHEN units.contiguous_seq < 0"
-                      f" THEN excluded.contiguous_seq ELSE units.contiguous_seq END",
-                      (ev.unit_id, ev.seq - 1, ev.seq))
+        # Unit seq bookkeeping once per unit per batch (flushed by _flush_units before commit).
+        lo_hi = self._unit_seqs.get(ev.unit_id)
+        self._unit_seqs[ev.unit_id] = (min(lo_hi[0], ev.seq), max(lo_hi[1], ev.seq)) if lo_hi else (ev.seq, ev.seq)
         reason = None
         if ev.store_id != self.cfg.store_id:
             reason, detail = "wrong_store", f"event for store {ev.store_id!r}, this is {self.cfg.store_id!r}"
@@ -350,26 +361,32 @@ class Engine:
                    t_start: float, t_end: float, topic: str) -> None:
         a = self.cfg.association
         lo, hi = t_start - a.clock_tolerance_s, t_end + a.clock_tolerance_s
-        in_store = {r[0] for r in self.store.q(
-            "SELECT session_id FROM sessions WHERE entered_at IS NOT NULL AND entered_at <= ?"
-            " AND (exited_at IS NULL OR exited_at >= ?)", (hi, lo))}
-        scores: dict[str, float] = {}
+        seen: dict[str, float] = {}
         for sid, sh, conf in self.store.q(
                 "SELECT session_id, shelf, MAX(confidence) FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
                 " AND t >= ? AND t <= ? GROUP BY session_id, shelf", (unit_id, shelf, lo, hi)):
-            if sid not in in_store:
-                self.counters["tracking_outside_session"] += 1
-                continue
             s = conf if sh == shelf else conf * 0.5  # "near the unit, shelf unknown" is weaker evidence
-            scores[sid] = max(scores.get(sid, 0.0), s)
+            seen[sid] = max(seen.get(sid, 0.0), s)
+        scores: dict[str, float] = {}
+        if seen:
+            ids = sorted(seen)
+            marks = ",".join("?" * len(ids))
+            inside = {r[0] for r in self.store.q(
+                f"SELECT session_id FROM sessions WHERE session_id IN ({marks}) AND entered_at IS NOT NULL"
+                " AND entered_at <= ? AND (exited_at IS NULL OR exited_at >= ?)", (*ids, hi, lo))}
+            scores = {k: v for k, v in seen.items() if k in inside}
+            self.counters["tracking_outside_session"] += len(seen) - len(scores)
         evidence = "tracking"
         if not scores:
+            in_store = [r[0] for r in self.store.q(
+                "SELECT session_id FROM sessions WHERE entered_at IS NOT NULL AND entered_at <= ?"
+                " AND (exited_at IS NULL OR exited_at >= ?) LIMIT 2", (hi, lo))]
             if len(in_store) == 1:
-                scores = {next(iter(in_store)): 1.0}
+                scores = {in_store[0]: 1.0}
                 evidence = "only_shopper"
             else:
                 self.store.ex("UPDATE events SET state='deadletter' WHERE event_id=?", (event_id,))
-                who = "nobody was in the store" if not in_store else f"{len(in_store)} shoppers inside and no tracking evidence"
+                who = "nobody was in the store" if not in_store else "several shoppers inside and no tracking evidence"
                 self._deadletter("no_session", topic,
                                  f"event {event_id} at {unit_id} shelf {shelf} {fmt_ts(t_start)}..{fmt_ts(t_end)}: {who}",
                                  None, event_id=event_id, unit_id=unit_id)

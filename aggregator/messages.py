@@ -24,7 +24,7 @@ def parse_ts(s: str) -> float:
     """RFC 3339 UTC with milliseconds → epoch seconds (raises ValueError)."""
     if not isinstance(s, str) or not _TS.match(s):
         raise ValueError(f"not an RFC 3339 UTC timestamp with milliseconds: {s!r}")
-    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(s).timestamp()  # 3.11 reads the Z; C speed, unlike strptime
 
 
 def fmt_ts(t: float | None) -> str | None:

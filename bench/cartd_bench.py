@@ -1,0 +1,298 @@
+"""cartd benchmark: events/s turned into committed cart lines, and exit → receipt latency under load.
+
+One run, three set-ups, each through a real Mosquitto on loopback with real `cartd run` processes:
+  1. one cartd on SQLite
+  2. two cartd instances on PostgreSQL (MQTT 5 shared subscription)
+  3. four cartd instances on PostgreSQL
+For each: a store with 200 shoppers inside (tracking at 4 Hz for everybody), 4 shelf units
+publishing item events QoS 1 as fast as a separate publisher process can, the units' heartbeat
+(retained health every 0.2 s), and 40 shoppers leaving during the stream. Throughput = events /
+(time from the first event published to the last cart line committed, polled in the database).
+Receipt latency = exit published → receipt received on the broker.
+
+    .venv/bin/python bench/cartd_bench.py [--events 30000] [--pg-events 10000] [--no-pg]
+
+Writes bench/out/cartd_bench.json and .png. PostgreSQL: 127.0.0.1:5432, database test (a schema
+per run, dropped afterwards).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from aggregator.messages import fmt_ts  # noqa: E402
+
+PREFIX, STORE = "gondola/v1", "bench"
+BASE = f"{PREFIX}/{STORE}"
+UNITS = ["u1", "u2", "u3", "u4"]
+N_SESSIONS, N_EXITS = 200, 40
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mosquitto(work: Path) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false",
+             "max_queued_messages 0", "max_inflight_messages 0", "log_dest stderr", "log_type error"]
+    if os.geteuid() == 0:
+        import pwd
+        lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
+    conf.write_text("\n".join(lines) + "\n")
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    p = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.1).close()
+            return p, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("mosquitto did not start")
+
+
+def client(port: int):
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+    c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    c.max_inflight_messages_set(2000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c
+
+
+def event_doc(unit: str, seq: int, shelf: str, t: float) -> str:
+    from ulid import ULID
+    return json.dumps({"schema": "gondola.item-event/1", "event_id": str(ULID()), "store_id": STORE, "unit_id": unit,
+                       "seq": seq, "shelf": shelf, "plates": [1], "type": "pick", "sku": "A", "quantity": 1,
+                       "t_start": fmt_ts(t), "t_end": fmt_ts(t + 0.5), "delta_g": -50.0, "confidence": 0.95,
+                       "candidates": [{"sku": "A", "quantity": 1, "score": 0.95}]}, separators=(",", ":"))
+
+
+def publisher(port: int, payloads: list[tuple[str, int, str]], published, started, done) -> None:
+    """Separate process: publish every event QoS 1 as fast as the broker takes them; after each
+    acknowledged chunk, record each unit's last published seq (what its heartbeat claims)."""
+    c = client(port)
+    started.value = time.time()
+    infos = []
+    last = {u: 0 for u in UNITS}
+    for i, (unit, seq, p) in enumerate(payloads):
+        infos.append(c.publish(f"{BASE}/{unit}/events", p, qos=1))
+        last[unit] = seq
+        if i % 500 == 499:
+            for inf in infos:
+                inf.wait_for_publish(30)
+            infos = []
+            for k, u in enumerate(UNITS):
+                published[k] = last[u]
+    for inf in infos:
+        inf.wait_for_publish(30)
+    for k, u in enumerate(UNITS):
+        published[k] = last[u]
+    done.value = time.time()
+    c.disconnect()
+    c.loop_stop()
+
+
+def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: Path, count_lines) -> dict:
+    print(f"\n== {label}: {n_events} events", flush=True)
+    now = time.time()
+    (work / "cat.yaml").write_text(yaml.safe_dump({"items": [{"sku": "A", "name": "Apple", "price": 100}]}))
+    procs = []
+    for i, st in enumerate(storages):
+        cfg = {"version": 1, "store_id": STORE, "instance_id": f"{label.split()[0]}-{i}",
+               "mqtt": {"host": "127.0.0.1", "port": port, "topic_prefix": PREFIX, "session_expiry_s": 600},
+               "storage": st, "catalogue": str(work / "cat.yaml"),
+               "units": [{"unit_id": u} for u in UNITS], "receipts": {"deadline_s": 30},
+               "health_interval_s": 2.0, "tick_s": 0.1}
+        path = work / f"cartd-{label.split()[0]}-{i}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        log = open(work / f"{path.stem}.log", "wb")
+        procs.append(subprocess.Popen([sys.executable, "-m", "aggregator.cli", "run", "--config", str(path)],
+                                      cwd=REPO, stdout=log, stderr=log))
+    c = client(port)
+    receipts: dict[str, float] = {}
+    rlock = threading.Lock()
+
+    def on_message(_c, _u, msg):
+        if "/_store/receipts/" in msg.topic:
+            with rlock:
+                receipts.setdefault(msg.topic.rsplit("/", 1)[1], time.monotonic())
+    c.on_message = on_message
+    c.subscribe(f"{BASE}/_store/receipts/+", qos=1)
+    time.sleep(2.5)  # cartd instances connect
+    # shoppers enter; tracking history for the past 12 s (everyone at their own shelf)
+    sid = [f"B{i:04d}" for i in range(N_SESSIONS)]
+    for i, s in enumerate(sid):
+        c.publish(f"{BASE}/_store/gates/entry", json.dumps({"schema": "gondola.gate-entry/1", "session_id": s,
+                                                            "t": fmt_ts(now - 60), "gate": "g"}), qos=1)
+    for k in range(48):
+        t = now - 12 + 0.25 * k
+        obs = [{"session_id": s, "unit_id": UNITS[i % 4], "shelf": str(i), "confidence": 0.9} for i, s in enumerate(sid)]
+        c.publish(f"{BASE}/_store/tracking", json.dumps({"schema": "gondola.tracking/1", "t": fmt_ts(t), "observations": obs}), qos=1)
+    time.sleep(1.0)
+    base_lines = count_lines()
+    # the events: shoppers who stay (index ≥ N_EXITS), at their shelf, inside the tracked window
+    seq = {u: 0 for u in UNITS}
+    payloads = []
+    for k in range(n_events):
+        i = N_EXITS + (k * 7919) % (N_SESSIONS - N_EXITS)
+        u = UNITS[i % 4]
+        seq[u] += 1
+        payloads.append((u, seq[u], event_doc(u, seq[u], str(i), now - 10 + (k % 16) * 0.5)))
+    published = mp.Array("q", len(UNITS))
+    started, done = mp.Value("d", 0.0), mp.Value("d", 0.0)
+    pub = mp.Process(target=publisher, args=(port, payloads, published, started, done))
+    pub.start()
+    # heartbeat + exits while the stream runs
+    exits: dict[str, float] = {}
+    t_poll = []
+    k_exit = 0
+    t0 = time.monotonic()
+    last_hb = 0.0
+    finished_at = None
+    while True:
+        mono = time.monotonic()
+        if mono - last_hb >= 0.2:
+            last_hb = mono
+            # the units' heartbeat: retained health with the time and their last published seq
+            for k, u in enumerate(UNITS):
+                c.publish(f"{BASE}/{u}/health", json.dumps({"t": fmt_ts(time.time()), "outbox": {
+                    "depth": 0, "oldest_pending_age_s": None, "last_seq": int(published[k])}}), qos=1, retain=True)
+        if started.value and k_exit < N_EXITS and mono - t0 >= 0.3 + k_exit * 0.15:
+            s = sid[k_exit]
+            exits[s] = time.monotonic()
+            c.publish(f"{BASE}/_store/gates/exit", json.dumps({"schema": "gondola.gate-exit/1", "session_id": s,
+                                                               "t": fmt_ts(time.time()), "gate": "g"}), qos=1)
+            k_exit += 1
+        n = count_lines() - base_lines
+        t_poll.append((time.time(), n))
+        if n >= n_events and finished_at is None:
+            finished_at = time.time()
+        with rlock:
+            got = sum(1 for s in exits if s in receipts)
+        if finished_at and k_exit == N_EXITS and got == N_EXITS:
+            break
+        if mono - t0 > 240:
+            print("  timed out", flush=True)
+            break
+        time.sleep(0.05)
+    pub.join(30)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    c.disconnect()
+    c.loop_stop()
+    t_start = started.value
+    t_end = finished_at or time.time()
+    rate = n_events / (t_end - t_start) if finished_at else float("nan")
+    pub_rate = n_events / (done.value - t_start) if done.value else float("nan")
+    lat = sorted(receipts[s] - exits[s] for s in exits if s in receipts)
+
+    def pct(p):
+        return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
+    res = {"setup": label, "instances": len(storages), "events": n_events, "lines_per_s": round(rate, 1),
+           "publish_rate": round(pub_rate, 1), "receipts": len(lat), "receipt_p50_s": round(pct(50), 3),
+           "receipt_p99_s": round(pct(99), 3), "receipt_max_s": round(lat[-1], 3) if lat else None}
+    print(f"  committed lines/s {res['lines_per_s']:.0f} (publisher offered {res['publish_rate']:.0f}/s); "
+          f"receipts {len(lat)}/{N_EXITS}: p50 {res['receipt_p50_s']} s, p99 {res['receipt_p99_s']} s", flush=True)
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=30000)
+    ap.add_argument("--pg-events", type=int, default=10000)
+    ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--dsn", default="host=127.0.0.1 port=5432 dbname=test")
+    args = ap.parse_args()
+    out = REPO / "bench" / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="cartd-bench-"))
+    broker, port = start_mosquitto(work)
+    results = []
+    try:
+        db = work / "cartd.sqlite3"
+
+        def count_sqlite():
+            if not db.exists():
+                return 0
+            try:
+                with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+                    return c.execute("SELECT COUNT(*) FROM lines").fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0
+        results.append(run_setup("sqlite x1", port, [{"type": "sqlite", "path": str(db)}], args.events, work, count_sqlite))
+        if not args.no_pg:
+            import psycopg
+            for n in (2, 4):
+                schema = f"cartd_bench_{uuid.uuid4().hex[:8]}"
+                st = {"type": "postgres", "dsn": args.dsn, "schema": schema}
+
+                def count_pg(schema=schema):
+                    try:
+                        with psycopg.connect(args.dsn) as c:
+                            c.execute(f'SET search_path TO "{schema}"')
+                            return c.execute("SELECT COUNT(*) FROM lines").fetchone()[0]
+                    except psycopg.Error:
+                        return 0
+                try:
+                    results.append(run_setup(f"postgres x{n}", port, [st] * n, args.pg_events, work, count_pg))
+                finally:
+                    with psycopg.connect(args.dsn, autocommit=True) as c:
+                        c.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        broker.terminate()
+        broker.wait(5)
+    (out / "cartd_bench.json").write_text(json.dumps(results, indent=2))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        labels = [r["setup"] for r in results]
+        a1.bar(labels, [r["lines_per_s"] for r in results], color="#4a7")
+        a1.axhline(10000, ls="--", color="grey", label="target 10k/s (SQLite)")
+        a1.set_ylabel("committed cart lines / s")
+        a1.legend()
+        x = range(len(results))
+        a2.bar([i - 0.2 for i in x], [r["receipt_p50_s"] for r in results], width=0.4, label="p50")
+        a2.bar([i + 0.2 for i in x], [r["receipt_p99_s"] for r in results], width=0.4, label="p99")
+        a2.set_xticks(list(x), labels)
+        a2.set_ylabel("exit → receipt on broker (s)")
+        a2.legend()
+        fig.suptitle(f"cartd on {os.cpu_count()} cores, Mosquitto loopback")
+        fig.tight_layout()
+        fig.savefig(out / "cartd_bench.png", dpi=110)
+    except ImportError:
+        pass
+    print(f"\nwrote {out / 'cartd_bench.json'}" + (f" and {out / 'cartd_bench.png'}" if (out / 'cartd_bench.png').exists() else ""))
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
