@@ -247,9 +247,12 @@ class VisionConfig(_Strict):
     action_model: Path | None = None
     product_model: Path | None = None
     product_sidecar: Path | None = None  # sidecar of a third-party model kept in a read-only folder
-    tau: float = Field(0.75, gt=0, lt=1.0)       # temper: vision log-likelihoods × tau (docs/vision.md)
-    floor: float = Field(1e-4, gt=0, lt=1.0)     # no vision probability counts as less than this
+    tau: float = Field(0.8, gt=0, lt=1.0)        # temper: vision log-likelihoods × tau (docs/vision.md)
+    floor: float = Field(1e-5, gt=0, lt=1.0)     # no vision probability counts as less than this
     deadline_ms: int = Field(400, ge=0, le=10000)  # an event waits at most this long for vision
+    # gallery scores = softmax(similarity / T): "auto" fits T on the enrolled images (leave-one-out),
+    # "sidecar" uses the model sidecar's temperature, a number fixes it
+    product_temperature: Union[float, Literal["auto", "sidecar"]] = "auto"
     threads: int = Field(1, ge=1, le=4)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
 

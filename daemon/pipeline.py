@@ -51,7 +51,7 @@ class Pipeline:
                  rate_hz: float, calibration: CalibrationState | None,
                  detection: DetectionConfig | None = None,
                  evidence: EvidenceProvider | None = None, vision=None,
-                 fusion: tuple[float, float] = (0.75, 1e-4), vision_deadline_s: float = 0.4,
+                 fusion: tuple[float, float] = (0.8, 1e-5), vision_deadline_s: float = 0.4,
                  capture=None):
         det = detection or DetectionConfig()
         self.store_id, self.unit_id = store_id, unit_id
@@ -76,6 +76,8 @@ class Pipeline:
         self.vision_deadline_s = vision_deadline_s
         self.capture = capture
         self._waiting: list[tuple[WeightChange, object, float]] = []  # (change, future|None, deadline)
+        # benches: observer(change, weight-only identification, fused identification, vision result, event)
+        self.observer: Callable | None = None
         self.stats = PipelineStats()
         self.facings = [Facing(f.sku, f.shelf, f.plates, f.stock, "stock" if f.stock is not None else "unknown")
                         for f in layout.placements]
@@ -157,7 +159,7 @@ class Pipeline:
         return len(self._waiting)
 
     def _event(self, change: WeightChange, job=None) -> dict:
-        ident = None
+        ident = weight_ident = None
         vres = None
         if self.vision is not None and change.kind == "change":
             vres = self._vision_result(job)
@@ -181,6 +183,8 @@ class Pipeline:
                 self.capture.offer(event, weight_ident.confidence, vres)
         self.stats.events += 1
         self.stats.by_type[event["type"]] = self.stats.by_type.get(event["type"], 0) + 1
+        if self.observer is not None:
+            self.observer(change, weight_ident, ident, vres, event)
         self._apply_inventory(event)
         log.info("%s shelf %s plates %s Δ=%+.1f g → %s ×%s (confidence %.2f)", event["type"],
                  event["shelf"], event["plates"], event["delta_g"], event["sku"], event["quantity"],

@@ -9,11 +9,11 @@ and to the "none of these" hypothesis τ · max(log p_action(no_change), log flo
 
 Why tempered: a camera model is trained on other pictures than this shelf's and is over-confident
 when wrong; the weight is physics. With τ < 1 and a floor, the camera can move a hypothesis by
-at most τ·ln(1/floor) nats (defaults τ = 0.75, floor = 1e-4: 6.9 nats). That is enough to beat
+at most τ·ln(1/floor) nats (defaults τ = 0.8, floor = 1e-5: 9.2 nats). That is enough to beat
 the planogram's prior against a product that belongs elsewhere (ln(1/0.003) = 5.8 nats: a
 misplaced return of a product that weighs the same as the plate's own) and to decide between
-equal-weight products, but a product whose weight is more than ≈ 3.7 σ from the change
-(−½·3.7² = −6.9 nats) can never win, however sure the camera is.
+equal-weight products, but a product whose weight is more than ≈ 4.3 σ from the change
+(−½·4.3² = −9.2 nats) can never win, however sure the camera is.
 
 A SKU the product model does not know (not enrolled in the gallery) gets the model's uniform
 score, so enrolling some products does not penalise the others.
@@ -30,7 +30,7 @@ ACTION_FOR_TYPE = {"pick": ("pick", "swap"), "put_back": ("put_back", "swap")}
 class VisionEvidence:
     """An ``identify.Evidence``: log-likelihood of (sku, quantity) from one VisionResult."""
 
-    def __init__(self, result: VisionResult, delta_g: float, tau: float = 0.75, floor: float = 1e-4):
+    def __init__(self, result: VisionResult, delta_g: float, tau: float = 0.8, floor: float = 1e-5):
         self.result = result
         self.tau = tau
         self.log_floor = math.log(floor)

@@ -65,7 +65,8 @@ class ChangeView:
 
 class VisionEngine:
     def __init__(self, ring: FrameRing, rois: dict | None, *, runner=None, action_model=None,
-                 product_model=None, margin_s: float = 0.25, block_when_busy: bool = False):
+                 product_model=None, margin_s: float = 0.25, block_when_busy: bool = False,
+                 product_temperature: float | str | None = "auto"):
         self.ring = ring
         self.rois = rois or {}
         self.runner = runner
@@ -76,6 +77,10 @@ class VisionEngine:
         # of skipping vision when it falls behind
         self.block_when_busy = block_when_busy
         self._slots = threading.Semaphore(MAX_QUEUE)
+        # gallery scores: softmax(similarity / T); "auto" fits T on the gallery's own images
+        self.product_temperature_setting = product_temperature
+        self.product_temperature: float | None = None
+        self.calibrate()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vision")
         self._queued = 0
         self._lock = threading.Lock()
@@ -155,13 +160,38 @@ class VisionEngine:
                                     reason="before and after frames differ in size")
             action = self.action_model.classify(before, after) if self.action_model is not None else None
             item = self._item_crop(before, after, change.delta_g)
-            skus = self.product_model.scores(item) if self.product_model is not None else None
+            skus = self._product_scores(item) if self.product_model is not None else None
         except Exception as exc:  # noqa: BLE001 - one bad inference must not stop the unit
             self._log_once(type(exc).__name__, "vision analysis failed (%s: %s); events go weight-only",
                            type(exc).__name__, exc)
             return VisionResult("error", reason=f"{type(exc).__name__}: {exc}")
         return VisionResult("ok", action=action, skus=skus or None, flags=sel.flags,
                             before=before, after=after, item=item)
+
+    def _gallery(self):
+        g = getattr(self.product_model, "gallery", None)
+        if g is None or getattr(self.product_model, "head", None) is not None:
+            return None
+        return g
+
+    def calibrate(self) -> float | None:
+        """Set the gallery's scoring temperature (call again after enrolling). With "auto" it is
+        fitted on the enrolled images themselves, leave-one-out (``fit_temperature``)."""
+        setting = self.product_temperature_setting
+        g = self._gallery()
+        if g is None or setting in (None, "sidecar"):
+            self.product_temperature = None
+        elif setting == "auto":
+            self.product_temperature = fit_temperature(g.embeddings, g.skus)
+        else:
+            self.product_temperature = float(setting)
+        return self.product_temperature
+
+    def _product_scores(self, item: np.ndarray) -> dict[str, float]:
+        g = self._gallery()
+        if g is not None and self.product_temperature is not None and len(g):
+            return g.scores(self.product_model.embed(item), temperature=self.product_temperature)
+        return self.product_model.scores(item)
 
     @staticmethod
     def _item_crop(before: np.ndarray, after: np.ndarray, delta_g: float) -> np.ndarray:
@@ -181,9 +211,35 @@ class VisionEngine:
     def health(self) -> dict:
         ms = np.array(self._ms) if self._ms else None
         return {"models": {role: sha[:12] for role, sha in self.model_hashes().items()},
+                "product_temperature": self.product_temperature,
                 "rois": len(self.rois), **self.counts,
                 "inference_ms_mean": round(float(ms.mean()), 1) if ms is not None else None,
                 "inference_ms_p95": round(float(np.percentile(ms, 95)), 1) if ms is not None else None}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def fit_temperature(embeddings: np.ndarray, skus: list[str], t_min: float = 0.002,
+                    t_max: float = 0.2) -> float | None:
+    """Temperature T that makes softmax(best similarity per SKU / T) calibrated on the gallery's
+    own images: each image is scored against all the *others* (leave-one-out) and T maximises the
+    mean log-probability of its true SKU, searched on a log grid in [t_min, t_max]. Well separated
+    products give a small T (sharp, confident scores); look-alikes a large one. None when the
+    gallery has fewer than two SKUs with two images each (nothing to fit on)."""
+    names = sorted(set(skus))
+    lab = np.array([names.index(s) for s in skus])
+    if len(names) < 2 or min(np.bincount(lab)) < 2:
+        return None
+    E = np.asarray(embeddings, np.float32)
+    S = E @ E.T
+    np.fill_diagonal(S, -np.inf)
+    best = np.stack([S[:, lab == k].max(axis=1) for k in range(len(names))], axis=1)  # N × K
+    grid = np.exp(np.linspace(np.log(t_min), np.log(t_max), 40))
+    ll = []
+    for T in grid:
+        z = best / T
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        ll.append(float(logp[np.arange(len(lab)), lab].mean()))
+    return float(grid[int(np.argmax(ll))])

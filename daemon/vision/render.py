@@ -261,10 +261,13 @@ def render_clean(scene: SceneState, geom: ShelfGeometry) -> Image.Image:
         x0, y0, x1, y1 = geom.px(geom.rois()[key])
         strip_y0 = y0 + int(0.80 * (y1 - y0))
         fh = (y1 - strip_y0) * 0.95
+        # right to left; many misplaced units overlap rather than spill onto the next plate
+        widths = [fh * appearance(sku).aspect for sku in skus]
+        step = min(max(widths) + 2, (x1 - x0 - 6 - widths[-1]) / max(1, len(skus) - 1)) if len(skus) > 1 else 0
         for i, sku in enumerate(skus):
             app = appearance(sku)
-            fw = fh * app.aspect
-            bx = x1 - 3 - (i + 1) * (fw + 2)
+            fw = widths[i]
+            bx = x1 - 3 - fw - i * step
             _draw_unit(d, app, (bx, strip_y0, bx + fw, strip_y0 + fh))
     if scene.hand is not None and scene.hand.reach > 0:
         _draw_hand(d, scene.hand, geom)

@@ -4,7 +4,8 @@ The simulator (``daemon/sensing/sim.py``) offers two read-only views: ``initial_
 every facing held before sample 0) and ``truth`` (every interaction with its shelf, plates,
 ``t_start``/``t_end``/``t_quiet``, SKU, quantity and kind). From those this source knows the
 scene at any past instant: counts per facing, misplaced units lying on plates, and a shopper's
-arm during each interaction (reaching in over the first third, out over the last, holding the
+arm during each interaction (from just before ``t_start`` until just before ``t_end``, when only
+the plate's ring-down is left; reaching in over the first third, out over the last, holding the
 item on the way out of a pick and on the way in of a put-back; leans and presses are an empty
 hand). Units change at the middle of the interaction, when the hand is in.
 
@@ -27,7 +28,8 @@ from .frames import Frame
 log = logging.getLogger(__name__)
 
 HAND_LEAD_S = 0.3    # the arm is in view this long before the shelf feels it ...
-HAND_TAIL_S = 0.3    # ... and after the last force is gone
+HAND_OUT_S = 0.2     # ... and gone this long before the shelf is at rest again (t_end is the
+                     # end of the ring-down, ≈ 3τ after the hand let go)
 
 
 class SimCameraSource:
@@ -82,16 +84,16 @@ class SimCameraSource:
         foreign: dict[str, list[str]] = {}
         hand: R.HandView | None = None
         for row in self._timeline():
-            ts, tq = float(row["t_start"]), float(row.get("t_quiet", row["t_end"]))
+            ts, te = float(row["t_start"]), float(row["t_end"])
             if ts - HAND_LEAD_S > t:
                 continue
             shelf = str(row["shelf"])
             plates = tuple(int(p) for p in (row.get("plate_delta_g") or {}).keys()) or tuple(row.get("plates") or ())
-            tm = ts + 0.5 * (tq - ts)
+            a, b = ts - HAND_LEAD_S, max(ts + 0.3, te - HAND_OUT_S)
+            tm = 0.5 * (a + b)
             if row["type"] in ("pick", "put_back") and t >= tm:
                 self._apply(facings, foreign, row, shelf, plates)
-            if ts - HAND_LEAD_S <= t <= tq + HAND_TAIL_S and plates:
-                a, b = ts - HAND_LEAD_S, tq + HAND_TAIL_S
+            if a <= t <= b and plates:
                 x = (t - a) / max(1e-6, b - a)
                 reach = min(1.0, x / 0.35, (1.0 - x) / 0.35)
                 holding = None

@@ -1,0 +1,346 @@
+#!/usr/bin/env python3
+"""Vision benchmark: item accuracy weight-only vs fused (camera) in one simulator run, and cost.
+
+    .venv/bin/python bench/vision_bench.py [--visits 60] [--seed 1] [--out bench/out]
+                                           [--action-model models/action/action-v1.tflite]
+
+A 2-shelf × 5-plate unit whose planogram holds the cases weight cannot decide:
+
+* ``equal_weight``: two SKUs of the same unit weight sharing one plate (picks and put-backs);
+* ``swap``: a shopper takes a unit and puts back a *different* product of the same weight on that
+  plate (scripted as a pick then a misplaced put-back in one visit);
+* ``misplaced``: a product of the same weight as a plate's own is returned onto that plate;
+* ``separable``: products whose weight alone identifies them (the control group: fused must stay
+  at the weight-only level).
+
+The simulator runs the script (``sensing.script``) at speed 0 through the real pipeline with the
+sim camera, the real TFLite models (product: the shared MobileNet v1 embedding extractor with a
+gallery enrolled from the unit's own camera geometry; action: the project's trained model when
+present) and the tempered fusion. Every event is scored twice from the same run: its weight-only
+identification and its fused one (``Pipeline.observer``). Cost: vision analysis and model
+inference milliseconds per event, and the pipeline process's CPU share while idle and during events
+(live run at speed 1 with the camera thread, measured with ``time.process_time``).
+
+Prints a table and one JSON line; writes ``<out>/vision_bench.json`` and ``vision_bench.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from daemon.config import parse_config  # noqa: E402
+from daemon.layout import Layout  # noqa: E402
+from daemon.pipeline import Pipeline, run_offline  # noqa: E402
+from daemon.sensing.sim import SimSource  # noqa: E402
+from daemon.vision.setup import build_vision  # noqa: E402
+from daemon.vision.sim_camera import enroll_sim_gallery  # noqa: E402
+
+log = logging.getLogger("vision_bench")
+
+SHARED = Path(os.environ.get("GONDOLA_SHARED", ROOT.parent / "shared"))
+EMBEDDER = SHARED / "models" / "coral" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+EMBEDDER_SIDECAR = ROOT / "models" / "coral" / "mobilenet_v1_1.0_224_quant_embedding_extractor.json"
+
+# (sku, name, shelf, plates, unit weight g). Families of equal weight: 250 g (A, B, H), 90 g (F, G),
+# 120 g (D, K). C, E, I are separable by weight.
+PLANOGRAM = [
+    ("200000000001", "Pasta A", "1", [1], 250.0), ("200000000002", "Pasta B", "1", [1], 250.0),
+    ("200000000003", "Olive oil C", "1", [2], 400.0), ("200000000004", "Crackers D", "1", [3], 120.0),
+    ("200000000005", "Coffee E", "1", [4], 330.0), ("200000000012", "Tea J", "1", [5], 180.0),
+    ("200000000006", "Candy F", "2", [1], 90.0), ("200000000007", "Candy G", "2", [1], 90.0),
+    ("200000000008", "Rice H", "2", [2], 250.0), ("200000000009", "Juice I", "2", [3, 4], 600.0),
+    ("200000000011", "Biscuits K", "2", [5], 120.0),
+]
+SKU = {name.split()[-1]: sku for sku, name, *_ in PLANOGRAM}
+HOME = {sku: (shelf, plates) for sku, _, shelf, plates, _ in PLANOGRAM}
+GAP_S = 8.0
+
+
+def unit_config(state_dir: Path, script: Path | None, *, speed: float = 0.0, duration: float | None = None,
+                seed: int = 1, action_model: Path | None = None, shoppers: bool = True) -> dict:
+    sensing = {"backend": "sim", "seed": seed, "speed": speed, "noise_g": 0.7, "glitch_rate": 0.0,
+               "events_per_min": 8}
+    if script is not None:
+        sensing["script"] = str(script)
+    if duration is not None:
+        sensing["duration_s"] = duration
+    if not shoppers:
+        sensing["shoppers"] = False
+    vision = {"product_model": str(EMBEDDER), "product_sidecar": str(EMBEDDER_SIDECAR)}
+    if action_model is not None:
+        vision["action_model"] = str(action_model)
+    return {
+        "version": 1, "unit_id": "vision-bench", "store_id": "bench", "state_dir": str(state_dir),
+        "sensing": sensing,
+        "shelves": [{"id": s, "plates": [{"id": p} for p in range(1, 6)]} for s in ("1", "2")],
+        "planogram": [{"sku": sku, "name": name, "shelf": shelf, "plates": plates, "unit_weight_g": w, "stock": 8}
+                      for sku, name, shelf, plates, w in PLANOGRAM],
+        "camera": {"type": "sim", "fps": 5, "width": 640, "height": 480},
+        "vision": vision,
+    }
+
+
+def make_script(visits: int, rng: np.random.Generator) -> tuple[list[dict], dict[int, str]]:
+    """Script lines and the case of each *put-back or pick line index* that forms an event."""
+    lines: list[dict] = []
+    case_of: dict[int, str] = {}
+    t = 4.0
+    kinds = ["equal_weight", "swap", "misplaced", "separable"]
+
+    def add(case: str, typ: str, sku: str, shelf: str | None = None, plates: list[int] | None = None):
+        nonlocal t
+        home_shelf, home_plates = HOME[sku]
+        row = {"t": round(t, 2), "type": typ, "sku": sku, "shelf": shelf or home_shelf,
+               "dur": round(float(rng.uniform(1.2, 2.8)), 2)}
+        if plates:
+            row["plates"] = plates
+        case_of[len(lines)] = case
+        lines.append(row)
+        t += GAP_S
+
+    for i in range(visits):
+        case = kinds[i % len(kinds)]
+        if case == "equal_weight":
+            sku = SKU[str(rng.choice(["A", "B", "F", "G"]))]
+            add(case, "pick", sku)
+            add(case, "put_back", sku)
+        elif case == "swap":
+            # take one, put back a different product of the same weight on the same plate
+            took, back = [(SKU["H"], SKU["A"]), (SKU["A"], SKU["H"]), (SKU["B"], SKU["H"]),
+                          (SKU["D"], SKU["K"]), (SKU["K"], SKU["D"])][int(rng.integers(5))]
+            shelf, plates = HOME[took]
+            add("equal_weight" if took in (SKU["A"], SKU["B"]) else "separable", "pick", took)
+            add(case, "put_back", back, shelf, [plates[0]])
+        elif case == "misplaced":
+            sku, onto = [(SKU["A"], SKU["H"]), (SKU["B"], SKU["H"]), (SKU["H"], SKU["A"]),
+                         (SKU["D"], SKU["K"]), (SKU["K"], SKU["D"])][int(rng.integers(5))]
+            shelf, plates = HOME[onto]
+            add(case, "put_back", sku, shelf, [plates[0]])
+        else:
+            sku = SKU[str(rng.choice(["C", "E", "I", "J"]))]
+            add(case, "pick", sku)
+            add(case, "put_back", sku)
+    return lines, case_of
+
+
+def score(truth: list[dict], records: list[dict], case_by_time: dict[float, str]) -> dict:
+    """Each truth event matched to the detection on its shelf overlapping it in time."""
+    per = defaultdict(lambda: {"n": 0, "found": 0, "weight_ok": 0, "fused_ok": 0})
+    used = set()
+    rows = []
+    for tr in truth:
+        case = case_by_time.get(round(tr["t_start"], 1), "separable")
+        d = per[case]
+        d["n"] += 1
+        match = None
+        for i, r in enumerate(records):
+            if i in used or r["shelf"] != tr["shelf"]:
+                continue
+            if r["t_start"] - 3.0 <= tr["time"] <= r["t_end"] + 3.0 and r["type"] == tr["type"]:
+                match = i
+                break
+        if match is None:
+            rows.append({"case": case, "truth": tr["sku"], "found": False})
+            continue
+        used.add(match)
+        r = records[match]
+        d["found"] += 1
+        w_ok = r["weight_sku"] == tr["sku"] and r["weight_q"] == tr["quantity"]
+        f_ok = r["fused_sku"] == tr["sku"] and r["fused_q"] == tr["quantity"]
+        d["weight_ok"] += w_ok
+        d["fused_ok"] += f_ok
+        rows.append({"case": case, "type": tr["type"], "truth": tr["sku"], "weight": r["weight_sku"],
+                     "fused": r["fused_sku"], "vision": r["vision_status"], "top": r["vision_top"],
+                     "scores": r["vision_scores"], "action": r["action"], "fused_candidates": r["fused_candidates"],
+                     "fused_conf": round(r["fused_conf"], 4)})
+    out = {}
+    for case, d in per.items():
+        f = max(1, d["found"])
+        out[case] = {**d, "weight_acc": round(d["weight_ok"] / f, 3), "fused_acc": round(d["fused_ok"] / f, 3)}
+    return {"cases": out, "rows": rows}
+
+
+def accuracy_run(args, work: Path) -> dict:
+    rng = np.random.default_rng(args.seed)
+    lines, case_of = make_script(args.visits, rng)
+    script = work / "script.jsonl"
+    script.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    duration = lines[-1]["t"] + 10.0
+    cfg = parse_config(unit_config(work / "state", script, duration=duration, seed=args.seed,
+                                   action_model=args.action_model))
+    layout = Layout.from_config(cfg)
+    src = SimSource(cfg, layout)
+    vis = build_vision(cfg, layout, src, offline=True)
+    t0 = time.perf_counter()
+    n_enrolled = enroll_sim_gallery(vis.engine.product_model, sorted(layout.skus), args.enroll,
+                                    seed=args.seed + 100, geom=vis.runner.source.geom)
+    vis.engine.calibrate()   # the gallery's scoring temperature, fitted on its own images
+    enroll_s = time.perf_counter() - t0
+    vis.start()
+    records: list[dict] = []
+
+    def observe(change, w_ident, f_ident, vres, event):
+        if change.kind != "change" or w_ident is None:
+            return
+        records.append({"shelf": change.shelf, "t_start": change.t_start, "t_end": change.t_end,
+                        "type": event["type"],
+                        "weight_sku": w_ident.best.sku, "weight_q": w_ident.best.quantity,
+                        "fused_sku": f_ident.best.sku, "fused_q": f_ident.best.quantity,
+                        "fused_conf": f_ident.confidence, "weight_conf": w_ident.confidence,
+                        "vision_status": vres.status if vres else None, "vision_ms": vres.ms if vres else None,
+                        "vision_top": max(vres.skus, key=vres.skus.get) if vres and vres.skus else None,
+                        "vision_scores": sorted(((k, round(v, 4)) for k, v in (vres.skus or {}).items()),
+                                                key=lambda kv: -kv[1])[:3] if vres else None,
+                        "action": vres.action if vres else None,
+                        "fused_candidates": [(h.sku, h.quantity, round(h.score, 4)) for h in f_ident.candidates]})
+
+    # run_offline builds its own Pipeline; hook the observer through a subclass-free wrapper
+    orig_init = Pipeline.__init__
+
+    def init(self, *a, **kw):
+        orig_init(self, *a, **kw)
+        self.observer = observe
+
+    Pipeline.__init__ = init
+    events: list[dict] = []
+    t0 = time.perf_counter()
+    try:
+        stats = run_offline(cfg, src, layout, events.append, vision=vis.pipeline_kwargs())
+    finally:
+        Pipeline.__init__ = orig_init
+    run_s = time.perf_counter() - t0
+    vis.stop()
+    # case of each truth: the script line it came from (matched by start time)
+    case_by_time = {}
+    for i, row in enumerate(lines):
+        case_by_time[round(src.t0 + row["t"], 1)] = case_of[i]
+    truth = [r for r in src.truth if r["type"] in ("pick", "put_back")]
+    sc = score(truth, records, case_by_time)
+    ms = [r["vision_ms"] for r in records if r["vision_status"] == "ok"]
+    models = {}
+    for role, m in (("action", vis.engine.action_model), ("product", vis.engine.product_model)):
+        if m is not None:
+            models[role] = {"name": m.name, "sha256": m.sha256[:12], "invocations": m.stats.count,
+                            "mean_invoke_ms": round(m.stats.mean_ms, 2), "size_mb": round(m.size_bytes / 1e6, 2)}
+    statuses = defaultdict(int)
+    for r in records:
+        statuses[r["vision_status"]] += 1
+    return {"visits": args.visits, "truth_events": len(truth), "detected": len(records),
+            "sim_seconds": round(stats.data_seconds, 1), "run_s": round(run_s, 1),
+            "enrolled_images": n_enrolled, "enroll_s": round(enroll_s, 1),
+            "vision_status": dict(statuses), "models": models,
+            "product_temperature": vis.engine.product_temperature,
+            "analysis_ms_mean": round(float(np.mean(ms)), 1) if ms else None,
+            "analysis_ms_p95": round(float(np.percentile(ms, 95)), 1) if ms else None,
+            **sc}
+
+
+def cpu_run(args, work: Path, seconds: float) -> dict:
+    """Live (speed 1) run of the same unit with the camera: CPU share of this process while the
+    shelf is idle vs during events (vision analyses included)."""
+    res = {}
+    for label, shoppers in (("idle", False), ("events", True)):
+        cfg = parse_config(unit_config(work / f"state-{label}", None, speed=1.0, duration=seconds,
+                                       seed=args.seed, action_model=args.action_model, shoppers=shoppers))
+        if shoppers:
+            cfg.sensing.events_per_min = 20
+        layout = Layout.from_config(cfg)
+        src = SimSource(cfg, layout)
+        vis = build_vision(cfg, layout, src)
+        enroll_sim_gallery(vis.engine.product_model, sorted(layout.skus), 2, geom=vis.runner.source.geom)
+        vis.engine.calibrate()
+        vis.start()
+        events = []
+        c0, w0 = time.process_time(), time.perf_counter()
+        run_offline(cfg, src, layout, events.append, vision=vis.pipeline_kwargs())
+        cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        vis.stop()
+        res[label] = {"cpu_share": round(cpu / wall, 3), "wall_s": round(wall, 1), "events": len(events),
+                      "vision_ok": sum(1 for e in events if e.get("vision", {}).get("status") == "ok")}
+    return res
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cases = ["equal_weight", "swap", "misplaced", "separable"]
+    cs = [c for c in cases if c in result["accuracy"]["cases"]]
+    w = [result["accuracy"]["cases"][c]["weight_acc"] for c in cs]
+    f = [result["accuracy"]["cases"][c]["fused_acc"] for c in cs]
+    x = np.arange(len(cs))
+    fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+    ax[0].bar(x - 0.2, w, 0.4, label="weight only")
+    ax[0].bar(x + 0.2, f, 0.4, label="weight + camera")
+    ax[0].axhline(0.95, color="k", ls="--", lw=0.8)
+    ax[0].set_xticks(x, [f"{c}\n(n={result['accuracy']['cases'][c]['found']})" for c in cs])
+    ax[0].set_ylim(0, 1.05)
+    ax[0].set_ylabel("item accuracy")
+    ax[0].legend(loc="lower right")
+    ax[0].set_title("Item accuracy, one simulator run")
+    cpu = result.get("cpu") or {}
+    if cpu:
+        ax[1].bar(list(cpu), [cpu[k]["cpu_share"] * 100 for k in cpu])
+        ax[1].set_ylabel("CPU % of one core (pipeline process)")
+        ms = result["accuracy"].get("analysis_ms_mean")
+        ax[1].set_title(f"Cost: vision analysis {ms} ms/event")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--visits", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--enroll", type=int, default=8, help="gallery images per SKU")
+    ap.add_argument("--cpu-seconds", type=float, default=30.0, help="live seconds per CPU run (0: skip)")
+    ap.add_argument("--action-model", type=Path, default=None,
+                    help="default: the first models/action/*.tflite, if any")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.action_model is None:
+        found = sorted((ROOT / "models" / "action").glob("*.tflite"))
+        args.action_model = found[0] if found else None
+    if args.action_model is None:
+        log.warning("no action model in models/action/: fused figures use the product model only")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        acc = accuracy_run(args, work)
+        cpu = cpu_run(args, work, args.cpu_seconds) if args.cpu_seconds > 0 else {}
+    result = {"accuracy": acc, "cpu": cpu, "action_model": str(args.action_model) if args.action_model else None}
+    rows = acc.pop("rows")
+    (args.out / "vision_bench.json").write_text(json.dumps({**result, "rows": rows}, indent=1))
+    plot(result, args.out / "vision_bench.png")
+    print(f"\nvision bench: {acc['truth_events']} truth events, {acc['detected']} detected, "
+          f"{acc['sim_seconds']} s simulated in {acc['run_s']} s; vision status {acc['vision_status']}")
+    print(f"{'case':<14}{'n':>4}{'found':>7}{'weight-only':>13}{'fused':>8}")
+    for case in ("equal_weight", "swap", "misplaced", "separable"):
+        d = acc["cases"].get(case)
+        if d:
+            print(f"{case:<14}{d['n']:>4}{d['found']:>7}{d['weight_acc']:>13.3f}{d['fused_acc']:>8.3f}")
+    print(f"vision analysis per event: mean {acc['analysis_ms_mean']} ms, p95 {acc['analysis_ms_p95']} ms "
+          f"(includes rendering the sim frames); models: " +
+          ", ".join(f"{r} {m['name']} {m['mean_invoke_ms']} ms/invoke ({m['size_mb']} MB)" for r, m in acc["models"].items()))
+    for k, v in cpu.items():
+        print(f"CPU share ({k}, live {v['wall_s']} s, {v['events']} events): {100 * v['cpu_share']:.1f} % of one core")
+    print(json.dumps({k: v for k, v in result.items()}, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
