@@ -524,4 +524,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m calibration.cli`: run the importable module so the sub-command modules
+    # (planogram, camera, report) register on the same `cli` group
+    from calibration.cli import main as _main
+    _main()

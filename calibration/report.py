@@ -1,1 +1,130 @@
-"""placeholder"""
+"""``shelfcal report``: the service record of a unit's calibration.
+
+Per plate a PNG (calibration points and fit, residuals, a noise trace of the last seconds) and one
+plain-text ``summary.txt`` (calibration id, technician, scale, residuals, implied capacity, noise,
+the last verification). matplotlib is optional (the ``bench`` extra); without it the summary is
+still written and shelfcal says how to get the plots.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+import numpy as np
+
+from .cli import Ctx, cli
+from .errors import EX_CANTCREAT, EX_USAGE, ShelfcalError
+from .fit import fit_channel
+from .guided import LOG
+
+
+def _last_verifies(state_dir: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    try:
+        lines = (state_dir / LOG).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if e.get("kind") == "verify":
+            out[e["plate"]] = e
+    return out
+
+
+@cli.command()
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNGs and summary.txt.")
+@click.option("--plate", "plates", multiple=True, help="Only these plates (default: every calibrated plate).")
+@click.option("--seconds", type=float, default=5.0, show_default=True, help="Noise trace length.")
+@click.pass_obj
+def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None:
+    """Plots per plate and a text summary of the calibration in force, for the service record."""
+    from .link import wait_for_data
+    unit = obj.unit()
+    cal = unit.calibration()
+    if cal is None:
+        raise ShelfcalError("no calibration in state_dir: run `shelfcal calibrate` first", EX_USAGE)
+    chosen = [unit.plate(p) for p in plates] if plates else \
+        [p for p in unit.plates.values() if all(c in cal.channels for c in p.channels)]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ShelfcalError(f"cannot create {out}: {exc.strerror}", EX_CANTCREAT) from None
+    wait_for_data(unit.link, seconds + 1.5)  # own drivers: skip the first moments after power-up
+    raw = unit.link.call("raw", seconds=seconds, channels=[c for p in chosen for c in p.channels])
+    t = np.array(raw["t"], dtype=float)
+    verifies = _last_verifies(unit.state_dir)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        plt = None
+    lines = [f"Gondola calibration report: unit {unit.unit_id}",
+             f"calibration {cal.calibration_id}  written {cal.created}  by {cal.technician or '?'}  ({cal.source})",
+             f"noise trace: last {seconds:g} s of samples", ""]
+    pngs = []
+    for p in chosen:
+        if any(c not in cal.channels for c in p.channels):
+            lines.append(f"plate {p.key}: NOT CALIBRATED")
+            continue
+        grams = None
+        for c in p.channels:
+            cc = cal.channels[c]
+            v = np.array([np.nan if x is None else x for x in raw["values"][c]], dtype=float)
+            g = (v - cc.offset) / cc.scale
+            grams = g if grams is None else grams + g
+        good = ~np.isnan(grams) if grams is not None else np.zeros(0, bool)
+        sigma = float(np.std(grams[good])) if good.sum() > 2 else math.nan
+        fits = []
+        for c in p.channels:
+            pts = cal.channels[c].points
+            fits.append(fit_channel(c, [(a, b) for a, b in pts]) if len(pts) >= 2 and len({a for a, _ in pts}) >= 2 else None)
+        resid = [r for f in fits if f for r in f.residuals_g]
+        cap = min((f.capacity_g for f in fits if f), default=math.nan) * len(p.channels)
+        lines.append(f"plate {p.key} ({', '.join(p.channels)}):")
+        for c, f in zip(p.channels, fits):
+            cc = cal.channels[c]
+            pts = ", ".join(f"{a * len(p.channels):g} g" for a, _ in cc.points) or "none recorded"
+            lines.append(f"  channel {c}: scale {cc.scale:.4f} counts/g, offset {cc.offset:.0f} counts, "
+                         f"points {pts}, updated {cc.updated or '?'}")
+        lines.append(f"  max |residual| {max((abs(r) for r in resid), default=0):.2f} g, implied capacity "
+                     f"{cap:,.0f} g (rating {p.capacity_g:g} g), noise σ {sigma:.2f} g over {good.sum()} samples")
+        v = verifies.get(p.key)
+        if v:
+            lines.append(f"  last verify {v['time']}: {'PASS' if v['pass'] else 'FAIL'} {v['read_g']} g for "
+                         f"{v['mass_g']:g} g (tolerance ±{v['tolerance_g']:g} g, calibration {v['calibration_id']})")
+        else:
+            lines.append("  not verified yet: run `shelfcal verify`")
+        if plt is not None:
+            fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+            for c, f in zip(p.channels, fits):
+                pts = np.array(cal.channels[c].points) if cal.channels[c].points else np.zeros((0, 2))
+                if len(pts):
+                    ax[0].plot(pts[:, 0], pts[:, 1], "o", label=f"{c} points")
+                    ax[1].plot(pts[:, 0], f.residuals_g if f else np.zeros(len(pts)), "o-", label=c)
+                mm = np.linspace(0, max(pts[:, 0].max() if len(pts) else 1000, 1.0), 50)
+                ax[0].plot(mm, cal.channels[c].offset + cal.channels[c].scale * mm, "-", label=f"{c} fit")
+            ax[0].set(title=f"plate {p.key}: counts vs grams", xlabel="g on the channel", ylabel="counts")
+            ax[0].legend(fontsize=7)
+            ax[1].axhline(0, color="grey", lw=0.8)
+            ax[1].set(title="residuals", xlabel="g", ylabel="g")
+            if grams is not None and good.any():
+                ax[2].plot(t[good] - t[good][0], grams[good] - np.mean(grams[good]), lw=0.7)
+            ax[2].set(title=f"noise trace (σ {sigma:.2f} g)", xlabel="s", ylabel="g − mean")
+            fig.tight_layout()
+            png = out / f"plate-{p.key.replace('/', '-')}.png"
+            fig.savefig(png, dpi=90)
+            plt.close(fig)
+            pngs.append(png)
+        lines.append("")
+    (out / "summary.txt").write_text("\n".join(lines))
+    click.echo("\n".join(lines))
+    click.echo(f"report: {out / 'summary.txt'}" + (f" and {len(pngs)} plot(s) in {out}" if pngs else ""))
+    if plt is None:
+        click.echo("shelfcal: matplotlib is not installed, so no plots: pip install 'gondola[bench]' "
+                   "(or apt install python3-matplotlib)", err=True)
