@@ -5,7 +5,8 @@ likelihood; the camera adds, per hypothesis,
 
     τ · max(log p_product(sku), log floor)  +  τ · max(log p_action(type), log floor)
 
-and to the "none of these" hypothesis τ · max(log p_action(no_change), log floor).
+and to the "none of these" hypothesis τ · max(log p_action(no_change), log floor) plus the product
+model's neutral (uniform) score.
 
 Why tempered: a camera model is trained on other pictures than this shelf's and is over-confident
 when wrong; the weight is physics. With τ < 1 and a floor, the camera can move a hypothesis by
@@ -47,7 +48,8 @@ class VisionEvidence:
 
     def __call__(self, sku: str | None, quantity: int) -> float:
         if sku is None:
-            return self._none_ll
+            # "none of these": the product model has no opinion on unknown products (neutral)
+            return self._none_ll + self._unknown_ll
         return self._move_ll + self._sku_ll.get(sku, self._unknown_ll)
 
 
