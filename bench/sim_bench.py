@@ -296,7 +296,9 @@ def score(truth_rows: list[dict], events: list[dict]) -> dict:
         by_kind[g["kind"]][1] += 1
         by_kind[g["kind"]][0] += gi in strict
     res["per_kind"] = {k: {"found": f, "total": n, "recall": round(f / n, 4)} for k, (f, n) in sorted(by_kind.items())}
-    matched = set(strict.values())
+    # a phantom is a prediction with no real event of its type on its shelf at that time; one that
+    # found its event but named the wrong product or quantity is a misidentification instead
+    matched = set(loose.values())
     phantoms = [p for pi, p in enumerate(preds) if pi not in matched]
     on: Counter = Counter()
     for p in phantoms:
@@ -305,6 +307,7 @@ def score(truth_rows: list[dict], events: list[dict]) -> dict:
             if same_shelf and p["_a"] - TOL_S <= ne["t_end"] and ne["t_start"] <= p["_b"] + TOL_S:
                 on[ne["type"]] += 1
                 break
+    res["misidentified"] = len(loose) - right
     res["phantoms"] = {"total": len(phantoms), "on_lean": on["lean"], "on_press": on["press"],
                        "on_glitch": on["glitch"], "other_event_types": dict(other_types)}
     res["non_events"] = dict(Counter(g["type"] for g in non_events))
@@ -408,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             "detector": detector, "products": product_source, "plate_noise_g": src.plate_noise_g,
             "counters": {k: v.as_dict() for k, v in src.counters().items()}}
     print_table(res, meta)
+    # everything that happened, non-events (leans, presses, glitches) included, for analysis
+    (args.out / "sim_truth_all.json").write_text(json.dumps(truth, default=float))
     with (args.out / "sim_events.jsonl").open("w") as fh:
         for ev in events:
             fh.write(json.dumps(ev) + "\n")

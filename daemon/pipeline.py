@@ -166,14 +166,16 @@ class Pipeline:
         if change.kind == "change":
             ev = list(self.evidence(change)) if self.evidence else []
             weight_ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
-                                                    change.noise_g, ev or None)
+                                                    change.noise_g, ev or None,
+                                                    plate_deltas=change.plate_deltas, now=change.t_end)
             ident = weight_ident
             if vres is not None and vres.ok:
                 from .events.fusion import VisionEvidence
                 tau, floor = self.fusion
                 ev.append(VisionEvidence(vres, change.delta_g, tau, floor))
                 ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
-                                                 change.noise_g, ev)
+                                                 change.noise_g, ev,
+                                                 plate_deltas=change.plate_deltas, now=change.t_end)
         event = build_event(self.store_id, self.unit_id, change, ident)
         if vres is not None:
             from .events.fusion import vision_block
@@ -181,11 +183,12 @@ class Pipeline:
             event["weight_only"] = not (vres.ok and bool(vres.action or vres.skus))
             if vres.ok and self.capture is not None and weight_ident.best.sku is not None:
                 self.capture.offer(event, weight_ident.confidence, vres)
-        self.stats.events += 1
-        self.stats.by_type[event["type"]] = self.stats.by_type.get(event["type"], 0) + 1
         if self.observer is not None:
             self.observer(change, weight_ident, ident, vres, event)
+        self.stats.events += 1
+        self.stats.by_type[event["type"]] = self.stats.by_type.get(event["type"], 0) + 1
         self._apply_inventory(event)
+        self.identifier.observe(event, now=change.t_end)
         log.info("%s shelf %s plates %s Δ=%+.1f g → %s ×%s (confidence %.2f)", event["type"],
                  event["shelf"], event["plates"], event["delta_g"], event["sku"], event["quantity"],
                  event["confidence"])

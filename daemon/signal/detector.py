@@ -13,6 +13,10 @@ Why this shape:
   the group is back at rest the group is resolved into changes: adjacent plates whose levels moved
   are summed (an item resting across two plates; an item shoved from one plate onto the next sums
   to ~0), plates far apart on the same shelf stay separate changes (two shoppers).
+- A lean (a forearm or hip on the shelf edge) presses several adjacent plates the same way and
+  can hold them steady for seconds, which looks like rest at a new level. No item sits on more
+  plates than the widest facing of its shelf, so a same-sign change spread over more adjacent
+  plates than that is held open until the plates return (no event) or ``max_active_s`` passes.
 - A group that never comes back to rest within ``max_active_s`` becomes one ``unresolved`` change
   (published as ``unknown_change``) instead of silence; the group stays open and, if the shelf
   finally settles, the net change is still reported.
@@ -80,6 +84,7 @@ class _Group:
     t_start: float = 0.0
     t_last: float = 0.0
     unresolved_sent: bool = False
+    lean_hold: bool = False
 
 
 class Detector:
@@ -104,7 +109,7 @@ class Detector:
         self.plate_id = [pl.id for pl in layout.plates]
         self.groups: dict[str, _Group] = {}
         self.counters = {"triggers": 0, "changes": 0, "returned_to_level": 0, "unresolved": 0,
-                         "rebaselined_after_gap": 0}
+                         "rebaselined_after_gap": 0, "lean_holds": 0}
         # adjacency: same shelf, consecutive plate ids, or sharing a planogram facing
         self._adj: dict[int, set[int]] = {pl.index: set() for pl in layout.plates}
         for shelf in layout.shelves:
@@ -118,6 +123,11 @@ class Detector:
         # within a shopper's reach of a plate: a hand on one plate flexes the shelf, swinging the
         # plates next to it by 50-230 g and those two away by about a third of that (AiFi), so a
         # plate up to REACH positions away may sit at a displaced level while the hand is there
+        # widest facing per shelf: more adjacent plates moving together than this is a body, not an item
+        self._widest: dict[str, int] = {sh: 1 for sh in layout.shelves}
+        for fc in layout.placements:
+            if fc.shelf in self._widest:
+                self._widest[fc.shelf] = max(self._widest[fc.shelf], len(fc.plates))
         self._reach: dict[int, set[int]] = {}
         for shelf in layout.shelves:
             pls = [pl.index for pl in layout.shelf_plates(shelf)]
@@ -211,6 +221,17 @@ class Detector:
         for j in np.nonzero(self.state == ACTIVE)[0]:
             self._scan_active(j, Z, TZ, L0, first_abs, out)
 
+        # a plate that left its group while shaking at its old level stays ACTIVE (it never
+        # re-triggers from REST); if it is then pushed well off that level (a lean, a hand), it
+        # rejoins its shelf's activity so that it is judged together with the plates next to it
+        if len(Z) >= W:
+            for j in np.nonzero(self.state == ACTIVE)[0]:
+                g = self.groups.get(self.shelf_of[j])
+                if g is not None and j in g.members:
+                    continue
+                if abs(float(np.median(Z[-W:, j])) - self.pre[j]) > max(self.trigger_g()[j], self.p.hand_g):
+                    self._join(j, float(TZ[-W]))
+
         # groups: resolve those whose plates all came back; flag those open too long
         for shelf in list(self.groups):
             g = self.groups[shelf]
@@ -239,6 +260,12 @@ class Detector:
                 at_level = sd <= self.vib_cap_g()[j] and abs(lvl - self.pre[j]) <= tol
                 (shaking if at_level else blocking).add(j)
             g.members -= shaking
+            if not blocking and g.members and TZ[-1] - g.t_start <= self.p.max_active_s \
+                    and self._lean_like(g.shelf, g.members):
+                if not g.lean_hold:
+                    g.lean_hold = True
+                    self.counters["lean_holds"] += 1
+                continue
             if not blocking:
                 del self.groups[shelf]
                 if g.members:
@@ -257,7 +284,8 @@ class Detector:
                     seeds |= self._reach[j] & g.members
             held = self._component(seeds, g.members)
             ready = g.members - held
-            if ready and any(abs(self.base[j] - self.pre[j]) >= self.p.min_event_g / 3.0 for j in ready):
+            if ready and any(abs(self.base[j] - self.pre[j]) >= self.p.min_event_g / 3.0 for j in ready) \
+                    and not (TZ[-1] - g.t_start <= self.p.max_active_s and self._lean_like(shelf, ready)):
                 out.extend(self._resolve(_Group(shelf, ready, g.t_start, g.t_last)))
                 g.members = held
                 g.t_start = float(min(self.t_trig[j] for j in held))
@@ -371,6 +399,29 @@ class Detector:
             comp.add(k)
             stack.extend(a for a in self._adj[k] if a in members and a in moved and a not in comp)
         return comp
+
+    def _lean_like(self, shelf: str, members: set[int]) -> bool:
+        """More adjacent plates moved the same way, each by a real share, than any facing spans."""
+        deltas = {j: float(self.base[j] - self.pre[j]) for j in members}
+        total = abs(sum(deltas.values()))
+        floor = max(self.p.min_event_g, 0.1 * total)
+        for sign in (1.0, -1.0):
+            big = {j for j, d in deltas.items() if d * sign >= floor}
+            seen: set[int] = set()
+            for j in big:
+                if j in seen:
+                    continue
+                comp, stack = set(), [j]
+                while stack:
+                    k = stack.pop()
+                    if k in comp:
+                        continue
+                    comp.add(k)
+                    stack.extend(a for a in self._adj[k] if a in big and a not in comp)
+                seen |= comp
+                if len(comp) > self._widest.get(shelf, 1):
+                    return True
+        return False
 
     def _drop_from_group(self, j: int) -> None:
         g = self.groups.get(self.shelf_of[j])
