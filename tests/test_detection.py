@@ -145,3 +145,44 @@ def test_dead_channel_makes_no_phantom_and_reports_unavailable():
     s.flags[200:, c] = Flag.TIMEOUT
     pipe_events = s.run()
     assert pipe_events == []
+
+
+def _plateau(s: Shelf, shelf: str, plate: int, at_s: float, rise_s: float, hold_s: float, peak_g: float):
+    """A steady force: ramps up, holds flat (looks like rest at a new level), ramps down."""
+    c = s.col(shelf, plate)
+    r = int(rise_s * FS)
+    i0, i1 = int(at_s * FS), int((at_s + 2 * rise_s + hold_s) * FS)
+    shape = np.concatenate([np.linspace(0, 1, r), np.ones(i1 - i0 - 2 * r), np.linspace(1, 0, r)])
+    s.x[i0:i1, c] += peak_g * shape
+
+
+def test_steady_lean_across_more_plates_than_any_facing_is_not_an_event():
+    # a forearm on the shelf edge for 5 s: three plates held still at a displaced level
+    s = Shelf(16)
+    for p, share in ((2, 0.25), (3, 0.45), (4, 0.30)):
+        _plateau(s, "1", p, 3.0, 0.5, 5.0, 900 * share)
+    assert s.run() == []
+
+
+def test_flex_residue_on_the_next_plate_does_not_change_the_product():
+    s = Shelf(12)
+    s.touch("1", 2, 3.0, 1.2, 120)
+    s.step("1", 2, 3.6, -38)
+    s.step("1", 3, 3.9, +9)          # the neighbouring plate settles 9 g off after the hand's flex
+    (e,) = s.run()
+    assert (e["type"], e["sku"], e["quantity"]) == ("pick", "chips", 1)
+
+
+def test_put_back_prior_prefers_what_was_just_picked_here():
+    from daemon.events.identify import Identifier
+
+    ident = Identifier(layout())
+    # +63 g on the gum plate: two gums (60 g) fit the weight, and they belong there
+    assert (ident.identify("2", [2], 63.0, 0.5, now=100.0).best.sku) == "gum"
+    # ... unless a candy bar (62 g) was just taken from this unit: then it is the misplaced candy
+    ident.observe({"type": "pick", "sku": "candy", "quantity": 1}, now=50.0)
+    best = ident.identify("2", [2], 63.0, 0.5, now=100.0).best
+    assert (best.sku, best.quantity, best.misplaced) == ("candy", 1, True)
+    # once it has come back, the memory is spent
+    ident.observe({"type": "put_back", "sku": "candy", "quantity": 1}, now=110.0)
+    assert ident.identify("2", [2], 63.0, 0.5, now=120.0).best.sku == "gum"
