@@ -109,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     # Ctrl-C: the children run in their own sessions, so only we get it and stop them in order
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (a `&` job)
     try:
         run.start()
         say(f"Gondola store-in-a-box: {len(store.units)} units × {len(store.units[0].shelves)} shelves, "
@@ -156,7 +157,7 @@ def report(plan, truth, receipts, names, run, interrupted: bool) -> None:
             g = ", ".join(f"{q}× {names.get(k, k)}" for k, q in got.items()) or "nothing"
             say(f"      receipt says {g}")
     s = score({k: truth[k] for k in shown}, [r for r in receipts if r.get("session_id") in shown])
-    ev = shelf_events(plan, run.events, run.t0) if run.events else None
+    ev = shelf_events(plan, run.events, run.t0) if run.events and not interrupted else None
     say(f"\n  line items: precision {s.precision:.3f}  recall {s.recall:.3f}  F1 {s.f1:.3f}  "
         f"({s.tp} right, {s.fp} wrong, {s.fn} missed; {s.receipts}/{len(shown)} receipts, "
         f"{s.review_lines} line(s) for review)")
