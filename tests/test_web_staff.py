@@ -5,7 +5,6 @@ without a reload. Screenshot: bench/out/staff_page.png."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
