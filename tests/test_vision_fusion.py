@@ -141,6 +141,11 @@ def test_action_scores_weigh_against_no_change_and_unknown_skus_are_neutral():
     ev = VisionEvidence(result({A: 0.9, B: 0.1}, {"pick": 0.1, "put_back": 0.0, "no_change": 0.9, "swap": 0.0}), -250)
     assert ev(None, 0) > ev(A, 1) - ev._sku_ll[A]           # "none of these" helped by no_change
     assert ev(C, 1) == ev._move_ll + 0.8 * math.log(0.5)    # C not enrolled: the model's uniform
+    # an action model sure that nothing moved cannot undo a clear 410 g change
+    ident = Identifier(small_layout())
+    doubt = VisionEvidence(result(None, {"pick": 0.0, "put_back": 0.0, "no_change": 1.0, "swap": 0.0}), -410.0)
+    f = ident.identify("1", [2], -410.0, 1.0, [doubt])
+    assert f.best.sku == C and f.confidence > 0.99
     block = vision_block(result({A: 0.9, B: 0.1}, {"pick": 0.7, "put_back": 0.1, "no_change": 0.1, "swap": 0.1}))
     assert block["action"] == "pick" and block["skus"][0] == {"sku": A, "score": 0.9}
 

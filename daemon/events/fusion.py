@@ -3,9 +3,9 @@
 ``identify.py`` scores every (SKU, quantity) hypothesis as planogram prior × unit-weight
 likelihood; the camera adds, per hypothesis,
 
-    τ · max(log p_product(sku), log floor)  +  τ · max(log p_action(type), log floor)
+    τ · max(log p_product(sku), log floor)  +  τ · max(log p_action(type), log 0.05)
 
-and to the "none of these" hypothesis τ · max(log p_action(no_change), log floor) plus the product
+and to the "none of these" hypothesis τ · max(log p_action(no_change), log 0.05) plus the product
 model's neutral (uniform) score.
 
 Why tempered: a camera model is trained on other pictures than this shelf's and is over-confident
@@ -26,6 +26,10 @@ import math
 from ..vision.engine import VisionResult
 
 ACTION_FOR_TYPE = {"pick": ("pick", "swap"), "put_back": ("put_back", "swap")}
+# The action model may doubt that anything moved, but a net weight change is physics: its term
+# has its own, higher floor, so at most τ·ln(1/0.05) ≈ 2.4 nats — it can lower an event's
+# confidence, never turn a clear weight change into "none of these".
+ACTION_FLOOR = 0.05
 
 
 class VisionEvidence:
@@ -40,11 +44,13 @@ class VisionEvidence:
         self._unknown_ll = self._ll(1.0 / len(skus)) if skus else 0.0
         act = result.action or {}
         typ = "pick" if delta_g < 0 else "put_back"
-        self._move_ll = self._ll(sum(act.get(a, 0.0) for a in ACTION_FOR_TYPE[typ])) if act else 0.0
-        self._none_ll = self._ll(act.get("no_change", 0.0)) if act else 0.0
+        af = math.log(ACTION_FLOOR)
+        self._move_ll = self._ll(sum(act.get(a, 0.0) for a in ACTION_FOR_TYPE[typ]), af) if act else 0.0
+        self._none_ll = self._ll(act.get("no_change", 0.0), af) if act else 0.0
 
-    def _ll(self, p: float) -> float:
-        return self.tau * max(math.log(p) if p > 0 else -math.inf, self.log_floor)
+    def _ll(self, p: float, log_floor: float | None = None) -> float:
+        lf = self.log_floor if log_floor is None else log_floor
+        return self.tau * max(math.log(p) if p > 0 else -math.inf, lf)
 
     def __call__(self, sku: str | None, quantity: int) -> float:
         if sku is None:
