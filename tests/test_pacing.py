@@ -56,3 +56,17 @@ def test_late_reader_gets_everything_already_due_at_once_and_speed_zero_is_untou
     it0 = _blocks(2, 10)
     p0 = Pacer(0.0, clock, clock.sleep)
     assert len(p0.next(lambda: next(it0, None))) == 10
+
+
+def test_a_gap_in_the_recording_returns_empty_blocks_after_the_timeout():
+    clock = FakeClock()
+    t = np.array([0.0, 10.0])  # ten seconds of silence between two samples
+    blocks = iter([SampleBlock(1000 + t, np.zeros((2, 1)), np.zeros((2, 1), np.uint8))])
+    p = Pacer(1.0, clock, clock.sleep)
+    fetch = lambda: next(blocks, None)  # noqa: E731
+    assert len(p.next(fetch, timeout=0.5)) == 1
+    empties = 0
+    while len(b := p.next(fetch, timeout=0.5)) == 0:
+        empties += 1
+        assert clock.slept[-1] <= 0.5  # never blocks longer than asked
+    assert empties == 19 and b.t[0] == 1010.0

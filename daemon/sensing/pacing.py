@@ -36,8 +36,12 @@ class Pacer:
         assert self.t0 is not None
         return self.t0[0] + (t - self.t0[1]) / self.speed
 
-    def next(self, fetch: Callable[[], SampleBlock | None]) -> SampleBlock | None:
-        """The next samples due (at least one), or None when ``fetch`` has nothing more."""
+    def next(self, fetch: Callable[[], SampleBlock | None], timeout: float | None = None) -> SampleBlock | None:
+        """The next samples due (at least one), or None when ``fetch`` has nothing more.
+
+        With ``timeout``, a wait longer than that (a gap in the recording) returns an empty
+        block after ``timeout`` s, as a live driver's read does, so the caller stays responsive
+        (SIGTERM, control requests) through the gap."""
         if self.speed <= 0:
             return fetch()
         while self._buf is None or len(self._buf) == 0:
@@ -50,6 +54,9 @@ class Pacer:
             log.info("replay paced at %gx: recording t=%.6f is monotonic %.6f", self.speed,
                      self.t0[1], self.t0[0])
         delay = self.due(float(buf.t[0])) - self._clock()
+        if timeout is not None and delay > timeout:
+            self._sleep(max(0.0, timeout))
+            return SampleBlock(buf.t[:0], buf.values[:0], buf.flags[:0])
         if delay > 0:
             self._sleep(delay)
         now_rec = self.t0[1] + (self._clock() - self.t0[0]) * self.speed

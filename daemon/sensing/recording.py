@@ -97,7 +97,7 @@ class ShelfdReplaySource:
         self._line = 1
 
     def read(self, timeout: float = 1.0) -> SampleBlock | None:
-        return self._pacer.next(self._next_block)
+        return self._pacer.next(self._next_block, timeout)
 
     def _next_block(self) -> SampleBlock | None:
         if self._fh is None:

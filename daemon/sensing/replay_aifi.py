@@ -158,7 +158,7 @@ class AifiReplaySource:
     def read(self, timeout: float = 1.0) -> SampleBlock | None:
         if self._it is None:
             self.start()
-        return self._pacer.next(self._next_block)
+        return self._pacer.next(self._next_block, timeout)
 
     def _next_block(self) -> SampleBlock | None:
         block = next(self._it, None)  # type: ignore[arg-type]
