@@ -303,6 +303,7 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
     Scripted:    shelfcal tare --plate 1/2 --yes           (plate empty)
                  shelfcal calibrate --plate 1/2 --mass-g 500 --yes    (500 g on it)
                  shelfcal calibrate --plate 1/2 --mass-g 2000 --yes   (optional further points)"""
+    from .fit import duplicate_mass
     from .guided import add_point, fit_plate, session_points, write_fit
     unit = obj.unit()
     interactive = _interactive(yes)
@@ -332,6 +333,10 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
                     unit.check_mass(plate, m)
                 except ShelfcalError as exc:
                     click.echo(str(exc))
+                    continue
+                dup = duplicate_mass(m, [p[0] for p in s["points"]])
+                if dup:
+                    click.echo(f"point refused: {dup}")
                     continue
             _place_prompt(obj, unit, plate, m)
             r = _wait(unit, plate, rest_timeout, True, f"{m:g} g")
@@ -416,6 +421,7 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
     interactive = _interactive(yes)
     plate = _pick_plate(unit, plate_name, interactive)
     unit.check_mass(plate, mass)
+    unit.link  # noqa: B018 - opened first: a simulated unit's first open writes its factory calibration
     cal = unit.calibration()
     if cal is None or any(c not in cal.channels for c in plate.channels):
         raise ShelfcalError(f"plate {plate.key} is not calibrated: run `shelfcal calibrate --plate {plate.key}`",

@@ -46,13 +46,20 @@ def fit_channel(channel: str, points: list[tuple[float, float]]) -> ChannelFit:
                       [[float(a), float(b)] for a, b in zip(m, c)])
 
 
-def check_point(mass_g: float, counts: list[float], zero: list[float], sigma_counts: list[float],
-                masses_so_far: list[float]) -> str | None:
-    """Why a new point must be refused, or None. ``counts``/``zero``/``sigma_counts`` per channel."""
+def duplicate_mass(mass_g: float, masses_so_far: list[float]) -> str | None:
     for prev in masses_so_far:
         if abs(prev - mass_g) < max(1.0, 0.02 * max(prev, mass_g)):
             return (f"{mass_g:g} g is the same as the {prev:g} g point already recorded: "
                     f"use a clearly different mass")
+    return None
+
+
+def check_point(mass_g: float, counts: list[float], zero: list[float], sigma_counts: list[float],
+                masses_so_far: list[float]) -> str | None:
+    """Why a new point must be refused, or None. ``counts``/``zero``/``sigma_counts`` per channel."""
+    dup = duplicate_mass(mass_g, masses_so_far)
+    if dup:
+        return dup
     for i, (c, z) in enumerate(zip(counts, zero)):
         change = abs(c - z)
         sig = sigma_counts[i] if sigma_counts[i] and not math.isnan(sigma_counts[i]) else 0.0

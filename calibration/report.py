@@ -45,6 +45,7 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
     """Plots per plate and a text summary of the calibration in force, for the service record."""
     from .link import wait_for_data
     unit = obj.unit()
+    unit.link  # noqa: B018 - opened first: a simulated unit's first open writes its factory calibration
     cal = unit.calibration()
     if cal is None:
         raise ShelfcalError("no calibration in state_dir: run `shelfcal calibrate` first", EX_USAGE)
