@@ -261,14 +261,17 @@ def render_clean(scene: SceneState, geom: ShelfGeometry) -> Image.Image:
         x0, y0, x1, y1 = geom.px(geom.rois()[key])
         strip_y0 = y0 + int(0.80 * (y1 - y0))
         fh = (y1 - strip_y0) * 0.95
-        # right to left; many misplaced units overlap rather than spill onto the next plate
-        widths = [fh * appearance(sku).aspect for sku in skus]
-        step = min(max(widths) + 2, (x1 - x0 - 6 - widths[-1]) / max(1, len(skus) - 1)) if len(skus) > 1 else 0
+        # right to left at fixed places, so a new unit never moves the ones before it; a full
+        # strip starts a second layer, set slightly higher and over the first
+        pitch = fh * 1.05
+        per_layer = max(1, int((x1 - x0 - 6) // pitch))
         for i, sku in enumerate(skus):
             app = appearance(sku)
-            fw = widths[i]
-            bx = x1 - 3 - fw - i * step
-            _draw_unit(d, app, (bx, strip_y0, bx + fw, strip_y0 + fh))
+            fw = min(fh * app.aspect, pitch - 2)
+            layer, slot = divmod(i, per_layer)
+            bx = x1 - 3 - (slot + 1) * pitch + (pitch - fw) / 2 - 0.5 * pitch * (layer % 2)
+            by = strip_y0 - 0.35 * fh * layer
+            _draw_unit(d, app, (bx, by, bx + fw, by + fh))
     if scene.hand is not None and scene.hand.reach > 0:
         _draw_hand(d, scene.hand, geom)
     return img
