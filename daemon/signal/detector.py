@@ -401,14 +401,20 @@ class Detector:
         return comp
 
     def _lean_like(self, shelf: str, members: set[int]) -> bool:
-        """More adjacent plates moved the same way, each by a real share, than any facing spans."""
+        """More adjacent plates moved the same way, each by a real share, than any facing spans.
+
+        A lean spreads its force unevenly (a forearm: most on two plates, a little on the next),
+        so the run of adjacent plates is taken at a low floor (3 % of the total), and counted on
+        those carrying a real share (8 %): a hand's flex residue of a few grams next to an item
+        must not turn a two-plate item into a "lean"."""
         deltas = {j: float(self.base[j] - self.pre[j]) for j in members}
         total = abs(sum(deltas.values()))
-        floor = max(self.p.min_event_g, 0.1 * total)
+        floor = max(self.p.min_event_g, 0.03 * total)
+        strong = max(2 * self.p.min_event_g, 0.08 * total)
         for sign in (1.0, -1.0):
-            big = {j for j, d in deltas.items() if d * sign >= floor}
+            run = {j for j, d in deltas.items() if d * sign >= floor}
             seen: set[int] = set()
-            for j in big:
+            for j in run:
                 if j in seen:
                     continue
                 comp, stack = set(), [j]
@@ -417,9 +423,9 @@ class Detector:
                     if k in comp:
                         continue
                     comp.add(k)
-                    stack.extend(a for a in self._adj[k] if a in big and a not in comp)
+                    stack.extend(a for a in self._adj[k] if a in run and a not in comp)
                 seen |= comp
-                if len(comp) > self._widest.get(shelf, 1):
+                if sum(1 for k in comp if deltas[k] * sign >= strong) > self._widest.get(shelf, 1):
                     return True
         return False
 
