@@ -364,7 +364,11 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
     _confirm(f"Write this calibration for plate {plate.key}?", yes)
     cid = write_fit(unit, pf, tech)
     _reload(unit)
-    click.echo(f"plate {plate.key}: calibration {cid} written by {tech} (previous kept as calibration.prev.json)")
+    if interactive:
+        _remove_prompt(obj, plate)
+    from daemon.calstate import PREVIOUS
+    kept = " (previous kept as calibration.prev.json)" if (unit.state_dir / PREVIOUS).exists() else ""
+    click.echo(f"plate {plate.key}: calibration {cid} written by {tech}{kept}")
 
 
 def _place_prompt(obj: Ctx, unit, plate, m: float) -> None:
@@ -378,9 +382,16 @@ def _place_prompt(obj: Ctx, unit, plate, m: float) -> None:
                      default="", show_default=False)
 
 
+def _remove_prompt(obj: Ctx, plate) -> None:
+    sim = _sim_load_file(obj)
+    click.echo(f"Take the test mass off plate {plate.key}" + (" (simulator: removed for you)" if sim else ""))
+    if sim is not None:
+        _sim_set(sim, plate.key, None)
+
+
 def _show_fit(pf) -> None:
     from rich.table import Table
-    t = Table(title=f"plate {pf.plate.key}: fit over {len(pf.masses)} points")
+    t = Table(title=f"plate {pf.plate.key} fit")
     for col in ("mass g", "residual g"):
         t.add_column(col, justify="right")
     for m, r in zip(pf.masses, pf.residuals_g):
@@ -443,6 +454,8 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
     ok = abs(err) <= tol
     unit.log({"kind": "verify", "plate": plate.key, "mass_g": mass, "read_g": round(g, 2), "error_g": round(err, 2),
               "tolerance_g": tol, "pass": ok, "calibration_id": cal.calibration_id, "technician": _technician(technician)})
+    if interactive:
+        _remove_prompt(obj, plate)
     verdict = "PASS" if ok else "FAIL"
     click.echo(f"plate {plate.key}: {verdict}: read {g:.1f} g for {mass:g} g ({err:+.2f} g, tolerance ±{tol:g} g, "
                f"noise {r.get('sigma_g') or 0:.2f} g)")

@@ -27,6 +27,7 @@ from .errors import EX_CANTCREAT, EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_US
 from .fit import ChannelFit, check_point, fit_channel
 
 SESSION = "shelfcal-session.json"
+SESSION_MAX_AGE_S = 3600.0  # a calibration session's zero is trusted this long
 LOG = "shelfcal-log.jsonl"
 
 Progress = Callable[[dict], None]
@@ -249,6 +250,15 @@ def session_points(unit: Unit, plate: PlateInfo) -> dict:
     if not s:
         raise ShelfcalError(f"no empty-plate reading for plate {plate.key} in this session: empty the plate "
                             f"and run `shelfcal tare --plate {plate.key}` first", EX_USAGE)
+    try:
+        age = (datetime.now(timezone.utc) - datetime.fromisoformat(s["started"])).total_seconds()
+    except (KeyError, ValueError, TypeError):
+        age = math.inf
+    if age > SESSION_MAX_AGE_S:
+        # cells drift with temperature: a zero from hours ago would bend the fit
+        raise ShelfcalError(f"the empty-plate reading of plate {plate.key} is from {s.get('started', '?')}, over "
+                            f"{SESSION_MAX_AGE_S / 3600:g} h ago: empty the plate and run `shelfcal tare --plate "
+                            f"{plate.key}` again", EX_USAGE)
     return s
 
 

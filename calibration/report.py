@@ -14,6 +14,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from daemon.control_handlers import white_sigma
+
 from .cli import Ctx, cli
 from .errors import EX_CANTCREAT, EX_USAGE, ShelfcalError
 from .fit import fit_channel
@@ -80,7 +82,9 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
             g = (v - cc.offset) / cc.scale
             grams = g if grams is None else grams + g
         good = ~np.isnan(grams) if grams is not None else np.zeros(0, bool)
-        sigma = float(np.std(grams[good])) if good.sum() > 2 else math.nan
+        # white-noise σ from sample-to-sample differences: a mass set down during the trace
+        # (a verify just before) must not read as noise
+        sigma = white_sigma(grams[good]) if good.sum() > 4 else math.nan
         fits = []
         for c in p.channels:
             pts = cal.channels[c].points

@@ -140,6 +140,25 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
     assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
     assert after_first != before
 
+    # Ctrl-C while it waits for rest: exit 130, the calibration in force untouched
+    place(cfg, "1/1", 1500)
+    p = subprocess.Popen([sys.executable, "-m", "calibration.cli", "--config", str(cfg), "calibrate", "--plate", "1/1",
+                          "--mass-g", "1500", "--yes"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=20)
+    assert p.returncode == 130 and "calibration in force is unchanged" in err, err
+    assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
+
+    # a zero from long ago is not trusted
+    sess = tmp_path / "state" / "shelfcal-session.json"
+    doc = json.loads(sess.read_text())
+    doc["plates"]["1/1"]["started"] = "2020-01-01T00:00:00+00:00"
+    sess.write_text(json.dumps(doc))
+    r = ok(shelfcal(cfg, "calibrate", "--plate", "1/1", "--mass-g", "1500", "--yes"), 64)
+    assert "over 1 h ago" in r.stderr
+
 
 def test_corrupt_or_foreign_calibration_is_left_alone(tmp_path):
     cfg = make_unit(tmp_path, factory=False)
