@@ -61,6 +61,8 @@ test: venv mosquitto test-tools test-browser
 bench: venv mosquitto
 	@$(PY) bench/sim_bench.py
 	@$(VENV)/bin/shelfd replay ../shared/data/aifi-benchmark-1 --format aifi --out /dev/null
+	@$(PY) bench/throughput_bench.py
+	@$(PY) bench/latency_bench.py
 
 check-aifi: venv
 	@../shared/checks/aifi-benchmark-1
