@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Iterator
 
 import numpy as np
@@ -50,6 +51,7 @@ class SimCameraSource:
         self._truth_n = -1
         self._rows: list[dict] = []
         self.rendered = 0
+        self.render_ms = 0.0      # total time spent drawing frames (benchmarks subtract it)
 
     # -- CameraSource
     def start(self) -> None:
@@ -130,8 +132,11 @@ class SimCameraSource:
     def render_at(self, t: float, k: int | None = None) -> np.ndarray:
         k = int(round((t - self._t0) * self.fps)) if k is None else k
         rng = np.random.default_rng([self.seed, k])
+        t0 = time.perf_counter()
+        img = R.render_frame(self.scene_at(t), self.geom, rng, self.optics)
         self.rendered += 1
-        return R.render_frame(self.scene_at(t), self.geom, rng, self.optics)
+        self.render_ms += (time.perf_counter() - t0) * 1000.0
+        return img
 
 
 def enroll_sim_gallery(model, skus: list[str], per_sku: int = 6, seed: int = 0,
