@@ -454,11 +454,11 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
     ok = abs(err) <= tol
     unit.log({"kind": "verify", "plate": plate.key, "mass_g": mass, "read_g": round(g, 2), "error_g": round(err, 2),
               "tolerance_g": tol, "pass": ok, "calibration_id": cal.calibration_id, "technician": _technician(technician)})
-    if interactive:
-        _remove_prompt(obj, plate)
     verdict = "PASS" if ok else "FAIL"
     click.echo(f"plate {plate.key}: {verdict}: read {g:.1f} g for {mass:g} g ({err:+.2f} g, tolerance ±{tol:g} g, "
                f"noise {r.get('sigma_g') or 0:.2f} g)")
+    if interactive:
+        _remove_prompt(obj, plate)
     if not ok:
         raise ShelfcalError(f"plate {plate.key} failed verification: tare it empty and re-run "
                             f"`shelfcal calibrate --plate {plate.key}`", EX_DATAERR)
