@@ -287,3 +287,52 @@ def test_a_daemon_that_does_not_answer_is_reported(tmp_path):
         srv.close()
     r = ok(shelfcal(cfg, "--via", "daemon", "diag"), 69)  # socket file left, nobody listening
     assert "not running" in r.stderr
+
+
+# ---------------------------------------------------------------- diag over the real HX711 driver
+
+
+def test_diag_verdicts_name_the_gpio_pins_of_the_hx711_driver(tmp_path):
+    """The GPIO backend with bit-exact fake chips: a stuck input, a healthy chip, a dead one."""
+    import numpy as np
+    from daemon.config import parse_config
+    from daemon.control import Commands, Request
+    from daemon.control_handlers import UnitControl
+    from daemon.sensing.hx711_gpio import Hx711Source
+    from calibration.diag import judge
+    from fakes.fake_gpio import FakeGPIO, FakeHx711
+
+    gpio = FakeGPIO(time.monotonic)
+    gpio.attach(FakeHx711(dout=5, sck=6, value=4321, rate_hz=80))  # every word the same
+    gpio.attach(FakeHx711(dout=13, sck=19, value=lambda t: -700 - int(t * 1000) % 50, rate_hz=80))
+    gpio.attach(FakeHx711(dout=20, sck=21, value=99, rate_hz=80, dead=True))
+    cfg = parse_config({
+        "version": 1, "unit_id": "u", "store_id": "s", "state_dir": str(tmp_path),
+        "sensing": {"backend": "hx711", "rate_hz": 80, "read_deadline_ms": 60, "chips": [
+            {"name": "a", "dout": 5, "sck": 6}, {"name": "b", "dout": 13, "sck": 19},
+            {"name": "c", "dout": 20, "sck": 21}]},
+        "shelves": [{"id": "1", "plates": [{"id": 1, "channels": ["a"]}, {"id": 2, "channels": ["b"]},
+                                           {"id": 3, "channels": ["c"]}]}]})
+    src = Hx711Source(cfg.sensing, gpio=gpio)
+    ctl = UnitControl(cfg, Layout.from_config(cfg), src.channels, src.rate_hz, tmp_path, None, src)
+    commands = Commands()
+    ctl.register(commands)
+    src.start()
+    try:
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            ctl.feed(src.read(0.05))
+        box = []
+        commands.submit(Request("snapshot", "t", {"seconds": 1.0}), box.append)
+        commands.drain()
+    finally:
+        src.close()
+    snap = box[0]["result"]
+    v = judge(cfg, snap)
+    assert v["c"]["level"] == "fault" and v["c"]["text"].startswith("no data: check DOUT wiring on GPIO 20"), v["c"]
+    assert v["a"]["level"] == "fault" and "stuck at one value" in v["a"]["text"] and "GPIO 5" in v["a"]["text"]
+    # (a loaded test machine may also earn it "slow" or "preempted reads": real findings, allowed)
+    assert v["b"]["level"] == "warning" and v["b"]["text"].endswith("not calibrated: run `shelfcal calibrate`")
+    assert snap["channels"]["b"]["distinct_values"] > 1 and 50 < snap["channels"]["b"]["measured_sps"] < 100
+    assert snap["channels"]["c"]["diagnostics"]["timeouts"] > 0  # the driver's own tallies come along
+    assert np.isfinite(snap["channels"]["b"]["noise_counts"])
