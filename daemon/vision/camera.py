@@ -98,11 +98,12 @@ class V4l2Source:
         self.pixel_format = pixel_format
         self._clock = clock
         self._dev = None
+        self._cap = None
         self._frames = None
 
     def start(self) -> None:
         try:
-            from linuxpy.video.device import BufferType, Device  # type: ignore
+            from linuxpy.video.device import BufferType, Device, VideoCapture  # type: ignore
         except ImportError:
             raise CameraError("v4l2 camera needs the linuxpy package (pip install 'gondola[usb-camera]')") from None
         try:
@@ -113,10 +114,14 @@ class V4l2Source:
                 dev.set_fps(BufferType.VIDEO_CAPTURE, self.fps)
             except Exception:  # noqa: BLE001 - some cameras have fixed rates; frames are still fine
                 log.info("camera %s: cannot set %.1f fps, using its own rate", self.device, self.fps)
+            # streaming on before the first select(): buffers queued, frames start to arrive
+            cap = VideoCapture(dev)
+            cap.open()
         except (OSError, Exception) as exc:  # noqa: BLE001 - linuxpy raises its own error types
             raise CameraError(f"{self.device}: cannot open V4L2 camera ({exc})") from None
         self._dev = dev
-        self._frames = iter(dev)
+        self._cap = cap
+        self._frames = iter(cap)
 
     def read(self, timeout: float) -> tuple[float, np.ndarray] | None:
         if self._dev is None:
@@ -136,12 +141,14 @@ class V4l2Source:
         return self._clock(), img
 
     def close(self) -> None:
+        cap, self._cap = self._cap, None
         dev, self._dev = self._dev, None
-        if dev is not None:
-            try:
-                dev.close()
-            except Exception:  # noqa: BLE001
-                pass
+        for part in (cap, dev):
+            if part is not None:
+                try:
+                    part.close()
+                except Exception:  # noqa: BLE001 - closing a vanished device may fail; it is gone anyway
+                    pass
 
 
 class Picamera2Source:
