@@ -296,3 +296,35 @@ def test_daemon_reports_the_camera_in_health(tmp_path, embedder, mosquitto, subs
     assert json.loads((tmp_path / "state" / "camera.json").read_text())["rois"]["1/1"]
     import jsonschema
     jsonschema.validate(health[-1], json.loads((REPO / "daemon" / "schemas" / "health.schema.json").read_text()))
+
+
+@pytest.mark.integration
+def test_daemon_without_its_camera_keeps_publishing_weight_only(tmp_path, embedder, mosquitto,
+                                                                subscriber_factory):
+    d = unit(tmp_path, embedder, [{"t": 2, "type": "pick", "shelf": "1", "sku": A, "dur": 1.2},
+                                  {"t": 6, "type": "pick", "shelf": "1", "sku": C, "dur": 1.2}])
+    d["sensing"].update(speed=1.0, duration_s=30)
+    d["camera"] = {"type": "v4l2", "device": str(tmp_path / "video7"), "width": 320, "height": 240}
+    d["mqtt"] = {"host": "127.0.0.1", "port": mosquitto.port, "health_interval_s": 1}
+    cfg = tmp_path / "unit.yaml"
+    cfg.write_text(yaml.safe_dump(d))
+    sub = subscriber_factory(mosquitto, "gondola/v1/test/vis-1/#")
+    p = subprocess.Popen([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)], cwd=REPO,
+                         stderr=open(tmp_path / "log", "w"), stdout=subprocess.DEVNULL)
+    try:
+        evs = sub.wait_for(2, 30, where=lambda m: m.topic.endswith("/events"))
+        degraded = sub.wait_for(1, 5, where=lambda m: m.topic.endswith("/status") and m.json()["state"] == "degraded")
+        health = sub.wait_for(1, 5, where=lambda m: m.topic.endswith("/health")
+                              and m.json()["camera"]["errors"] >= 1)
+    finally:
+        p.terminate()
+        p.wait(15)
+    assert "camera" in degraded[-1].json()["reason"]
+    for m in evs:
+        e = m.json()
+        if m.topic.endswith("/events"):
+            _validate(e)
+            assert e["weight_only"] and e["vision"]["status"] == "unavailable"
+    cam = health[-1].json()["camera"]
+    assert cam["state"] in ("restarting", "starting") and "video7" in cam["last_error"]
+    assert p.returncode == 0
