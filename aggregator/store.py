@@ -204,12 +204,12 @@ class PostgresStore(Store):
         import psycopg
         self._psycopg = psycopg
         self._cache: dict[str, str] = {}
+        self.schema = schema
         self.conn = psycopg.connect(dsn, autocommit=False)
         if schema != "public":
-            with self.conn.cursor() as cur:
-                if not readonly:
-                    cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                cur.execute(f'SET search_path TO "{schema}"')
+            # The schema itself is created in migrate(), under the advisory lock: several
+            # instances starting together would otherwise race on CREATE SCHEMA.
+            self.conn.execute(f'SET search_path TO "{schema}"')
             self.conn.commit()
         if readonly:
             self.conn.read_only = True
@@ -258,6 +258,8 @@ class PostgresStore(Store):
     def migrate(self) -> None:
         # Several instances may start together: serialise the DDL.
         self.conn.execute("SELECT pg_advisory_xact_lock(7301)")
+        if self.schema != "public":
+            self.conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
         super().migrate()
 
 

@@ -138,9 +138,21 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
         if "/_store/receipts/" in msg.topic:
             with rlock:
                 receipts.setdefault(msg.topic.rsplit("/", 1)[1], time.monotonic())
-    c.on_message = on_message
+    online: set[str] = set()
+
+    def on_message2(_c, _u, msg):
+        if "/_store/cartd/status/" in msg.topic:
+            if json.loads(msg.payload).get("state") == "online":
+                online.add(msg.topic)
+        else:
+            on_message(_c, _u, msg)
+    c.on_message = on_message2
     c.subscribe(f"{BASE}/_store/receipts/+", qos=1)
-    time.sleep(2.5)  # cartd instances connect
+    c.subscribe(f"{BASE}/_store/cartd/status/+", qos=1)
+    deadline = time.monotonic() + 60
+    while len(online) < len(storages) and time.monotonic() < deadline:  # every instance subscribed
+        time.sleep(0.1)
+    time.sleep(0.5)
     # shoppers enter; tracking history for the past 12 s (everyone at their own shelf)
     sid = [f"B{i:04d}" for i in range(N_SESSIONS)]
     for i, s in enumerate(sid):
@@ -171,6 +183,7 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
     t0 = time.monotonic()
     last_hb = 0.0
     finished_at = None
+    last_n, last_progress = -1, time.monotonic()
     while True:
         mono = time.monotonic()
         if mono - last_hb >= 0.2:
@@ -193,8 +206,10 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
             got = sum(1 for s in exits if s in receipts)
         if finished_at and k_exit == N_EXITS and got == N_EXITS:
             break
-        if mono - t0 > 240:
-            print("  timed out", flush=True)
+        if n != last_n:
+            last_n, last_progress = n, mono
+        if mono - t0 > 240 or (done.value and mono - last_progress > 20):
+            print(f"  stopped waiting: {n} of {n_events} lines committed", flush=True)
             break
         time.sleep(0.05)
     pub.join(30)
@@ -228,6 +243,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=30000)
     ap.add_argument("--pg-events", type=int, default=10000)
     ap.add_argument("--no-pg", action="store_true")
+    ap.add_argument("--no-sqlite", action="store_true")
     ap.add_argument("--dsn", default="host=127.0.0.1 port=5432 dbname=test")
     args = ap.parse_args()
     out = REPO / "bench" / "out"
@@ -246,7 +262,8 @@ def main() -> None:
                     return c.execute("SELECT COUNT(*) FROM lines").fetchone()[0]
             except sqlite3.OperationalError:
                 return 0
-        results.append(run_setup("sqlite x1", port, [{"type": "sqlite", "path": str(db)}], args.events, work, count_sqlite))
+        if not args.no_sqlite:
+            results.append(run_setup("sqlite x1", port, [{"type": "sqlite", "path": str(db)}], args.events, work, count_sqlite))
         if not args.no_pg:
             import psycopg
             for n in (2, 4):
@@ -291,7 +308,10 @@ def main() -> None:
     except ImportError:
         pass
     print(f"\nwrote {out / 'cartd_bench.json'}" + (f" and {out / 'cartd_bench.png'}" if (out / 'cartd_bench.png').exists() else ""))
-    shutil.rmtree(work, ignore_errors=True)
+    if not os.environ.get("CARTD_BENCH_KEEP"):
+        shutil.rmtree(work, ignore_errors=True)
+    else:
+        print(f"kept {work}")
 
 
 if __name__ == "__main__":
