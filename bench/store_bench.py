@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from aggregator.sim.plan import PlanParams, make_plan  # noqa: E402
 from aggregator.sim.runner import RunOptions, StoreRun  # noqa: E402
-from aggregator.sim.score import score, shelf_events  # noqa: E402
+from aggregator.sim.score import score, shelf_events, tracking_evidence  # noqa: E402
 from aggregator.sim.store import build_store  # noqa: E402
+from aggregator.sim.tracking import batches  # noqa: E402
 
 
 def one_run(store, plan, mode: str, workdir: Path, results: dict) -> None:
@@ -101,6 +102,8 @@ def main() -> int:
     ap.add_argument("--tracking", nargs="+", choices=["clean", "noisy"], default=["clean", "noisy"])
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from OUT/store_bench.json")
+    ap.add_argument("--evidence-only", action="store_true",
+                    help="only how often tracking alone points at the right shopper (no run)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
@@ -114,6 +117,12 @@ def main() -> int:
           f"({sum(i.wrong_place for i in plan.interactions)} returns to the wrong place), "
           f"{sum(len(v) for v in truth.values())} true receipt lines; last exit at {plan.end_s:.0f} s; "
           f"modes: {', '.join(args.tracking)} (run side by side, real time)", flush=True)
+    evidence = {m: tracking_evidence(plan, batches(plan, store, m, args.seed)) for m in args.tracking}
+    for m, e in evidence.items():
+        print(f"  tracking alone, {m}: right shopper for {e['right_by_max']}/{e['touches']} touches by highest "
+              f"confidence, {e['right_by_sum']}/{e['touches']} by summed confidence", flush=True)
+    if args.evidence_only:
+        return 0
     results: dict = {}
     threads = [threading.Thread(target=one_run, args=(store, plan, m, args.out / f"store_run_{m}", results))
                for m in args.tracking]
@@ -133,7 +142,7 @@ def main() -> int:
               f"{sc['fn']:4d} {sc['receipts']:4d}/{sc['sessions']:<4d} {sc['review_lines']:7d} "
               f"{ev['right']:5d}/{ev['planned']:<6d} {ev['phantoms']:9d} {lat['p50'] or 0:7.2f}s {lat['p99'] or 0:5.2f}s")
     doc = {"shoppers": args.shoppers, "units": args.units, "seed": args.seed, "interactions": len(plan.interactions),
-           "true_lines": sum(len(v) for v in truth.values()), "results": results}
+           "true_lines": sum(len(v) for v in truth.values()), "tracking_evidence": evidence, "results": results}
     (args.out / "store_bench.json").write_text(json.dumps(doc, indent=1))
     plot(results, args.out / "store_bench.png")
     print(json.dumps({m: {"f1": r["score"]["f1"], "precision": r["score"]["precision"], "recall": r["score"]["recall"]}

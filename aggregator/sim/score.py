@@ -132,3 +132,35 @@ def shelf_events(plan, events: list[dict], t0: float) -> dict:
     return {"planned": len(real), "found": found, "right": right, "phantoms": len(extra),
             "accuracy": round(right / len(real), 4) if real else 1.0, "errors": wrong,
             "phantom_events": [[e["unit_id"], e["shelf"], e["type"], e["sku"], e["quantity"], e["t_start"]] for e in extra]}
+
+
+def tracking_evidence(plan, batches_: list[tuple[float, list[dict]]], tol_s: float = 2.0) -> dict:
+    """How often the tracking alone points at the right shopper for each planned touch, by two
+    rules over the window [touch - tol, touch end + ring-down + tol] at its (unit, shelf) (shelf
+    unknown at half weight): the highest single confidence (``max``) and the highest summed
+    confidence (``sum``, i.e. presence over time). A ceiling for any association that trusts
+    tracking, independent of cartd; under identity swaps ``sum`` is the sturdier rule."""
+    from collections import defaultdict
+    idx: dict[tuple, list[tuple[float, str, float]]] = defaultdict(list)
+    for t, obs in batches_:
+        for o in obs:
+            idx[(o["unit_id"], o["shelf"])].append((t, o["session_id"], o["confidence"]))
+    right = {"max": 0, "sum": 0}
+    n = 0
+    for i in plan.interactions:
+        if i.type not in ("pick", "put_back"):
+            continue
+        n += 1
+        a, z = i.t - 0.3 - tol_s, i.t + i.dur + 0.9 + tol_s
+        mx: dict[str, float] = defaultdict(float)
+        sm: dict[str, float] = defaultdict(float)
+        for key, w in (((i.unit_id, i.shelf), 1.0), ((i.unit_id, None), 0.5)):
+            for t, sid, c in idx.get(key, ()):
+                if a <= t <= z:
+                    mx[sid] = max(mx[sid], w * c)
+                    sm[sid] += w * c
+        for rule, d in (("max", mx), ("sum", sm)):
+            if d and max(d, key=d.get) == i.session_id:
+                right[rule] += 1
+    return {"touches": n, **{f"right_by_{k}": v for k, v in right.items()},
+            **{f"share_by_{k}": round(v / n, 4) if n else 1.0 for k, v in right.items()}}
