@@ -186,3 +186,12 @@ def test_put_back_prior_prefers_what_was_just_picked_here():
     # once it has come back, the memory is spent
     ident.observe({"type": "put_back", "sku": "candy", "quantity": 1}, now=110.0)
     assert ident.identify("2", [2], 63.0, 0.5, now=120.0).best.sku == "gum"
+
+
+def test_item_straddling_its_single_plate_facing_onto_the_next_plate():
+    s = Shelf(10)
+    s.touch("1", 2, 3.0, 1.2, 120)
+    s.step("1", 2, 3.6, -25)         # a bag of chips lying over the edge of its plate
+    s.step("1", 3, 3.6, -13)
+    (e,) = s.run()
+    assert (e["type"], e["sku"], e["quantity"]) == ("pick", "chips", 1)

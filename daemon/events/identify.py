@@ -38,6 +38,7 @@ RECENT_PICK_BONUS = math.log(20.0)
 PUT_BACK_SAME_SHELF, PUT_BACK_ELSEWHERE = math.log(0.075), math.log(0.015)
 RECENT_WINDOW_S = 20 * 60.0
 FLEX_SD_G = 3.0                    # residue on a moved plate that the item is not on
+STRADDLE = math.log(0.1)           # an item lying over its facing's edge onto the next plate
 
 
 class Evidence(Protocol):
@@ -111,7 +112,6 @@ class Identifier:
                  plate_deltas: dict[int, float] | None = None, now: float | None = None) -> Identification:
         put_back = delta_g > 0
         sign = 1.0 if put_back else -1.0
-        mag = abs(delta_g)
         moved = set(plates)
         outstanding = self.outstanding(time.time() if now is None else now) if put_back else {}
         hyps: list[Hypothesis] = []
@@ -125,18 +125,24 @@ class Identifier:
                 prior += math.log(0.1)
             elif misplaced:
                 prior = PUT_BACK_SAME_SHELF if prior == SAME_SHELF else PUT_BACK_ELSEWHERE
-            x, resid = self._split(sku, shelf, plate_deltas, misplaced, delta_g, sign)
-            mag = x * sign
+            readings = [(x * sign, r) for x, r in self._splits(sku, shelf, plate_deltas, misplaced, delta_g, sign)
+                        if x * sign > 0]  # its own plates moving the other way: not this product
+            if not readings:
+                continue
             mu, sd_u = fc.unit_weight_g, fc.unit_weight_sd_g
-            if mag <= 0:
-                continue  # its own plates moved the other way: not this product
-            # only quantities whose total weight is near the change are worth scoring
-            q_hi = min(self.max_q, int(mag / mu + 3 * max(1.0, sd_u / mu * mag / mu)) + 1)
-            q_lo = max(1, int((mag - 4 * sd_u * math.sqrt(max(1.0, mag / mu)) - 4 * noise_g) / mu))
             n_out = outstanding.get(sku, 0)
-            for q in range(q_lo, q_hi + 1):
-                sd = math.sqrt(q * sd_u ** 2 + noise_g ** 2 + (0.002 * mag) ** 2)
-                ls = prior - self.q_decay * (q - 1) + _log_normal(mag, q * mu, sd) + resid
+            q_ranges = []
+            for mag, _ in readings:
+                # only quantities whose total weight is near the change are worth scoring
+                q_hi = min(self.max_q, int(mag / mu + 3 * max(1.0, sd_u / mu * mag / mu)) + 1)
+                q_lo = max(1, int((mag - 4 * sd_u * math.sqrt(max(1.0, mag / mu)) - 4 * noise_g) / mu))
+                q_ranges.append((q_lo, q_hi))
+            for q in range(min(a for a, _ in q_ranges), max(b for _, b in q_ranges) + 1):
+                ls = -math.inf
+                for mag, resid in readings:
+                    sd = math.sqrt(q * sd_u ** 2 + noise_g ** 2 + (0.002 * mag) ** 2)
+                    ls = max(ls, _log_normal(mag, q * mu, sd) + resid)
+                ls += prior - self.q_decay * (q - 1)
                 if q <= n_out:
                     ls += RECENT_PICK_BONUS
                 for ev in evidence or ():
@@ -154,20 +160,33 @@ class Identifier:
         hyps.sort(key=lambda h: h.score, reverse=True)
         return Identification(hyps[0], [h for h in hyps[1:4] if h.score >= 1e-4])
 
-    def _split(self, sku: str, shelf: str, plate_deltas: dict[int, float] | None, misplaced: bool,
-               delta_g: float, sign: float) -> tuple[float, float]:
-        """(Δ the item accounts for, log-penalty of what the other moved plates show).
+    def _splits(self, sku: str, shelf: str, plate_deltas: dict[int, float] | None, misplaced: bool,
+                delta_g: float, sign: float) -> list[tuple[float, float]]:
+        """Readings of the change for this product: [(Δ the item accounts for, log-penalty)].
 
         On its facing, the item accounts for the facing's plates; a misplaced item for the moved
         plates that went the change's way. Whatever else moved must be flex residue around zero.
+        An item may also straddle its facing's edge onto the next plate (planograms are not that
+        exact): that reading costs a little prior; the hypothesis keeps the better reading.
         """
         if not plate_deltas or len(plate_deltas) < 2:
-            return delta_g, 0.0
+            return [(delta_g, 0.0)]
+        same_way = {p for p, d in plate_deltas.items() if d * sign > 0}
         if misplaced:
-            own = {p for p, d in plate_deltas.items() if d * sign > 0}
-        else:
-            own = {p for fc in self.layout.placements if fc.sku == sku and fc.shelf == shelf
-                   for p in fc.plates} & set(plate_deltas)
+            return [self._explain(plate_deltas, same_way, delta_g)]
+        facing = {p for fc in self.layout.placements if fc.sku == sku and fc.shelf == shelf
+                  for p in fc.plates} & set(plate_deltas)
+        out = [self._explain(plate_deltas, facing, delta_g)]
+        # a real straddle puts a real share on the next plate; a hand's flex residue is a few grams
+        edge = {p for p in same_way - facing if any(abs(p - f) == 1 for f in facing)
+                and abs(plate_deltas[p]) >= max(6.0, 0.2 * abs(delta_g))}
+        if edge:
+            x, r = self._explain(plate_deltas, facing | edge, delta_g)
+            out.append((x, r + STRADDLE))
+        return out
+
+    @staticmethod
+    def _explain(plate_deltas: dict[int, float], own: set[int], delta_g: float) -> tuple[float, float]:
         x = sum(d for p, d in plate_deltas.items() if p in own)
         sd = math.sqrt(FLEX_SD_G ** 2 + (0.03 * abs(delta_g)) ** 2)
         resid = sum(-0.5 * (d / sd) ** 2 for p, d in plate_deltas.items() if p not in own)

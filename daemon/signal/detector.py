@@ -15,8 +15,9 @@ Why this shape:
   to ~0), plates far apart on the same shelf stay separate changes (two shoppers).
 - A lean (a forearm or hip on the shelf edge) presses several adjacent plates the same way and
   can hold them steady for seconds, which looks like rest at a new level. No item sits on more
-  plates than the widest facing of its shelf, so a same-sign change spread over more adjacent
-  plates than that is held open until the plates return (no event) or ``max_active_s`` passes.
+  plates than the widest facing of its shelf (or two, straddling), so a same-sign change spread
+  over more adjacent plates than that is held open until the plates return (no event) or
+  ``max_active_s`` passes.
 - A group that never comes back to rest within ``max_active_s`` becomes one ``unresolved`` change
   (published as ``unknown_change``) instead of silence; the group stays open and, if the shelf
   finally settles, the net change is still reported.
@@ -425,7 +426,8 @@ class Detector:
                     comp.add(k)
                     stack.extend(a for a in self._adj[k] if a in run and a not in comp)
                 seen |= comp
-                if sum(1 for k in comp if deltas[k] * sign >= strong) > self._widest.get(shelf, 1):
+                # any item may straddle two plates, whatever the planogram says
+                if sum(1 for k in comp if deltas[k] * sign >= strong) > max(2, self._widest.get(shelf, 1)):
                     return True
         return False
 
