@@ -166,11 +166,14 @@ def score(truth: list[dict], records: list[dict], case_by_time: dict[float, str]
                      "fused": r["fused_sku"], "vision": r["vision_status"], "top": r["vision_top"],
                      "scores": r["vision_scores"], "action": r["action"], "fused_candidates": r["fused_candidates"],
                      "fused_conf": round(r["fused_conf"], 4)})
+    # the action model against the truth's type (a swap label counts for both directions)
+    acts = [(r["type"], max(r["action"], key=r["action"].get)) for r in rows if r.get("action")]
+    action_acc = round(sum(a in (t, "swap") for t, a in acts) / len(acts), 3) if acts else None
     out = {}
     for case, d in per.items():
         f = max(1, d["found"])
         out[case] = {**d, "weight_acc": round(d["weight_ok"] / f, 3), "fused_acc": round(d["fused_ok"] / f, 3)}
-    return {"cases": out, "rows": rows}
+    return {"cases": out, "rows": rows, "action_agreement": action_acc}
 
 
 def accuracy_run(args, work: Path) -> dict:
@@ -374,6 +377,9 @@ def main() -> None:
         d = acc["cases"].get(case)
         if d:
             print(f"{case:<14}{d['n']:>4}{d['found']:>7}{d['weight_acc']:>13.3f}{d['fused_acc']:>8.3f}")
+    if acc.get("action_agreement") is not None:
+        print(f"action model's best label agrees with the true pick/put_back (swap counts as either): "
+              f"{acc['action_agreement']:.3f}")
     print(f"vision analysis per event: mean {acc['analysis_ms_mean']} ms, p95 {acc['analysis_ms_p95']} ms, "
           f"of which drawing the sim frames {acc['sim_render_ms_per_event']} ms "
           f"(→ {acc['analysis_ms_without_render']} ms for crops + models); models: " +
