@@ -328,3 +328,23 @@ def test_daemon_without_its_camera_keeps_publishing_weight_only(tmp_path, embedd
     cam = health[-1].json()["camera"]
     assert cam["state"] in ("restarting", "starting") and "video7" in cam["last_error"]
     assert p.returncode == 0
+
+
+def test_shipped_action_model_joins_the_vision_block(tmp_path, embedder):
+    from daemon.vision.models import DEFAULT_ACTION_MODEL
+    if not DEFAULT_ACTION_MODEL.exists():
+        pytest.skip(f"{DEFAULT_ACTION_MODEL} not trained yet (python -m training.action)")
+    d = unit(tmp_path, embedder, SCRIPT[:4])
+    d["vision"]["action_model"] = str(DEFAULT_ACTION_MODEL)
+    events, src, vis = run_unit(d, enroll=3)
+    items = [e for e in events if e["type"] in ("pick", "put_back")]
+    assert [e["sku"] for e in items] == [A, B, B, B]
+    for e in items:
+        validate_event(e)
+        v = e["vision"]
+        assert v["models"]["action"] == vis.engine.action_model.sha256
+        assert set(v["action_scores"]) == {"pick", "put_back", "no_change", "swap"}
+        assert abs(sum(v["action_scores"].values()) - 1) < 0.01
+    # the model sees the direction of most changes (it is never allowed to decide it)
+    agree = sum(e["vision"]["action"] in (e["type"], "swap") for e in items)
+    assert agree >= 3
