@@ -196,7 +196,7 @@ def test_sigkill_at_random_instants_never_leaves_a_broken_calibration(tmp_path):
     state.mkdir()
     calstate.update(state, "kill-unit", {f"ch{i}": calstate.ChannelCal(0.0, 0.5) for i in range(40)}, technician="t")
     k, kills = 0, 0
-    for _ in range(30):
+    for _ in range(25):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(state), str(k)], cwd=REPO, stdout=subprocess.PIPE)
         assert p.stdout.readline().strip() == b"ready"
         time.sleep(rng.uniform(0.0, 0.12))
@@ -206,7 +206,7 @@ def test_sigkill_at_random_instants_never_leaves_a_broken_calibration(tmp_path):
         k2 = _check_intact(state)
         assert k2 >= k
         k = k2
-    assert kills == 30 and k > 30, "the writer must have written many versions while being killed"
+    assert kills == 25 and k > 25, "the writer must have written many versions while being killed"
     # the lock and the leftovers of killed writers do not stop the next writer
     calstate.update(state, "kill-unit", {"ch0": calstate.ChannelCal(1.0, 2.0)}, technician="after")
     assert not list(state.glob(".calibration.*.tmp*"))
@@ -219,11 +219,11 @@ def test_sigkill_at_random_instants_never_leaves_a_broken_calibration(tmp_path):
     ok(shelfcal(cfg, "tare", "--plate", "1/1", "--yes"))
     place(cfg, "1/1", 800)
     # each run adds a point (a different nominal mass, so none is refused as a duplicate) and writes
-    for i in range(5):
+    for i in range(4):
         p = subprocess.Popen([sys.executable, "-m", "calibration.cli", "--config", str(cfg), "calibrate", "--plate",
                               "1/1", "--mass-g", str(800 + 100 * i), "--yes"], cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.5, 2.5))
+        time.sleep(rng.uniform(0.5, 2.0))
         p.send_signal(signal.SIGKILL)
         p.wait()
         cal = calstate.load(st, "cal-unit-1")
