@@ -267,10 +267,13 @@ def cpu_run(args, work: Path, seconds: float) -> dict:
                      "sku": sku, "shelf": HOME[sku][0], "dur": 1.5})
     script = work / "busy.jsonl"
     script.write_text("".join(json.dumps(r) + "\n" for r in busy))
-    for label, shoppers in (("idle", False), ("events", True)):
-        cfg = parse_config(unit_config(work / f"state-{label}", script if shoppers else None, speed=1.0,
-                                       duration=seconds, seed=args.seed, action_model=args.action_model,
-                                       shoppers=shoppers))
+    for label, shoppers, deadline in (("idle", False, None), ("events", True, None),
+                                      ("events, deadline 100 ms", True, 100)):
+        d = unit_config(work / f"state-{label[:6]}-{deadline}", script if shoppers else None, speed=1.0,
+                        duration=seconds, seed=args.seed, action_model=args.action_model, shoppers=shoppers)
+        if deadline is not None:
+            d["vision"]["deadline_ms"] = deadline
+        cfg = parse_config(d)
         layout = Layout.from_config(cfg)
         src = SimSource(cfg, layout)
         vis = build_vision(cfg, layout, src)
@@ -337,7 +340,7 @@ def plot(result: dict, path: Path) -> None:
     ax[0].set_title("Item accuracy, one simulator run")
     cpu = result.get("cpu") or {}
     if cpu:
-        ax[1].bar(list(cpu), [cpu[k]["cpu_share"] * 100 for k in cpu])
+        ax[1].bar([k.replace(", ", "\n") for k in cpu], [cpu[k]["cpu_share"] * 100 for k in cpu])
         ax[1].set_ylabel("CPU % of one core (pipeline process)")
         ms = result["accuracy"].get("analysis_ms_mean")
         ax[1].set_title(f"Cost: vision analysis {ms} ms/event")
