@@ -31,7 +31,7 @@ from training.grocery import backbone, class_names, embeddings, read_split
 
 log = logging.getLogger(__name__)
 
-N_AUG = 4          # train views per image: original, mirror, two random crops
+N_AUG = 8          # train views per image: photo, mirror, six random crops (mirror, lighting)
 SCALE = 16.0       # logits = SCALE · (e · w) + b: cosine-like features need a gain to be confident
 
 
