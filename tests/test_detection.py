@@ -195,3 +195,12 @@ def test_item_straddling_its_single_plate_facing_onto_the_next_plate():
     s.step("1", 3, 3.6, -13)
     (e,) = s.run()
     assert (e["type"], e["sku"], e["quantity"]) == ("pick", "chips", 1)
+
+
+def test_a_can_just_taken_is_not_read_as_six_candy_bars_when_set_down_on_their_plate():
+    from daemon.events.identify import Identifier
+
+    ident = Identifier(layout())
+    ident.observe({"type": "pick", "sku": "soda", "quantity": 1}, now=10.0)   # 368 g, shelf 2
+    best = ident.identify("1", [3], 371.0, 0.7, now=40.0).best                 # 6 × candy = 372 g
+    assert (best.sku, best.quantity, best.misplaced) == ("soda", 1, True)

@@ -145,6 +145,9 @@ class Identifier:
                 ls += prior - self.q_decay * (q - 1)
                 if q <= n_out:
                     ls += RECENT_PICK_BONUS
+                elif put_back:
+                    # several units coming back that nobody took from here: a restock, rarer still
+                    ls -= self.q_decay * (q - 1 - n_out if n_out else q - 1)
                 for ev in evidence or ():
                     ls += ev(sku, q)
                 hyps.append(Hypothesis(sku, q, ls, misplaced))
