@@ -232,6 +232,20 @@ _rest_opt = click.option("--rest-timeout", type=float, default=30.0, show_defaul
 _tech_opt = click.option("--technician", help="Name recorded with the calibration (default $SHELFCAL_TECHNICIAN or the login).")
 
 
+SCRIPTED_MAINTENANCE_S = 300.0  # a scripted step's plate stays event-free this long (test masses come off later)
+
+
+def _maintenance(unit, plate, seconds: float) -> None:
+    """Tell a running daemon that this plate is under the technician's hands (no item events)."""
+    if unit.link.kind != "daemon":
+        return
+    try:
+        unit.link.call("maintenance", plates=[plate.key], seconds=seconds)
+    except ShelfcalError as exc:
+        click.echo(f"warning: shelfd did not take plate {plate.key} out of service ({exc}); "
+                   f"test masses may show up as item events", err=True)
+
+
 def _pick_plate(unit, plate_name: str | None, interactive: bool):
     if plate_name is None:
         if not interactive:
@@ -271,6 +285,7 @@ def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
     unit = obj.unit()
     interactive = _interactive(yes)
     plate = _pick_plate(unit, plate_name, interactive)
+    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     r, force = _zero_step(unit, plate, yes, force, rest_timeout, interactive)
     cal = unit.calibration()
     if cal is None or any(c not in cal.channels for c in plate.channels):
@@ -284,6 +299,8 @@ def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
     unit.log({"kind": "tare", "plate": plate.key, "calibration_id": res["calibration_id"],
               "shift_g": p["shift_g"], "technician": _technician(technician)})
     click.echo(f"plate {plate.key}: tared (zero moved {p['shift_g']:+.1f} g); calibration {res['calibration_id']} in force")
+    if interactive:
+        _maintenance(unit, plate, 0)
 
 
 @cli.command()
@@ -312,6 +329,7 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
     for m in masses:
         unit.check_mass(plate, m)
     tech = _technician(technician)
+    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     if interactive:
         _zero_step(unit, plate, yes, force, rest_timeout, True)
         queue = list(masses)
@@ -365,7 +383,7 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
     cid = write_fit(unit, pf, tech)
     _reload(unit)
     if interactive:
-        _remove_prompt(obj, plate)
+        _remove_prompt(obj, plate, rest_timeout)
     from daemon.calstate import PREVIOUS
     kept = " (previous kept as calibration.prev.json)" if (unit.state_dir / PREVIOUS).exists() else ""
     click.echo(f"plate {plate.key}: calibration {cid} written by {tech}{kept}")
@@ -382,11 +400,23 @@ def _place_prompt(obj: Ctx, unit, plate, m: float) -> None:
                      default="", show_default=False)
 
 
-def _remove_prompt(obj: Ctx, plate) -> None:
+def _remove_prompt(obj: Ctx, plate, rest_timeout: float = 30.0) -> None:
+    """Test masses off, plate back at rest, then the plate is in service again."""
     sim = _sim_load_file(obj)
-    click.echo(f"Take the test mass off plate {plate.key}" + (" (simulator: removed for you)" if sim else ""))
+    unit = obj.unit()
     if sim is not None:
+        click.echo(f"Take the test mass off plate {plate.key} (simulator: removed for you)")
         _sim_set(sim, plate.key, None)
+    else:
+        click.prompt(f"Take the test mass off plate {plate.key} and press Enter", default="", show_default=False)
+    if unit.link.kind == "daemon":
+        try:
+            _wait(unit, plate, rest_timeout, True, "mass removed")
+        except ShelfcalError as exc:
+            click.echo(f"warning: {exc}; plate {plate.key} stays out of service for "
+                       f"{SCRIPTED_MAINTENANCE_S / 60:g} min", err=True)
+            return
+        _maintenance(unit, plate, 0)
 
 
 def _show_fit(pf) -> None:
@@ -444,6 +474,7 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
     if any(abs(mass - m) < 1.0 for m in cal_masses):
         click.echo(f"warning: {mass:g} g was a calibration mass; a different mass checks the fit between points",
                    err=True)
+    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     if interactive:
         _place_prompt(obj, unit, plate, mass)
     r = _wait(unit, plate, rest_timeout, interactive, f"{mass:g} g")
@@ -458,10 +489,31 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
     click.echo(f"plate {plate.key}: {verdict}: read {g:.1f} g for {mass:g} g ({err:+.2f} g, tolerance ±{tol:g} g, "
                f"noise {r.get('sigma_g') or 0:.2f} g)")
     if interactive:
-        _remove_prompt(obj, plate)
+        _remove_prompt(obj, plate, rest_timeout)
     if not ok:
         raise ShelfcalError(f"plate {plate.key} failed verification: tare it empty and re-run "
                             f"`shelfcal calibrate --plate {plate.key}`", EX_DATAERR)
+
+
+@cli.command()
+@_plate_opt
+@click.option("--minutes", type=float, default=10.0, show_default=True, help="How long (at most 60).")
+@click.option("--off", is_flag=True, help="Back in service now.")
+@click.pass_obj
+def maintenance(obj: Ctx, plate_name, minutes, off) -> None:
+    """Take a plate out of service on a running shelfd: its weight changes are not item events
+    (restocking by hand, cleaning, test masses). The guided steps do this by themselves."""
+    unit = obj.unit()
+    if plate_name is None:
+        raise ShelfcalError("--plate is required", EX_USAGE)
+    plate = unit.plate(plate_name)
+    if not off and not 0 < minutes <= 60:
+        raise ShelfcalError(f"--minutes must be more than 0 and at most 60, got {minutes:g}", EX_USAGE)
+    if unit.link.kind != "daemon":
+        raise ShelfcalError("shelfd is not running: there are no item events to hold back", EX_USAGE)
+    left = unit.link.call("maintenance", plates=[plate.key], seconds=0 if off else minutes * 60)["maintenance"]
+    click.echo(f"plate {plate.key}: " + ("back in service" if off else f"out of service for {minutes:g} min")
+               + (f"; out of service now: {', '.join(sorted(left))}" if left else ""))
 
 
 # ---------------------------------------------------------------- simulator helper

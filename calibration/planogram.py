@@ -205,6 +205,8 @@ def measure(obj: Ctx, plate_name, count, sku, yes, rest_timeout) -> None:
     unit = obj.unit()
     plate = unit.plate(plate_name)
     interactive = _interactive(yes)
+    from .cli import SCRIPTED_MAINTENANCE_S, _maintenance
+    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     before = 0.0
     if interactive:
         click.prompt(f"Leave plate {plate.key} as it is (hands off) and press Enter", default="", show_default=False)

@@ -174,7 +174,7 @@ class UnitControl:
     def register(self, commands: Commands) -> None:
         for name, fn in (("info", self.info), ("snapshot", self.snapshot), ("raw", self.raw),
                          ("rest", self.rest), ("tare", self.tare), ("rezero", self.rezero),
-                         ("calibration_reload", self.calibration_reload)):
+                         ("calibration_reload", self.calibration_reload), ("maintenance", self.maintenance)):
             commands.register(name, fn, in_pipeline=True)
 
     # ------------------------------------------------------------ helpers
@@ -378,6 +378,22 @@ class UnitControl:
         if "load_g" not in req.args:
             raise CommandError("rezero needs load_g: the grams the back-end knows are on the plate (0 if empty)")
         return self.tare(req)
+
+    def maintenance(self, req: Request) -> dict[str, Any]:
+        """Plates under a technician's hands: their weight changes are not events for ``seconds``
+        (default 600, at most 3600; 0 ends it). The unit reports them in its status meanwhile."""
+        plates = self._plates_arg(req)
+        try:
+            seconds = float(req.args.get("seconds", 600.0))
+        except (TypeError, ValueError):
+            raise CommandError("seconds must be a number") from None
+        if not 0 <= seconds <= 3600:
+            raise CommandError(f"seconds must be 0..3600, got {seconds:g}")
+        if self.pipeline is None or not hasattr(self.pipeline, "set_maintenance"):
+            return {"maintenance": {}}
+        left = self.pipeline.set_maintenance([p.key for p in plates], seconds)
+        log.info("maintenance %s for %s (%s)", "on" if seconds else "off", ", ".join(p.key for p in plates), req.origin)
+        return {"maintenance": left}
 
     def calibration_reload(self, req: Request) -> dict[str, Any]:
         """Adopt the calibration file shelfcal just wrote. A bad file is refused; the one in

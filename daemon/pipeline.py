@@ -82,6 +82,7 @@ class Pipeline:
         self.facings = [Facing(f.sku, f.shelf, f.plates, f.stock, "stock" if f.stock is not None else "unknown")
                         for f in layout.placements]
         self.last_t: float | None = None
+        self.maintenance: dict[str, float] = {}  # "shelf/plate" → monotonic time it ends
         self._last_grams = np.full(len(layout.plates), np.nan)
         self.state_changed = False
 
@@ -93,6 +94,8 @@ class Pipeline:
         if self.vision is not None and len(block):
             self.vision.pump(float(block.t[-1]))   # data-clocked cameras (sim, replay) catch up
         changes = self.detector.process(cond.t, cond.grams, cond.available)
+        if self.maintenance:
+            changes = self._drop_maintenance(changes)
         events = self._route(changes)
         if len(block):
             self._last_grams = cond.grams[-1]
@@ -264,7 +267,39 @@ class Pipeline:
     def degraded_reasons(self) -> list[str]:
         states = self.detector.plate_states()
         bad = [pl.key for pl in self.layout.plates if states[pl.index] == "unavailable"]
-        return [f"plate {k} has no data" for k in bad]
+        now = time.monotonic()
+        held = [k for k, until in self.maintenance.items() if until > now]
+        return [f"plate {k} has no data" for k in bad] + \
+            ([f"plate(s) {', '.join(sorted(held))} in maintenance (shelfcal): no events"] if held else [])
+
+    # ------------------------------------------------------------------ maintenance (shelfcal)
+
+    def set_maintenance(self, keys: list[str], seconds: float) -> dict[str, float]:
+        """Weight changes on these plates ("shelf/plate") are not events for ``seconds`` (0 ends
+        it): a technician's test masses must not reach the store as picks."""
+        now = time.monotonic()
+        for k in keys:
+            if seconds > 0:
+                self.maintenance[k] = now + seconds
+            else:
+                self.maintenance.pop(k, None)
+        return {k: round(u - now, 1) for k, u in self.maintenance.items() if u > now}
+
+    def _drop_maintenance(self, changes: list) -> list:
+        now = time.monotonic()
+        self.maintenance = {k: u for k, u in self.maintenance.items() if u > now}
+        kept = []
+        for c in changes:
+            # a change mostly made on plates under a technician's hands is theirs (a noisy
+            # neighbour summed into it does not make it a pick); one made elsewhere still counts
+            deltas = c.plate_deltas or {p: c.delta_g / max(1, len(c.plates)) for p in c.plates}
+            ours = sum(abs(d) for p, d in deltas.items() if f"{c.shelf}/{p}" in self.maintenance)
+            if ours > 0.5 * sum(abs(d) for d in deltas.values()):
+                self.stats.by_type["maintenance_suppressed"] = self.stats.by_type.get("maintenance_suppressed", 0) + 1
+                log.info("shelf %s plates %s Δ=%+.1f g during maintenance: not an event", c.shelf, c.plates, c.delta_g)
+                continue
+            kept.append(c)
+        return kept
 
 
 def run_offline(cfg, source: SampleSource, layout: Layout, emit: Callable[[dict], None],
