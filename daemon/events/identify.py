@@ -38,6 +38,9 @@ RECENT_PICK_BONUS = math.log(20.0)
 PUT_BACK_SAME_SHELF, PUT_BACK_ELSEWHERE = math.log(0.075), math.log(0.015)
 RECENT_WINDOW_S = 20 * 60.0
 FLEX_SD_G = 3.0                    # residue on a moved plate that the item is not on
+# a measured Δ is never better than about a gram: load-cell creep and hysteresis after a hand's
+# push, and the level of a plate read through low-frequency noise, outlast the settle window
+DELTA_FLOOR_G = 1.0
 STRADDLE = math.log(0.1)           # an item lying over its facing's edge onto the next plate
 
 
@@ -140,7 +143,7 @@ class Identifier:
             for q in range(min(a for a, _ in q_ranges), max(b for _, b in q_ranges) + 1):
                 ls = -math.inf
                 for mag, resid in readings:
-                    sd = math.sqrt(q * sd_u ** 2 + noise_g ** 2 + (0.002 * mag) ** 2)
+                    sd = math.sqrt(q * sd_u ** 2 + noise_g ** 2 + DELTA_FLOOR_G ** 2 + (0.002 * mag) ** 2)
                     ls = max(ls, _log_normal(mag, q * mu, sd) + resid)
                 ls += prior - self.q_decay * (q - 1)
                 if q <= n_out:
