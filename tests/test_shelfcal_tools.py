@@ -72,6 +72,14 @@ def test_report_writes_plots_and_a_summary(tmp_path):
         png = out / f"plate-{key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
+    # without matplotlib (it is an optional extra) the summary is still written, with a clear hint
+    bare = tmp_path / "bare"
+    code = ("import sys; sys.modules['matplotlib'] = None; from calibration.cli import main; "
+            f"sys.argv = ['shelfcal', '--config', {str(cfg)!r}, 'report', '--out', {str(bare)!r}, '--seconds', '1']; main()")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "matplotlib is not installed" in r.stderr, r.stderr
+    assert (bare / "summary.txt").exists() and not list(bare.glob("*.png"))
+
 
 def test_camera_snapshot_and_rois(tmp_path):
     pytest.importorskip("daemon.vision.rois")
