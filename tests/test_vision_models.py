@@ -275,3 +275,47 @@ def test_gallery_refuses_another_backbone(tmp_path, backbone, grocery):
     (folder / "gallery.json").write_text(json.dumps(meta))
     with pytest.raises(GalleryError, match="re-enrol"):
         Gallery.open(folder, backbone)
+
+
+def test_falls_back_to_tflite_runtime(monkeypatch):
+    """Where only tflite_runtime is installed, its Interpreter is used. The stand-in module is a
+    real interpreter (ai_edge_litert's class) under tflite_runtime's import path."""
+    import types
+
+    from ai_edge_litert.interpreter import Interpreter as Real
+
+    class Interpreter(Real):
+        made = 0
+
+        def __init__(self, *a, **kw):
+            Interpreter.made += 1
+            super().__init__(*a, **kw)
+
+    pkg = types.ModuleType("tflite_runtime")
+    sub = types.ModuleType("tflite_runtime.interpreter")
+    sub.Interpreter = Interpreter
+    Interpreter.__module__ = "tflite_runtime.interpreter"
+    pkg.interpreter = sub
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+    monkeypatch.setitem(sys.modules, "tflite_runtime", pkg)
+    monkeypatch.setitem(sys.modules, "tflite_runtime.interpreter", sub)
+    from daemon.vision.models import runtime_name
+
+    assert runtime_name() == "tflite_runtime"
+    m = load_model(ACTION, role="action")
+    assert Interpreter.made == 1
+    z = np.zeros((40, 50, 3), np.uint8)
+    assert set(m.classify(z, z)) == set(m.labels)
+
+
+def test_odd_crops_are_resized_and_bad_ones_rejected():
+    m = load_model(ACTION, role="action")
+    gray_b = np.full((37, 151), 120, np.uint8)  # a gray camera, a thin ROI
+    rgba_a = np.full((37, 151, 4), 200, np.uint8)
+    assert m.prepare_pair(gray_b, rgba_a).shape == (64, 64, 6)
+    assert abs(sum(m.classify(gray_b, rgba_a).values()) - 1) < 1e-3
+    with pytest.raises(ValueError, match="uint8"):
+        m.classify(gray_b.astype(np.float32), rgba_a)
+    with pytest.raises(ValueError, match="shape"):
+        m.classify(np.zeros((4, 4, 2), np.uint8), rgba_a)

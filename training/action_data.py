@@ -42,8 +42,15 @@ def build(n: int, seed: int, size: int = SIZE, labels=ACTION_LABELS) -> tuple[np
     return X, y
 
 
+def renderer_version() -> str:
+    """Hash of render.py: a cache of pairs drawn by another renderer is never reused."""
+    import hashlib
+
+    return hashlib.sha256(Path(render.__file__).read_bytes()).hexdigest()[:10]
+
+
 def cached(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
-    f = OUT / "cache" / f"action-{n}-{seed}-{size}.npz"
+    f = OUT / "cache" / f"action-{n}-{seed}-{size}-{renderer_version()}.npz"
     if f.is_file():
         with np.load(f) as z:
             return z["X"], z["y"]
