@@ -277,6 +277,16 @@ def test_gallery_refuses_another_backbone(tmp_path, backbone, grocery):
         Gallery.open(folder, backbone)
 
 
+def test_validate_model_opens_the_gallery_under_state_dir(tmp_path, backbone, coral, grocery):
+    state = tmp_path / "state"
+    Gallery.open(state / "vision" / "gallery", backbone).enroll("x", train_images(grocery, "Lemon", 1))
+    args = (coral / f"{V1}.tflite", "embedding")
+    assert validate_model(*args, sidecar=SIDECARS / f"{V1}.json", state_dir=state) == []
+    (state / "vision" / "gallery" / "gallery.json").write_text("{not json")
+    (msg,) = validate_model(*args, sidecar=SIDECARS / f"{V1}.json", state_dir=state)
+    assert "gallery.json" in msg and "not valid JSON" in msg
+
+
 def test_falls_back_to_tflite_runtime(monkeypatch):
     """Where only tflite_runtime is installed, its Interpreter is used. The stand-in module is a
     real interpreter (ai_edge_litert's class) under tflite_runtime's import path."""

@@ -121,11 +121,12 @@ def sidecar_for(path: Path) -> dict:
 
     it = Interpreter(model_path=str(path))
     q = it.get_input_details()[0]["quantization"]
+    size = int(it.get_input_details()[0]["shape"][1])
     return {
         "name": "action-v1", "role": "action",
         "description": "Gondola's default action model: before/after crops of the moved plate(s) → "
                        "pick / put_back / no_change / swap. Trained on synthetic renders by training/action.py.",
-        "input": {"shape": [1, SIZE, SIZE, 6], "dtype": "int8", "color": "rgb", "frames": "before_after",
+        "input": {"shape": [1, size, size, 6], "dtype": "int8", "color": "rgb", "frames": "before_after",
                   "resize": "stretch", "normalization": {"mean": [127.5], "std": [127.5]},
                   "quantization": {"scale": float(q[0]), "zero_point": int(q[1])}},
         "output": {"kind": "logits"},
@@ -196,12 +197,13 @@ def main(argv=None) -> None:
     ap.add_argument("--n", type=int, default=8000, help="rendered training pairs")
     ap.add_argument("--epochs", type=int, default=24)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--size", type=int, default=SIZE, help="input side in pixels")
     ap.add_argument("--eval-n", type=int, default=800)
     ap.add_argument("--out", type=Path, default=MODELS / "action" / "action-v1.tflite")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    X, y = cached(a.n, a.seed)
+    X, y = cached(a.n, a.seed, a.size)
     t0 = time.time()
     net, val_acc = train(X, y, a.epochs, a.seed)
     train_s = time.time() - t0

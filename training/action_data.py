@@ -64,9 +64,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--n", type=int, default=8000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--size", type=int, default=SIZE)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    X, y = cached(a.n, a.seed)
+    X, y = cached(a.n, a.seed, a.size)
     print(f"{len(X)} pairs, {Path(OUT)}")
 
 

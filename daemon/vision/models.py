@@ -580,10 +580,12 @@ def load_model(path: str | Path, *, role: str | None = None, state_dir: str | Pa
     return model
 
 
-def validate_model(path: str | Path, role: str | None = None, *, sidecar: str | Path | None = None) -> list[str]:
-    """Problems with a model file, one line each ([] when it loads and fits ``role``)."""
+def validate_model(path: str | Path, role: str | None = None, *, sidecar: str | Path | None = None,
+                   state_dir: str | Path | None = None) -> list[str]:
+    """Problems with a model file, one line each ([] when it loads and fits ``role``). With
+    ``state_dir``, an embedding model's gallery is opened too (wrong backbone, corrupt files)."""
     try:
-        load_model(path, role=role, sidecar=sidecar)
+        load_model(path, role=role, sidecar=sidecar, state_dir=state_dir)
     except ModelError as e:
         return [str(e)]
     return []
