@@ -22,10 +22,14 @@ from .config import Config
 from .messages import (BadMessage, GateEntry, GateExit, ItemEvent, Tracking, decode, fmt_ts,
                        health_fields, validate)
 from .store import RetryTransaction, Store
+from .trackindex import TrackIndex
+from . import associate
 
 log = logging.getLogger(__name__)
 
 _LEADER_GAPS = 7302
+TRACK_WINDOW_S = 300.0   # tracking kept in memory for association; older questions go to the database
+_CHUNK = 500             # rows per multi-row INSERT (SQLite allows 32766 parameters)
 
 
 @dataclass
@@ -52,6 +56,15 @@ class Engine:
         self._out: list[Outbound] = []
         self._tracker_t: float | None = None
         self._unit_seqs: dict[str, tuple[int, int]] = {}
+        # Recent tracking in memory (see trackindex.py); loaded from the database at start.
+        self.tracks = TrackIndex(TRACK_WINDOW_S)
+        self._tracks_dirty = True
+        self._next_prune = 0.0
+        # Per transaction: lines decided but not yet written (written per burst, see _flush_lines),
+        # and a cache of the sessions inside the store (dropped whenever a gate message is applied).
+        self._lines: list[tuple] = []
+        self._staged_qty: dict[tuple[str, str], int] = {}
+        self._sessions: tuple[float, dict[str, tuple[float, float | None]]] | None = None
 
     # ================================================================ batches
 
@@ -63,7 +76,7 @@ class Engine:
         """
         for attempt in range(6):
             try:
-                return self._run_tx(lambda: [self._handle(t, p) for t, p in msgs])
+                return self._run_tx(lambda: self._apply(msgs))
             except RetryTransaction as exc:
                 log.debug("batch retry %d: %s", attempt, exc)
                 self.counters["tx_retries"] += 1
@@ -85,17 +98,50 @@ class Engine:
     def _run_tx(self, fn: Callable[[], Any]) -> list[Outbound]:
         self._out = []
         self._unit_seqs = {}
+        self._lines, self._staged_qty, self._sessions = [], {}, None
         self.store.begin()
         try:
+            if self._tracks_dirty:
+                self._load_tracks()
             fn()
+            self._flush_lines()
             self._flush_units()
             self.store.commit()
         except BaseException:
             self.store.rollback()
             self._out = []
+            self._lines, self._staged_qty, self._sessions = [], {}, None
+            # Tracking added to memory by this transaction is not in the database: reload.
+            self._tracks_dirty = True
+            self._tracker_t = None
             raise
         out, self._out = self._out, []
         return out
+
+    def _load_tracks(self) -> None:
+        now = self.clock()
+        frm = now - TRACK_WINDOW_S
+        self.tracks.load(self.store.q("SELECT unit_id, shelf, t, session_id, confidence FROM tracking WHERE t >= ?",
+                                      (frm,)), frm)
+        self._tracks_dirty = False
+        self._next_prune = now + 30.0
+
+    def _apply(self, msgs: list[tuple[str, bytes]]) -> None:
+        """Apply a burst in order; runs of item events are applied together (one INSERT per run)."""
+        run: list[tuple[str, str, bytes]] = []
+        ev_prefix = self.base + "/"
+        for topic, payload in msgs:
+            if topic.startswith(ev_prefix) and topic.endswith("/events"):
+                unit = topic[len(ev_prefix):-len("/events")]
+                if unit and "/" not in unit and not unit.startswith("_"):
+                    run.append((topic, unit, payload))
+                    continue
+            if run:
+                self._events(run)
+                run = []
+            self._handle(topic, payload)
+        if run:
+            self._events(run)
 
     def _flush_units(self) -> None:
         if not self._unit_seqs:
@@ -115,6 +161,9 @@ class Engine:
         parts = topic[len(self.base) + 1:].split("/")
         try:
             if parts[0] == "_store":
+                if parts[1:2] == ["gates"]:
+                    self._flush_lines()
+                    self._sessions = None  # a gate changes who is inside
                 if parts[1:] == ["gates", "entry"]:
                     self._entry(topic, payload)
                 elif parts[1:] == ["gates", "exit"]:
@@ -124,7 +173,7 @@ class Engine:
                 else:
                     self._deadletter("unexpected_topic", topic, "not a topic cartd consumes", payload)
             elif len(parts) == 2 and parts[1] == "events":
-                self._event(topic, parts[0], payload)
+                self._events([(topic, parts[0], payload)])
             elif len(parts) == 2 and parts[1] == "health":
                 self._health(parts[0], payload)
             elif len(parts) == 2 and parts[1] == "status":
@@ -240,6 +289,12 @@ class Engine:
         # This instance's own view: tracking is delivered in order to every instance, so when our
         # tracker_t passes an event's t_end we have committed every observation up to it.
         self._tracker_t = max(self._tracker_t or m.t, m.t)
+        for r in rows:
+            self.tracks.add(*r)
+        now = self.clock()
+        if now >= self._next_prune:
+            self.tracks.prune(now)
+            self._next_prune = now + 30.0
         self.counters["tracking"] += 1
         self.counters["observations"] += len(rows)
 
@@ -303,24 +358,52 @@ class Engine:
 
     # ================================================================ item events
 
-    def _event(self, topic: str, topic_unit: str, payload: bytes) -> None:
-        data = decode(payload)
-        ev: ItemEvent = validate(ItemEvent, data)  # type: ignore[assignment]
-        problem = ev.check()
-        if problem is None and ev.unit_id != topic_unit:
-            problem = f"unit_id {ev.unit_id!r} differs from the topic's unit {topic_unit!r}"
-        if problem:
-            raise BadMessage("schema_violation", problem)
-        now = self.clock()
-        cur = self.store.ex(
-            "INSERT INTO events (event_id, unit_id, seq, shelf, type, sku, quantity, t_start, t_end, confidence,"
-            " historical, received_at, state, payload) VALUES (?,?,?,?,?,?,?,?,?,?,?,?, 'pending', ?)"
-            " ON CONFLICT (event_id) DO NOTHING",
-            (ev.event_id, ev.unit_id, ev.seq, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end,
-             ev.confidence, int(ev.historical), now, payload.decode("utf-8")))
-        if cur.rowcount == 0:
-            self.counters["duplicates"] += 1
+    def _events(self, run: list[tuple[str, str, bytes]]) -> None:
+        """A run of item events: validate each, insert them all at once (the primary key on event_id
+        dedupes, RETURNING says which were new), then associate the new ones in order."""
+        evs: list[tuple[str, ItemEvent, bytes]] = []
+        seen: set[str] = set()
+        for topic, topic_unit, payload in run:
+            try:
+                ev: ItemEvent = validate(ItemEvent, decode(payload))  # type: ignore[assignment]
+                problem = ev.check()
+                if problem is None and ev.unit_id != topic_unit:
+                    problem = f"unit_id {ev.unit_id!r} differs from the topic's unit {topic_unit!r}"
+                if problem:
+                    raise BadMessage("schema_violation", problem)
+            except BadMessage as bad:
+                self.counters["messages"] += 1
+                self._deadletter(bad.reason, topic, bad.detail, payload)
+                continue
+            self.counters["messages"] += 1
+            if ev.event_id in seen:  # twice in one burst
+                self.counters["duplicates"] += 1
+                continue
+            seen.add(ev.event_id)
+            evs.append((topic, ev, payload))
+        if not evs:
             return
+        now = self.clock()
+        new: set[str] = set()
+        cols = "(event_id, unit_id, seq, shelf, type, sku, quantity, t_start, t_end, confidence, historical, received_at, state, payload)"
+        for i in range(0, len(evs), _CHUNK):
+            part = evs[i:i + _CHUNK]
+            params: list[Any] = []
+            for _, ev, payload in part:
+                params += (ev.event_id, ev.unit_id, ev.seq, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end,
+                           ev.confidence, int(ev.historical), now, "pending", payload.decode("utf-8"))
+            values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(part))
+            new.update(r[0] for r in self.store.q(
+                f"INSERT INTO events {cols} VALUES {values} ON CONFLICT (event_id) DO NOTHING RETURNING event_id", params))
+        lo_all = min(ev.t_start for _, ev, _ in evs) - self.cfg.association.clock_tolerance_s
+        for topic, ev, payload in evs:
+            if ev.event_id not in new:
+                self.counters["duplicates"] += 1
+                continue
+            self._new_event(topic, ev, payload, now, lo_all)
+        self._flush_lines()
+
+    def _new_event(self, topic: str, ev: ItemEvent, payload: bytes, now: float, lo_all: float) -> None:
         self.counters["events"] += 1
         if ev.historical:
             self.counters["historical"] += 1
@@ -343,7 +426,8 @@ class Engine:
                              f"unit {ev.unit_id} event t_end {fmt_ts(ev.t_end)} is {ev.t_end - now:.1f} s ahead of cartd's clock",
                              payload, action="applied", event_id=ev.event_id, unit_id=ev.unit_id)
         if self._tracking_ready(ev.t_end, now, now):
-            self._associate(ev.event_id, ev.unit_id, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end, topic)
+            self._associate(ev.event_id, ev.unit_id, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end, topic,
+                            from_memory=True, lo_hint=lo_all)
         else:
             self.counters["waiting_for_tracking"] += 1
 
@@ -353,36 +437,52 @@ class Engine:
             if row is None:
                 return True  # no tracker in this store: association uses who is inside
             self._tracker_t = row[0]
-        if self._tracker_t >= t_end + self.cfg.association.clock_tolerance_s:
+        if self._tracker_t >= t_end + self.cfg.association.clock_tolerance_s + self.cfg.association.context_after_s:
             return True
         return now - received_at >= self.cfg.association.tracking_wait_s
 
+    def _spans(self, frm: float) -> dict[str, tuple[float, float | None]]:
+        """session → (entered_at, exited_at) for every session that had not left before frm.
+
+        Read once per burst (from the burst's earliest event) and reused until a gate message is
+        applied in the same transaction."""
+        c = self._sessions
+        if c is None or frm < c[0]:
+            frm = min(frm, c[0]) if c is not None else frm
+            c = self._sessions = (frm, {sid: (ent, ex) for sid, ent, ex in self.store.q(
+                "SELECT session_id, entered_at, exited_at FROM sessions WHERE entered_at IS NOT NULL"
+                " AND (exited_at IS NULL OR exited_at >= ?)", (frm,))})
+        return c[1]
+
     def _associate(self, event_id: str, unit_id: str, shelf: str, etype: str, sku: str | None, qty: int,
-                   t_start: float, t_end: float, topic: str) -> None:
+                   t_start: float, t_end: float, topic: str, *, from_memory: bool = False,
+                   lo_hint: float | None = None) -> None:
         a = self.cfg.association
         lo, hi = t_start - a.clock_tolerance_s, t_end + a.clock_tolerance_s
-        seen: dict[str, float] = {}
-        for sid, sh, conf in self.store.q(
-                "SELECT session_id, shelf, MAX(confidence) FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
-                " AND t >= ? AND t <= ? GROUP BY session_id, shelf", (unit_id, shelf, lo, hi)):
-            s = conf if sh == shelf else conf * 0.5  # "near the unit, shelf unknown" is weaker evidence
-            seen[sid] = max(seen.get(sid, 0.0), s)
-        scores: dict[str, float] = {}
+        # Presence over the window widened by the context (associate.py: a sum, not the best sighting).
+        w_lo, w_hi = lo - a.context_before_s, hi + a.context_after_s
+        if from_memory and self.tracks.covers(w_lo):
+            # Our own tracking view has passed t_end (see _tracking_ready): memory holds it all.
+            found = self.tracks.window(unit_id, shelf, w_lo, w_hi)
+        else:
+            found = self.store.q(
+                "SELECT session_id, shelf, t, confidence FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
+                " AND t >= ? AND t <= ?", (unit_id, shelf, w_lo, w_hi))
+        seen = associate.presence(found, shelf)
+        spans = self._spans(lo if lo_hint is None else min(lo, lo_hint))
+
+        def inside(sid: str) -> bool:
+            sp = spans.get(sid)
+            return sp is not None and sp[0] <= hi and (sp[1] is None or sp[1] >= lo)
+        scores: dict[str, associate.Presence] = {}
         if seen:
-            ids = sorted(seen)
-            marks = ",".join("?" * len(ids))
-            inside = {r[0] for r in self.store.q(
-                f"SELECT session_id FROM sessions WHERE session_id IN ({marks}) AND entered_at IS NOT NULL"
-                " AND entered_at <= ? AND (exited_at IS NULL OR exited_at >= ?)", (*ids, hi, lo))}
-            scores = {k: v for k, v in seen.items() if k in inside}
+            scores = {k: v for k, v in seen.items() if inside(k)}
             self.counters["tracking_outside_session"] += len(seen) - len(scores)
         evidence = "tracking"
         if not scores:
-            in_store = [r[0] for r in self.store.q(
-                "SELECT session_id FROM sessions WHERE entered_at IS NOT NULL AND entered_at <= ?"
-                " AND (exited_at IS NULL OR exited_at >= ?) LIMIT 2", (hi, lo))]
+            in_store = [sid for sid in spans if inside(sid)][:2]
             if len(in_store) == 1:
-                scores = {in_store[0]: 1.0}
+                scores = {in_store[0]: associate.Presence(1.0, 1.0, 1)}
                 evidence = "only_shopper"
             else:
                 self.store.ex("UPDATE events SET state='deadletter' WHERE event_id=?", (event_id,))
@@ -398,25 +498,15 @@ class Engine:
             holding = {r[0]: int(r[1] or 0) for r in self.store.q(
                 f"SELECT session_id, SUM(qty) FROM lines WHERE sku=? AND session_id IN ({marks}) GROUP BY session_id",
                 (sku, *ids))}
-            if len(scores) > 1:
-                for sid in ids:
-                    if holding.get(sid, 0) <= 0:
-                        scores[sid] *= a.not_holding_factor
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        best, best_s = ranked[0]
-        second_s = ranked[1][1] if len(ranked) > 1 else None
-        reasons = []
-        if best_s < a.min_confidence:
-            reasons.append("weak_evidence")
-        if second_s is not None and best_s - second_s < a.ambiguity_margin:
-            reasons.append("ambiguous")
-        if etype == "put_back" and sku is not None:
-            held = holding.get(best)
-            if held is None:
-                row = self.store.q1("SELECT SUM(qty) FROM lines WHERE session_id=? AND sku=?", (best, sku))
-                held = int(row[0] or 0) if row else 0
-            if held < qty:
-                reasons.append("put_back_not_in_cart")
+            for sid in ids:  # lines decided earlier in this burst, not written yet
+                if (sid, sku) in self._staged_qty:
+                    holding[sid] = holding.get(sid, 0) + self._staged_qty[(sid, sku)]
+        put_back = etype == "put_back" and sku is not None
+        decision = associate.decide(scores, put_back=put_back, holding=holding if put_back else None, quantity=qty,
+                                    min_confidence=a.min_confidence, ambiguity_margin=a.ambiguity_margin,
+                                    not_holding_factor=a.not_holding_factor)
+        assert decision is not None  # scores is never empty here
+        best, reasons, ranked = decision.session_id, decision.reasons, decision.candidates
         if etype not in ("pick", "put_back") or sku is None:
             reasons.append("unresolved")
         signed = qty if etype == "pick" else -qty if etype == "put_back" else 0
@@ -428,24 +518,50 @@ class Engine:
 
     def _add_line(self, session_id: str, event_id: str, sku: str | None, signed: int, reasons: list[str],
                   evidence: str, candidates: list[dict]) -> None:
+        """Stage a line; _flush_lines writes the burst's lines together (before the commit, and before
+        anything in the same transaction reads lines or changes sessions)."""
+        self._lines.append((session_id, event_id, sku, signed, reasons, evidence, candidates))
+        if sku is not None and signed:
+            k = (session_id, sku)
+            self._staged_qty[k] = self._staged_qty.get(k, 0) + signed
+
+    def _flush_lines(self) -> None:
+        if not self._lines:
+            return
+        lines, self._lines, self._staged_qty = self._lines, [], {}
         now = self.clock()
-        # Locks the session row (PostgreSQL) so a concurrent receipt either includes this line or
-        # sees it as a correction, never half of each.
-        row = self.store.q1("UPDATE sessions SET last_change=? WHERE session_id=? RETURNING state, receipt_n", (now, session_id))
-        after = int(row[1]) if row and row[0] == "receipted" else 0
-        review = bool(reasons)
-        cur = self.store.ex("INSERT INTO lines (session_id, event_id, sku, qty, needs_review, reason, evidence, candidates,"
-                            " after_receipt, created_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING",
-                            (session_id, event_id, sku, signed, int(review), ",".join(reasons) or None, evidence,
-                             json.dumps(candidates), after, now))
-        self.store.ex("UPDATE events SET state='assigned', session_id=? WHERE event_id=?", (session_id, event_id))
-        if cur.rowcount and after:
-            self.store.ex("UPDATE sessions SET correction_due = COALESCE(correction_due, ?) WHERE session_id=?",
-                          (now + self.cfg.receipts.correction_delay_s, session_id))
-            self.counters["late_lines"] += 1
-        self.counters["lines"] += 1
-        if review:
-            self.counters["review_lines"] += 1
+        sids = sorted({l[0] for l in lines})
+        # Lock the sessions' rows (PostgreSQL; in a fixed order, so two instances cannot deadlock)
+        # so a concurrent receipt either includes these lines or sees them as a correction, never
+        # half of each.
+        state: dict[str, tuple[str, int]] = {}
+        for i in range(0, len(sids), _CHUNK):
+            part = sids[i:i + _CHUNK]
+            marks = ",".join("?" * len(part))
+            for sid, st, n in self.store.q(f"SELECT session_id, state, receipt_n FROM sessions WHERE session_id IN ({marks})"
+                                           f" ORDER BY session_id" + self.store.for_update(), part):
+                state[sid] = (st, int(n))
+            self.store.ex(f"UPDATE sessions SET last_change=? WHERE session_id IN ({marks})", (now, *part))
+        rows, late = [], []
+        for session_id, event_id, sku, signed, reasons, evidence, candidates in lines:
+            st = state.get(session_id)
+            after = st[1] if st and st[0] == "receipted" else 0
+            row = (session_id, event_id, sku, signed, int(bool(reasons)), ",".join(reasons) or None, evidence,
+                   json.dumps(candidates), after, now)
+            (late if after else rows).append(row)
+            self.counters["lines"] += 1
+            if reasons:
+                self.counters["review_lines"] += 1
+        ins = ("INSERT INTO lines (session_id, event_id, sku, qty, needs_review, reason, evidence, candidates,"
+               " after_receipt, created_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING")
+        self.store.many(ins, rows)
+        for row in late:  # after the receipt: this line makes a correction
+            if self.store.ex(ins, row).rowcount:
+                self.store.ex("UPDATE sessions SET correction_due = COALESCE(correction_due, ?) WHERE session_id=?",
+                              (now + self.cfg.receipts.correction_delay_s, row[0]))
+                self.counters["late_lines"] += 1
+        self.store.many("UPDATE events SET state='assigned', session_id=? WHERE event_id=?",
+                        [(l[0], l[1]) for l in lines])
 
     # ================================================================ timed work
 
@@ -469,9 +585,14 @@ class Engine:
     def _pending(self, now: float) -> None:
         rows = self.store.q("SELECT event_id, unit_id, shelf, type, sku, quantity, t_start, t_end, received_at"
                             " FROM events WHERE state='pending' ORDER BY t_end LIMIT 5000" + self.store.skip_locked())
+        tol = self.cfg.association.clock_tolerance_s
+        lo_hint = min((r[6] for r in rows), default=0.0) - tol
         for eid, unit, shelf, etype, sku, qty, ts, te, rec in rows:
             if self._tracking_ready(te, rec, now):
-                self._associate(eid, unit, shelf, etype, sku, qty, ts, te, f"{self.base}/{unit}/events")
+                mem = self._tracker_t is not None and self._tracker_t >= te + tol
+                self._associate(eid, unit, shelf, etype, sku, qty, ts, te, f"{self.base}/{unit}/events",
+                                from_memory=mem, lo_hint=lo_hint)
+        self._flush_lines()
 
     def _scan_gaps(self, now: float) -> None:
         r = self.cfg.resend
