@@ -11,6 +11,7 @@ path whichever it is, and a daemon that runs keeps the GPIO pins to itself:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -21,10 +22,10 @@ from daemon import calstate
 from daemon.config import Config, SimSensing
 from daemon.control import Commands, Request
 from daemon.control_handlers import UnitControl
+from daemon.control_socket import acquire_drivers_lock, drivers_lock_holder, socket_path
 from daemon.control_socket import call as socket_call
-from daemon.control_socket import socket_path
 
-from .errors import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EX_UNAVAILABLE, ShelfcalError
+from .errors import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, ShelfcalError
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,12 @@ class LocalUnit:
         self.cfg = cfg
         self.timeout_s = timeout_s
         state_dir = Path(cfg.state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = acquire_drivers_lock(state_dir)
+        if self._lock is None:
+            raise ShelfcalError(f"the load cells are open in another process (pid {drivers_lock_holder(state_dir)}: "
+                                f"shelfd starting up, or another shelfcal): wait for it, or stop it, and retry",
+                                EX_TEMPFAIL)
         if isinstance(cfg.sensing, SimSensing) and cfg.sensing.speed == 0:
             # a technician's session runs on the wall clock, not as fast as the CPU allows
             cfg = cfg.model_copy(update={"sensing": cfg.sensing.model_copy(update={"speed": 1.0})})
@@ -162,6 +169,8 @@ class LocalUnit:
             self.source.close()
         except Exception:  # noqa: BLE001
             log.warning("closing the backend failed", exc_info=True)
+        finally:
+            os.close(self._lock)  # the pins are free for shelfd again
 
 
 def connect(cfg: Config, via: str = "auto", timeout_s: float = 10.0):

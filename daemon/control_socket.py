@@ -166,3 +166,31 @@ def call(path: Path, command: str, args: dict | None = None, *, txid: str | None
         return json.loads(buf)
     finally:
         s.close()
+
+
+DRIVERS_LOCK = ".drivers.lock"
+
+
+def acquire_drivers_lock(state_dir: Path) -> int | None:
+    """The load cells belong to one process at a time: shelfd, or shelfcal when it opens them
+    itself. An exclusive flock on ``state_dir/.drivers.lock`` held for the process's lifetime
+    (the kernel drops it when the process dies, however it dies). Returns the fd, or None when
+    another process holds it."""
+    import fcntl
+
+    fd = os.open(Path(state_dir) / DRIVERS_LOCK, os.O_RDWR | os.O_CREAT, 0o660)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def drivers_lock_holder(state_dir: Path) -> str:
+    try:
+        return (Path(state_dir) / DRIVERS_LOCK).read_text().strip() or "?"
+    except OSError:
+        return "?"

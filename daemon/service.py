@@ -54,6 +54,13 @@ class Service:
         except OSError as exc:
             log.error("state_dir: cannot create %s: %s", state_dir, exc.strerror)
             return EX_CONFIG
+        # the load cells belong to one process; shelfcal opening them itself holds this lock
+        from .control_socket import acquire_drivers_lock, drivers_lock_holder
+        self._drivers_lock = acquire_drivers_lock(state_dir)
+        if self._drivers_lock is None:
+            log.error("the load cells are open in shelfcal (pid %s holds %s/.drivers.lock): finish the "
+                      "calibration, then start shelfd", drivers_lock_holder(state_dir), state_dir)
+            return 75  # EX_TEMPFAIL: systemd retries after RestartSec
         layout = layout_for(cfg)
         source = make_source(cfg, layout)
         try:

@@ -349,3 +349,23 @@ def test_diag_verdicts_name_the_gpio_pins_of_the_hx711_driver(tmp_path):
     assert snap["channels"]["b"]["distinct_values"] > 1 and 50 < snap["channels"]["b"]["measured_sps"] < 100
     assert snap["channels"]["c"]["diagnostics"]["timeouts"] > 0  # the driver's own tallies come along
     assert np.isfinite(snap["channels"]["b"]["noise_counts"])
+
+
+def test_the_load_cells_belong_to_one_process(tmp_path):
+    """shelfcal on its own drivers and shelfd exclude each other (a flock in state_dir)."""
+    import fcntl
+    cfg = make_unit(tmp_path, factory=True)
+    state = tmp_path / "state"
+    state.mkdir()
+    fd = os.open(state / ".drivers.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a running shelfcal session holds it
+    os.write(fd, b"4242\n")
+    try:
+        r = subprocess.run([sys.executable, "-m", "daemon.cli", "run", "--config", str(cfg)], cwd=REPO,
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 75 and "open in shelfcal (pid 4242" in r.stderr, r.stderr
+        r = ok(shelfcal(cfg, "--via", "local", "diag"), 75)
+        assert "open in another process (pid 4242" in r.stderr
+    finally:
+        os.close(fd)
+    ok(shelfcal(cfg, "--via", "local", "diag", "--seconds", "1"), 69)  # free again (69: the dead channel)
