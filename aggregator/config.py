@@ -98,6 +98,11 @@ class UnitConfig(_Strict):
 class AssociationConfig(_Strict):
     # Unit, gate and tracking clocks may disagree by this much (NTP on a store LAN: well under 1 s).
     clock_tolerance_s: float = Field(1.0, ge=0)
+    # Presence is weighed over the event's window widened by these (beyond the clock tolerance):
+    # the shopper who touched a shelf stood there before reaching in and stays until it rests
+    # (associate.py). Only the part after t_end delays association (tracking must pass it).
+    context_before_s: float = Field(1.0, ge=0, le=30)
+    context_after_s: float = Field(1.5, ge=0, le=30)
     # A best candidate below this confidence, or closer than `ambiguity_margin` to the second,
     # still gets the line but it is marked needs_review.
     min_confidence: float = Field(0.5, ge=0, le=1)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from aggregator.sim.plan import PlanParams, make_plan  # noqa: E402
 from aggregator.sim.runner import RunOptions, StoreRun  # noqa: E402
-from aggregator.sim.score import score, shelf_events, tracking_evidence  # noqa: E402
+from aggregator.sim.score import association_replay, score, shelf_events, tracking_evidence  # noqa: E402
 from aggregator.sim.store import build_store  # noqa: E402
 from aggregator.sim.tracking import batches  # noqa: E402
 
@@ -103,7 +103,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     ap.add_argument("--plot-only", action="store_true", help="redraw the PNG from OUT/store_bench.json")
     ap.add_argument("--evidence-only", action="store_true",
-                    help="only how often tracking alone points at the right shopper (no run)")
+                    help="only how often tracking alone (and cartd's rule, replayed) names the right shopper (no run)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.plot_only:
@@ -121,6 +121,14 @@ def main() -> int:
     for m, e in evidence.items():
         print(f"  tracking alone, {m}: right shopper for {e['right_by_max']}/{e['touches']} touches by highest "
               f"confidence, {e['right_by_sum']}/{e['touches']} by summed confidence", flush=True)
+    for m in args.tracking:  # cartd's association rule replayed offline (sim/score.py), with the old one
+        b = batches(plan, store, m, args.seed)
+        for rule in ("max", "presence"):
+            r = association_replay(plan, b, rule, before_s=1.0 if rule == "presence" else 0.0,
+                                   after_s=1.5 if rule == "presence" else 0.0)
+            evidence[m][f"replay_{rule}"] = r
+            print(f"  cartd rule replayed, {m}, {rule:>8}: right shopper {r['right']}/{r['touches']}, "
+                  f"line F1 {r['f1']:.3f}, lines for review {r['review']}", flush=True)
     if args.evidence_only:
         return 0
     results: dict = {}

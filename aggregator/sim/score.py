@@ -164,3 +164,68 @@ def tracking_evidence(plan, batches_: list[tuple[float, list[dict]]], tol_s: flo
                 right[rule] += 1
     return {"touches": n, **{f"right_by_{k}": v for k, v in right.items()},
             **{f"share_by_{k}": round(v / n, 4) if n else 1.0 for k, v in right.items()}}
+
+
+def association_replay(plan, batches_: list[tuple[float, list[dict]]], rule: str = "presence", tol_s: float = 1.0,
+                       min_confidence: float = 0.5, ambiguity_margin: float = 0.2,
+                       not_holding_factor: float = 0.2, before_s: float = 0.0, after_s: float = 0.0) -> dict:
+    """cartd's association (aggregator/associate.py) replayed offline on the planned touches, with
+    carts built as it goes (the put-back rule needs them): events are the touches as the units
+    report them (measured: t_start ≈ touch, t_end ≈ touch end + 0.45 s; widened like cartd by
+    ``tol_s`` and the presence context ``before_s``/``after_s``),
+    candidates are sessions inside the store then. ``rule``: ``presence`` (cartd's) or ``max``
+    (the rule before: highest single confidence). Returns right shopper per touch, line-item F1 of
+    the resulting carts against the truth, and how many lines would be flagged for review."""
+    from collections import defaultdict
+
+    from aggregator.associate import Presence, decide, presence
+
+    idx: dict[tuple, list[tuple[float, str, float]]] = defaultdict(list)
+    for t, obs in batches_:
+        for o in obs:
+            idx[(o["unit_id"], o["shelf"] or "")].append((t, o["session_id"], o["confidence"]))
+    spans = {s.session_id: (s.t_entry, s.t_exit) for s in plan.sessions}
+    touches = sorted((i for i in plan.interactions if i.type in ("pick", "put_back")), key=lambda i: i.t + i.dur)
+    carts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    review: dict[str, set] = defaultdict(set)
+    right = n_review = 0
+    for i in touches:
+        lo, hi = i.t - tol_s - before_s, i.t + i.dur + 0.45 + tol_s + after_s
+        obs = [(sid, sh, t, c) for sh in (i.shelf, "") for t, sid, c in idx.get((i.unit_id, sh), ()) if lo <= t <= hi]
+        obs = [o for o in obs if spans[o[0]][0] <= hi and spans[o[0]][1] >= lo]
+        ev = presence(obs, i.shelf)
+        if rule == "max":  # the old rule: a candidate's score is its best single sighting
+            ev = {sid: Presence(p.peak, p.peak, 1) for sid, p in ev.items()}
+        if not ev:
+            inside = [s for s, (a, b) in spans.items() if a <= hi and b >= lo]
+            if len(inside) != 1:
+                continue  # cartd dead-letters it (no_session)
+            ev = {inside[0]: Presence(1.0, 1.0, 1)}
+        put_back = i.type == "put_back"
+        holding = {sid: carts[sid][i.sku] for sid in ev} if put_back else None
+        if rule == "max" and put_back and len(ev) > 1:
+            ev = {sid: Presence(p.evidence * (not_holding_factor if holding[sid] <= 0 else 1), p.peak, 1)
+                  for sid, p in ev.items()}
+            holding_for_decide = {sid: 1 for sid in ev}  # factor applied already
+        else:
+            holding_for_decide = holding
+        d = decide(ev, put_back=put_back, holding=holding_for_decide, quantity=i.quantity,
+                   min_confidence=min_confidence, ambiguity_margin=ambiguity_margin,
+                   not_holding_factor=not_holding_factor)
+        if rule == "max" and d is not None:  # old margin: raw confidences, not shares
+            r = sorted(ev.values(), key=lambda p: -p.evidence)
+            d.reasons = [x for x in d.reasons if x != "ambiguous"]
+            if len(r) > 1 and r[0].evidence - r[1].evidence < ambiguity_margin:
+                d.reasons.append("ambiguous")
+        if d is None:
+            continue
+        right += d.session_id == i.session_id
+        carts[d.session_id][i.sku] += i.quantity if i.type == "pick" else -i.quantity
+        if d.reasons:
+            n_review += 1
+    truth = plan.truth()
+    receipts = [{"session_id": sid, "n": 1, "lines": [{"sku": k, "quantity": q} for k, q in c.items()]}
+                for sid, c in carts.items()]
+    s = score(truth, receipts)
+    return {"rule": rule, "touches": len(touches), "right": right, "f1": round(s.f1, 4),
+            "precision": round(s.precision, 4), "recall": round(s.recall, 4), "review": n_review}
