@@ -96,6 +96,8 @@ def _confirm(question: str, yes: bool) -> None:
 
 def _wait(unit, plate, timeout: float, interactive: bool, what: str):
     from .guided import wait_rest
+    if not timeout > 0:
+        raise ShelfcalError(f"--rest-timeout must be more than 0 s, got {timeout:g}", EX_USAGE)
     con = _console()
     if not interactive:
         return wait_rest(unit, plate, timeout_s=timeout)
@@ -216,11 +218,14 @@ def live(obj: Ctx, interval: float, count: int) -> None:
             if count and n >= count:
                 return
             time.sleep(interval)
-    with Live(table(), console=con, refresh_per_second=4) as lv:
-        while not count or n < count:
-            time.sleep(interval)
-            lv.update(table())
-            n += 1
+    try:
+        with Live(table(), console=con, refresh_per_second=4) as lv:
+            while not count or n < count:
+                time.sleep(interval)
+                lv.update(table())
+                n += 1
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how one leaves a live view
 
 
 # ---------------------------------------------------------------- tare / calibrate / verify
@@ -549,6 +554,7 @@ def sim() -> None:
 @click.option("--mass-g", "mass", type=float, required=True, help="Grams of test mass on the plate (0 removes it).")
 @click.pass_obj
 def sim_place(obj: Ctx, plate_name: str, mass: float) -> None:
+    """Put MASS grams of test mass on a simulated plate (writes sensing.load_file)."""
     path = _sim_load_file(obj)
     if path is None:
         raise ShelfcalError("this config has no sensing.load_file (simulator only): add one to place masses", EX_USAGE)
