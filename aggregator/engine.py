@@ -302,8 +302,12 @@ class Engine:
         self.store.ex("INSERT INTO units (unit_id, contiguous_seq) VALUES (?, -1) ON CONFLICT (unit_id) DO NOTHING", (unit_id,))
 
     def _health(self, unit_id: str, payload: bytes) -> None:
+        depth = None
         try:
-            t, last = health_fields(decode(payload))
+            data = decode(payload)
+            t, last = health_fields(data)
+            ob = data.get("outbox") if isinstance(data, dict) else None
+            depth = ob.get("depth") if isinstance(ob, dict) else None
         except BadMessage:
             t = last = None
         if t is None:
@@ -311,11 +315,15 @@ class Engine:
             return
         self._ensure_unit(unit_id)
         # Keep the newest (t, last_seq) pair; a fresh unit row starts its seq baseline here (we do
-        # not ask for history from before cartd knew the unit).
+        # not ask for history from before cartd knew the unit). The daemon's last_seq is the last
+        # seq *issued*; the `depth` events still in its outbox are on their way, not history, so
+        # the baseline stops before them and a hole among them is asked for.
         row = self.store.q1("SELECT health_t, contiguous_seq FROM units WHERE unit_id=?" + self.store.for_update(), (unit_id,))
         if row[0] is None or t > row[0]:
             self.store.ex("UPDATE units SET health_t=?, health_last_seq=? WHERE unit_id=?", (t, last, unit_id))
         if row[1] < 0 and last is not None:
+            if isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= last:
+                last -= depth
             self.store.ex("UPDATE units SET contiguous_seq=? WHERE unit_id=? AND contiguous_seq < 0", (last, unit_id))
         self.counters["unit_health"] += 1
 
