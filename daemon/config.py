@@ -276,6 +276,9 @@ class Config(_Strict):
     def _ident(cls, v: str) -> str:
         if not v or any(c in v for c in "/+# \t"):
             raise ValueError(f"must be non-empty with no '/', '+', '#' or spaces, got {v!r}")
+        if v.startswith(("_", "$")):
+            # `{prefix}/{store}/_store/...` holds the store-level topics (gates, receipts)
+            raise ValueError(f"must not start with '_' or '$' (reserved for store topics), got {v!r}")
         return v
 
     @model_validator(mode="after")

@@ -187,12 +187,12 @@ class SimSource:
         self._init_noise({**self.sim.plate_noise_g, **(plate_noise_g or {})},
                          self.sim.drift_g_per_min if drift_g_per_min is None else drift_g_per_min)
         self._init_stock()
-
-        self.ground_truth: list[GroundTruthEvent] = []
-        self._truth: list[_Truth] = []
         # what the sim camera starts from (read-only view: vision replays ``truth`` on top of it)
         self._initial_facings = [(f.sku, f.placement.shelf, tuple(f.placement.plates), len(f.units))
                                  for f in self._facings]
+
+        self.ground_truth: list[GroundTruthEvent] = []
+        self._truth: list[_Truth] = []
         self._active: list[_Wave] = []
         self._static = self._stock_loads()            # grams on each plate at rest, as rendered
         self._busy_until = {s: 0 for s in layout.shelves}  # sample index each shelf is free again
@@ -201,12 +201,13 @@ class SimSource:
         self._next_arrival = int(LEAD_IN_S * self.rate_hz) + self._poisson_gap()
         if not self.sim.shoppers:
             self._next_arrival = 1 << 62  # a service visit: nobody touches the shelves
-        self._placed: dict[str, float] = {}   # test masses from sensing.load_file, by plate key
-        self._load_sig: tuple[int, int] | None = None
+        # sensing.script: a store simulation's plan replaces the random shoppers (and restocks)
         self._script = load_script(self.sim.script) if self.sim.script is not None else None
         self._script_i = 0
         if self._script is not None:
             self._next_arrival = 1 << 62
+        self._placed: dict[str, float] = {}   # test masses from sensing.load_file, by plate key
+        self._load_sig: tuple[int, int] | None = None
         self._counters = counters_for(self.channels)
         self._tallies = np.zeros((4, len(self.channels)), dtype=np.int64)  # ok, timeout, glitch, saturated
         self._started_wall: float | None = None
@@ -325,6 +326,17 @@ class SimSource:
         drift or noise): the reference a calibrated, settled pipeline should read."""
         return {p.key: float(self._static[p.index]) for p in self.layout.plates}
 
+    def initial_facings(self) -> list[tuple[str, str, tuple[int, ...], int]]:
+        """(sku, shelf, plate ids, units) of every facing as stocked before sample 0. With
+        ``truth`` (what changed when and where) it is all a simulated camera needs to draw the
+        shelf at any past instant; a read-only view, so sensing never imports vision."""
+        return list(self._initial_facings)
+
+    @property
+    def stream_time(self) -> float:
+        """Epoch time of the next sample ``read`` will deliver: the simulated "now"."""
+        return self.t0 + self._n * self._dt
+
     @property
     def truth(self) -> list[dict]:
         """Ground truth with timing and per-plate weight changes (what the JSON file holds)."""
@@ -341,17 +353,6 @@ class SimSource:
     def read(self, timeout: float = 1.0) -> SampleBlock | None:
         self.start()
         a = self._n
-    def initial_facings(self) -> list[tuple[str, str, tuple[int, ...], int]]:
-        """(sku, shelf, plate ids, units) of every facing as stocked before sample 0. With
-        ``truth`` (what changed when and where) it is all a simulated camera needs to draw the
-        shelf at any past instant; a read-only view, so sensing never imports vision."""
-        return list(self._initial_facings)
-
-    @property
-    def stream_time(self) -> float:
-        """Epoch time of the next sample ``read`` will deliver: the simulated "now"."""
-        return self.t0 + self._n * self._dt
-
         if self._total is not None and a >= self._total:
             return None
         n = self._block if self._total is None else min(self._block, self._total - a)
