@@ -597,7 +597,7 @@ class Engine:
         lo_hint = min((r[6] for r in rows), default=0.0) - tol
         for eid, unit, shelf, etype, sku, qty, ts, te, rec in rows:
             if self._tracking_ready(te, rec, now):
-                mem = self._tracker_t is not None and self._tracker_t >= te + tol
+                mem = self._tracker_t is not None and self._tracker_t >= te + tol + self.cfg.association.context_after_s
                 self._associate(eid, unit, shelf, etype, sku, qty, ts, te, f"{self.base}/{unit}/events",
                                 from_memory=mem, lo_hint=lo_hint)
         self._flush_lines()
