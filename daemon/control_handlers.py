@@ -109,8 +109,10 @@ def assess_rest(values: np.ndarray, flags: np.ndarray, rate_hz: float, window_s:
     out: dict[str, Any] = {"samples": int(n), "good": int(good.all(axis=1).sum()),
                            "saturated": int(np.count_nonzero(flags & Flag.SATURATED)),
                            "faults": int(np.count_nonzero(flags)), "rest": False}
+    sat_reason = f"{out['saturated']} saturated samples: the cell is at the ADC rail (overload or a broken wire)"
     if n == 0 or out["good"] < need:
-        out["reason"] = "no data" if out["good"] == 0 else f"only {out['good']} good samples of {need} needed"
+        out["reason"] = sat_reason if out["saturated"] else \
+            "no data" if out["good"] == 0 else f"only {out['good']} good samples of {need} needed"
         return out
     v = values[good.all(axis=1)]
     means = np.nanmean(v, axis=0)
@@ -139,7 +141,7 @@ def assess_rest(values: np.ndarray, flags: np.ndarray, rate_hz: float, window_s:
         out["sigma_g"] = white_sigma(series[0])
     out["rest"] = bool(all(s <= lim for s, lim in zip(spreads, limits))) and out["saturated"] == 0
     if out["saturated"]:
-        out["reason"] = f"{out['saturated']} saturated samples: the cell is at the ADC rail (overload or a broken wire)"
+        out["reason"] = sat_reason
     elif not out["rest"]:
         out["reason"] = f"moving by {out['spread']:.1f} {out['units']} (limit {out['limit']:.1f})"
     return out

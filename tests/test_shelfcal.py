@@ -140,6 +140,12 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
     assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
     assert after_first != before
 
+    # an overloaded cell sits at the ADC rail: that is no calibration point
+    place(cfg, "1/1", 60000)
+    r = ok(shelfcal(cfg, "calibrate", "--plate", "1/1", "--mass-g", "5000", "--yes"), 65)
+    assert "saturated samples" in r.stderr and "unload it" in r.stderr, r.stderr
+    assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
+
     # Ctrl-C while it waits for rest: exit 130, the calibration in force untouched
     place(cfg, "1/1", 1500)
     p = subprocess.Popen([sys.executable, "-m", "calibration.cli", "--config", str(cfg), "calibrate", "--plate", "1/1",

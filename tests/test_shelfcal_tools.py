@@ -238,3 +238,25 @@ def test_sigkill_at_random_instants_never_leaves_a_broken_calibration(tmp_path):
         assert cal is not None and set(cal.channels) >= {"sim-1-1", "sim-1-2", "sim-1-3", "sim-1-4"}
         s = json.loads((st / "shelfcal-session.json").read_text())  # the session file survives too
         assert s["unit_id"] == "cal-unit-1"
+
+
+def test_camera_enrol_adds_photos_to_the_gallery(tmp_path, shared_dir):
+    pytest.importorskip("daemon.vision.gallery")
+    model = shared_dir / "models" / "coral" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
+    grocery = shared_dir / "data" / "grocery-store" / "dataset"
+    if not model.is_file() or not (grocery / "train.txt").is_file():
+        pytest.skip("shared Coral model or Grocery Store dataset missing")
+    photos = [grocery / ln.split(",")[0] for ln in (grocery / "train.txt").read_text().splitlines()
+              if "/Banana/" in ln][:2]
+    cfg = make_unit(tmp_path, factory=True)
+    doc = yaml.safe_load(cfg.read_text())
+    doc["camera"] = {"type": "sim", "width": 320, "height": 240}
+    doc["vision"] = {"product_model": str(model),
+                     "product_sidecar": str(REPO / "models" / "coral" / (model.stem + ".json"))}
+    cfg.write_text(yaml.safe_dump(doc))
+    ok(shelfcal(cfg, "camera", "enrol", "--sku", "A1", str(tmp_path / "missing.jpg")), 66)
+    out = ok(shelfcal(cfg, "camera", "enrol", "--sku", "A1", *map(str, photos))).stdout
+    assert "2 photo(s) of A1 enrolled" in out
+    from daemon.vision.gallery import Gallery
+    g = Gallery.open_raw(tmp_path / "state" / "vision" / "gallery")
+    assert g.skus.count("A1") == 2
