@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 WRONG, NOISY, DEAD = "1/2", "1/3", "1/4"
 
 
-def make_unit(tmp: Path, *, factory: bool, port: int = 1, speed: float = 4.0, **sensing) -> Path:
+def make_unit(tmp: Path, *, factory: bool, port: int = 1, speed: float = 6.0, **sensing) -> Path:
     doc = {
         "version": 1, "unit_id": "cal-unit-1", "store_id": "test-store", "state_dir": "./state",
         "mqtt": {"host": "127.0.0.1", "port": port, "health_interval_s": 1},
