@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 _LEADER_GAPS = 7302
 TRACK_WINDOW_S = 300.0   # tracking kept in memory for association; older questions go to the database
 _CHUNK = 500             # rows per multi-row INSERT (SQLite allows 32766 parameters)
+_RETRIES_BURST = 6       # deadlocks in a row before a burst is applied in halves
+_RETRIES_ONE = 40        # ... and for a single message (≈ 15 s of back-off) before it is dead-lettered
 
 
 @dataclass
@@ -71,17 +74,26 @@ class Engine:
     def handle_batch(self, msgs: list[tuple[str, bytes]]) -> list[Outbound]:
         """Apply messages in one transaction; returns what to publish after the commit.
 
-        A deadlock between instances retries the batch; an unexpected fault in one message is
-        isolated by replaying the batch one message per transaction and dead-lettering the culprit.
+        When this returns, *every* message of msgs is committed (applied, or kept as a dead letter):
+        the service acknowledges them all to the broker next, and an acknowledged message is never
+        delivered again. A deadlock or serialization failure between instances retries the burst;
+        a burst that keeps hitting them is applied in halves (smaller transactions, fewer locks
+        held), down to one message, which is retried longer. An unexpected fault in one message is
+        isolated by replaying the burst one message per transaction and dead-lettering the culprit.
         """
-        for attempt in range(6):
+        tries = _RETRIES_BURST if len(msgs) > 1 else _RETRIES_ONE
+        last: BaseException | None = None
+        for attempt in range(tries):
             try:
                 return self._run_tx(lambda: self._apply(msgs))
             except RetryTransaction as exc:
-                log.debug("batch retry %d: %s", attempt, exc)
+                last = exc
+                log.debug("batch of %d, retry %d: %s", len(msgs), attempt, exc)
                 self.counters["tx_retries"] += 1
-                time.sleep(0.01 * (attempt + 1))
-            except Exception:
+                # Growing, jittered back-off: instances that deadlocked together do not retry in step.
+                time.sleep(min(0.5, 0.01 * 2 ** min(attempt, 6)) * (0.5 + random.random()))
+            except Exception as exc:
+                last = exc
                 if len(msgs) == 1:
                     break
                 log.exception("fault in a batch of %d messages; applying them one by one", len(msgs))
@@ -89,10 +101,20 @@ class Engine:
                 for m in msgs:
                     out += self.handle_batch([m])
                 return out
+        else:
+            if len(msgs) > 1:
+                # Contention, not a bad message. (This used to dead-letter msgs[0] and return, and
+                # the service then acknowledged the rest of the burst unapplied: events lost.)
+                self.counters["tx_splits"] += 1
+                log.warning("a burst of %d messages hit %d deadlocks in a row (%s); applying it in halves",
+                            len(msgs), tries, last)
+                mid = len(msgs) // 2
+                return self.handle_batch(msgs[:mid]) + self.handle_batch(msgs[mid:])
         # One message that keeps failing: keep it as a dead letter and move on (never a crash loop).
         topic, payload = msgs[0]
         self.counters["internal_errors"] += 1
-        log.exception("cannot apply a message on %s; kept as dead letter internal_error", topic)
+        log.error("cannot apply a message on %s (%s); kept as dead letter internal_error", topic,
+                  f"{type(last).__name__}: {last}" if last else "?", exc_info=last)
         return self._run_tx(lambda: self._deadletter("internal_error", topic, "the aggregator failed on this message (see its log)", payload))
 
     def _run_tx(self, fn: Callable[[], Any]) -> list[Outbound]:
