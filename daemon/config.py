@@ -90,7 +90,7 @@ class Hx711Sensing(_Strict):
 
 class IioChannel(_Strict):
     name: str
-    device: str  # "iio:device0" or an absolute sysfs path
+    device: str  # "label:<label>" (the overlay's label=, stable), "iio:device0", or an absolute sysfs path
     channel: str = "in_voltage0"  # attribute prefix; reads <channel>_raw
 
 
@@ -250,9 +250,10 @@ class VisionConfig(_Strict):
     tau: float = Field(0.8, gt=0, lt=1.0)        # temper: vision log-likelihoods × tau (docs/vision.md)
     floor: float = Field(1e-5, gt=0, lt=1.0)     # no vision probability counts as less than this
     deadline_ms: int = Field(400, ge=0, le=10000)  # an event waits at most this long for vision
-    # gallery scores = softmax(similarity / T): "auto" fits T on the enrolled images (leave-one-out),
-    # "sidecar" uses the model sidecar's temperature, a number fixes it
-    product_temperature: Union[float, Literal["auto", "sidecar"]] = "auto"
+    # how gallery similarities become SKU scores (docs/vision.md): "verify" fits a same/different
+    # model on the enrolled images, "auto" a softmax temperature; "sidecar" uses the sidecar's
+    # temperature; a number fixes the temperature
+    product_calibration: Union[float, Literal["verify", "auto", "sidecar"]] = "verify"
     threads: int = Field(1, ge=1, le=4)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
 

@@ -170,3 +170,16 @@ def test_close_stops_threads(tree):
     assert time.monotonic() - t0 < 1.0
     assert src.threads and not any(th.is_alive() for th in src.threads)
     assert len(src.read(0.3)) == 0
+
+
+def test_devices_found_by_their_overlay_label_whatever_their_number(tree, caplog):
+    # probe order put shelf 2's chip first this boot
+    tree.add_device(3, counts=(777, 0), label="shelf1-a")
+    tree.add_device(4, counts=(-555, 0), label="shelf2-a")
+    src = IioSource(cfg_for(tree.root, ("s1", "label:shelf1-a", "in_voltage0"),
+                            ("s2", "label:shelf2-a", "in_voltage0"), ("s3", "label:shelf3-a", "in_voltage0")))
+    assert src.read_channel(0).value == 777 and src.read_channel(1).value == -555
+    assert src.read_channel(2).flag == Flag.MISSING
+    with caplog.at_level(logging.WARNING, logger="daemon.sensing.iio"):
+        IioSource(cfg_for(tree.root, ("s3", "label:shelf3-a", "in_voltage0")))
+    assert "'shelf3-a'" in caplog.text and "shelf1-a, shelf2-a" in caplog.text

@@ -66,8 +66,31 @@ class IioSource(PolledSource):
         self._complained: set[tuple[int, str]] = set()
 
     def device_dir(self, ch: IioChannel) -> Path:
+        if ch.device.startswith("label:"):
+            return self._by_label(ch.device[len("label:"):])
         p = Path(ch.device)
         return p if p.is_absolute() else self.cfg.sysfs_root / ch.device
+
+    def _by_label(self, label: str) -> Path:
+        """The device whose sysfs ``label`` is ``label`` (the overlay's ``label=`` parameter).
+
+        ``iio:deviceN`` numbers follow probe order and can change when a chip is added or fails
+        to probe; the label a technician gave each chip in config.txt does not."""
+        found: dict[str, Path] = {}
+        try:
+            for d in sorted(self.cfg.sysfs_root.iterdir()):
+                try:
+                    found[self._read_file(d / "label").strip()] = d
+                except OSError:
+                    continue
+        except OSError:
+            pass
+        if label in found:
+            return found[label]
+        log.warning("no IIO device labelled %r under %s (labels found: %s); check the dtoverlay "
+                    "line's label= in config.txt", label, self.cfg.sysfs_root,
+                    ", ".join(sorted(found)) or "none")
+        return self.cfg.sysfs_root / f"label:{label}"  # absent: its reads count as missing
 
     # ------------------------------------------------------------ PolledSource hooks
 

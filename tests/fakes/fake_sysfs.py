@@ -41,10 +41,12 @@ class FakeIioTree:
         self._lock = threading.Lock()
 
     def add_device(self, index: int = 0, name: str = "hx711", counts: tuple[int, int] = (0, 0),
-                   scale: str | None = "0.000152590") -> Path:
+                   scale: str | None = "0.000152590", label: str | None = None) -> Path:
         d = self.root / f"iio:device{index}"
         d.mkdir(parents=True, exist_ok=True)
         self._write(d / "name", name + "\n")
+        if label is not None:  # the DT node's label property (kernel ≥ 5.13 exposes it)
+            self._write(d / "label", label + "\n")
         for ch, v in enumerate(counts):
             self._write(d / f"in_voltage{ch}_raw", f"{encode_counts(v)}\n")
         if scale is not None:
