@@ -151,7 +151,12 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
     p = subprocess.Popen([sys.executable, "-m", "calibration.cli", "--config", str(cfg), "calibrate", "--plate", "1/1",
                           "--mass-g", "1500", "--yes"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
-    time.sleep(1.0)
+    lock = tmp_path / "state" / ".drivers.lock"  # holds the pid once shelfcal has the load cells open
+    deadline = time.monotonic() + 30
+    while not (lock.exists() and lock.read_text().strip() == str(p.pid)):
+        assert time.monotonic() < deadline and p.poll() is None, "shelfcal never opened the load cells"
+        time.sleep(0.05)
+    time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=20)
     assert p.returncode == 130 and "calibration in force is unchanged" in err, err
