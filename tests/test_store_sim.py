@@ -157,3 +157,20 @@ def test_line_item_score():
     assert (s.tp, s.fp, s.fn) == (2, 1, 1)
     assert s.precision == pytest.approx(2 / 3) and s.recall == pytest.approx(2 / 3)
     assert s.corrections == 1 and s.receipts == 2
+
+
+def test_a_rerun_into_the_same_folder_starts_from_a_clean_store(tmp_path, store, plan):
+    from aggregator.sim.runner import StoreRun
+
+    work = tmp_path / "run"
+    (work / "broker").mkdir(parents=True)
+    (work / "plan.json").write_text("{}")                  # a previous run was here
+    (work / "cartd.sqlite3").write_text("old receipts")
+    (work / "broker" / "mosquitto.db").write_text("old sessions")
+    StoreRun(store, plan, work)
+    assert not (work / "cartd.sqlite3").exists() and not (work / "broker" / "mosquitto.db").exists()
+    keep = tmp_path / "notes"                              # a folder that never held a run is left alone
+    keep.mkdir()
+    (keep / "mine.txt").write_text("x")
+    StoreRun(store, plan, keep)
+    assert (keep / "mine.txt").exists()

@@ -125,6 +125,11 @@ class StoreRun:
         self.store, self.plan, self.dir = store, plan, Path(workdir)
         self.opts = opts or RunOptions()
         self.on_receipt, self.on_event, self.on_gate = on_receipt, on_event, on_gate
+        if (self.dir / "plan.json").exists():
+            # A previous run's folder: its broker sessions, cartd database and unit outboxes would
+            # carry that run's receipts and seqs into this one (and score them). Start clean.
+            log.info("clearing the previous store run in %s", self.dir)
+            shutil.rmtree(self.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.broker = Broker(self.dir / "broker")
         self.base = f"{PREFIX}/{store.store_id}"
