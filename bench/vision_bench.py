@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Vision benchmark: item accuracy weight-only vs fused (camera) in one simulator run, and cost.
 
-    .venv/bin/python bench/vision_bench.py [--visits 60] [--seed 1] [--out bench/out]
+    .venv/bin/python bench/vision_bench.py [--visits 80] [--seed 1] [--out bench/out]
                                            [--action-model models/action/action-v1.tflite]
 
-A 2-shelf × 5-plate unit whose planogram holds the cases weight cannot decide:
+A 2-shelf × 6-plate unit whose planogram holds the cases weight cannot decide:
 
 * ``equal_weight``: two SKUs of the same unit weight sharing one plate (picks and put-backs);
 * ``swap``: a shopper takes a unit and puts back a *different* product of the same weight on that
@@ -54,19 +54,51 @@ SHARED = Path(os.environ.get("GONDOLA_SHARED", ROOT.parent / "shared"))
 EMBEDDER = SHARED / "models" / "coral" / "mobilenet_v1_1.0_224_quant_embedding_extractor.tflite"
 EMBEDDER_SIDECAR = ROOT / "models" / "coral" / "mobilenet_v1_1.0_224_quant_embedding_extractor.json"
 
-# (sku, name, shelf, plates, unit weight g). Families of equal weight: 250 g (A, B, H), 90 g (F, G),
-# 120 g (D, K). C, E, I are separable by weight.
-PLANOGRAM = [
-    ("200000000001", "Pasta A", "1", [1], 250.0), ("200000000002", "Pasta B", "1", [1], 250.0),
-    ("200000000003", "Olive oil C", "1", [2], 400.0), ("200000000004", "Crackers D", "1", [3], 120.0),
-    ("200000000005", "Coffee E", "1", [4], 330.0), ("200000000012", "Tea J", "1", [5], 180.0),
-    ("200000000006", "Candy F", "2", [1], 90.0), ("200000000007", "Candy G", "2", [1], 90.0),
-    ("200000000008", "Rice H", "2", [2], 250.0), ("200000000009", "Juice I", "2", [3, 4], 600.0),
-    ("200000000011", "Biscuits K", "2", [5], 120.0),
+def distinct_skus(n: int) -> list[str]:
+    """The first ``n`` codes 2000000xxxxx whose renderer look differs from every other one (hue
+    12 % of the circle apart, or 5 % and another shape). The sim draws each SKU from a hash of
+    its code, so arbitrary codes can land on look-alike packaging (four purple cans); this bench
+    measures fusion, not look-alikes, which a store must enrol with care (docs/vision.md)."""
+    import colorsys
+
+    from daemon.vision.render import appearance
+
+    def hue(code):
+        return colorsys.rgb_to_hsv(*(c / 255 for c in appearance(code).color))[0]
+
+    chosen: list[str] = []
+    for k in range(1, 1000):
+        code = f"2000000{k:05d}"
+        a = appearance(code)
+        def apart(c):
+            dh = min(abs(hue(code) - hue(c)), 1 - abs(hue(code) - hue(c)))
+            return dh >= 0.12 or (dh >= 0.05 and a.shape != appearance(c).shape)
+
+        if all(apart(c) for c in chosen):
+            chosen.append(code)
+        if len(chosen) == n:
+            return chosen
+    raise RuntimeError("not enough distinct SKUs")
+
+
+# (name, shelf, plates, unit weight g). Families of equal weight: 250 g (A, B, H), 90 g (F, G, M),
+# 120 g (D, K), 180 g (J, L). C, E, I are separable by weight.
+_UNIT = [
+    ("Pasta A", "1", [1], 250.0), ("Pasta B", "1", [1], 250.0), ("Olive oil C", "1", [2], 400.0),
+    ("Crackers D", "1", [3], 120.0), ("Coffee E", "1", [4], 330.0), ("Tea J", "1", [5], 180.0),
+    ("Gum M", "1", [6], 90.0), ("Candy F", "2", [1], 90.0), ("Candy G", "2", [1], 90.0),
+    ("Rice H", "2", [2], 250.0), ("Juice I", "2", [3, 4], 600.0), ("Biscuits K", "2", [5], 120.0),
+    ("Soup L", "2", [6], 180.0),
 ]
+PLANOGRAM = [(sku, *row) for sku, row in zip(distinct_skus(len(_UNIT)), _UNIT)]
+# misplaced returns and swaps: (product, onto the plate of) — same weight, spread over plates so
+# no plate collects a pile of strays (nobody tidies up in the script)
+SAME_WEIGHT = [("A", "H"), ("B", "H"), ("H", "A"), ("D", "K"), ("K", "D"), ("F", "M"), ("M", "F"),
+               ("J", "L"), ("L", "J"), ("G", "M")]
 SKU = {name.split()[-1]: sku for sku, name, *_ in PLANOGRAM}
 HOME = {sku: (shelf, plates) for sku, _, shelf, plates, _ in PLANOGRAM}
 GAP_S = 8.0
+CAMERA = (640, 480)
 
 
 def unit_config(state_dir: Path, script: Path | None, *, speed: float = 0.0, duration: float | None = None,
@@ -85,10 +117,10 @@ def unit_config(state_dir: Path, script: Path | None, *, speed: float = 0.0, dur
     return {
         "version": 1, "unit_id": "vision-bench", "store_id": "bench", "state_dir": str(state_dir),
         "sensing": sensing,
-        "shelves": [{"id": s, "plates": [{"id": p} for p in range(1, 6)]} for s in ("1", "2")],
+        "shelves": [{"id": s, "plates": [{"id": p} for p in range(1, 7)]} for s in ("1", "2")],
         "planogram": [{"sku": sku, "name": name, "shelf": shelf, "plates": plates, "unit_weight_g": w, "stock": 8}
                       for sku, name, shelf, plates, w in PLANOGRAM],
-        "camera": {"type": "sim", "fps": 5, "width": 640, "height": 480},
+        "camera": {"type": "sim", "fps": 5, "width": CAMERA[0], "height": CAMERA[1]},
         "vision": vision,
     }
 
@@ -119,14 +151,13 @@ def make_script(visits: int, rng: np.random.Generator) -> tuple[list[dict], dict
             add(case, "put_back", sku)
         elif case == "swap":
             # take one, put back a different product of the same weight on the same plate
-            took, back = [(SKU["H"], SKU["A"]), (SKU["A"], SKU["H"]), (SKU["B"], SKU["H"]),
-                          (SKU["D"], SKU["K"]), (SKU["K"], SKU["D"])][int(rng.integers(5))]
+            back, took = (SKU[x] for x in SAME_WEIGHT[int(rng.integers(len(SAME_WEIGHT)))])
             shelf, plates = HOME[took]
-            add("equal_weight" if took in (SKU["A"], SKU["B"]) else "separable", "pick", took)
+            shared = sum(1 for p in PLANOGRAM if p[2] == shelf and plates[0] in p[3]) > 1
+            add("equal_weight" if shared else "separable", "pick", took)
             add(case, "put_back", back, shelf, [plates[0]])
         elif case == "misplaced":
-            sku, onto = [(SKU["A"], SKU["H"]), (SKU["B"], SKU["H"]), (SKU["H"], SKU["A"]),
-                         (SKU["D"], SKU["K"]), (SKU["K"], SKU["D"])][int(rng.integers(5))]
+            sku, onto = (SKU[x] for x in SAME_WEIGHT[int(rng.integers(len(SAME_WEIGHT)))])
             shelf, plates = HOME[onto]
             add(case, "put_back", sku, shelf, [plates[0]])
         else:
@@ -177,23 +208,18 @@ def score(truth: list[dict], records: list[dict], case_by_time: dict[float, str]
 
 
 def accuracy_run(args, work: Path) -> dict:
+    """The scripted visits in segments of ``--tidy-every`` visits: each segment is a fresh run of
+    the same unit (as if staff had put the strays back), the gallery enrolled once."""
     rng = np.random.default_rng(args.seed)
-    lines, case_of = make_script(args.visits, rng)
-    script = work / "script.jsonl"
-    script.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    duration = lines[-1]["t"] + 10.0
-    cfg = parse_config(unit_config(work / "state", script, duration=duration, seed=args.seed,
-                                   action_model=args.action_model))
-    layout = Layout.from_config(cfg)
-    src = SimSource(cfg, layout)
-    vis = build_vision(cfg, layout, src, offline=True)
-    t0 = time.perf_counter()
-    n_enrolled = enroll_sim_gallery(vis.engine.product_model, sorted(layout.skus), args.enroll,
-                                    seed=args.seed + 100, geom=vis.runner.source.geom)
-    vis.engine.calibrate()   # the gallery's scoring temperature, fitted on its own images
-    enroll_s = time.perf_counter() - t0
-    vis.start()
     records: list[dict] = []
+    truth: list[dict] = []
+    case_by_time: dict[float, str] = {}
+    statuses: dict[str, int] = defaultdict(int)
+    ms: list[float] = []
+    run_s = sim_s = render_ms = enroll_s = 0.0
+    n_enrolled = 0
+    models: dict = {}
+    calibration = None
 
     def observe(change, w_ident, f_ident, vres, event):
         if change.kind != "change" or w_ident is None:
@@ -210,46 +236,66 @@ def accuracy_run(args, work: Path) -> dict:
                         "action": vres.action if vres else None,
                         "fused_candidates": [(h.sku, h.quantity, round(h.score, 4)) for h in f_ident.candidates]})
 
-    # run_offline builds its own Pipeline; hook the observer through a subclass-free wrapper
-    orig_init = Pipeline.__init__
+    segments = max(1, int(np.ceil(args.visits / args.tidy_every)))
+    for seg in range(segments):
+        n = min(args.tidy_every, args.visits - seg * args.tidy_every)
+        lines, case_of = make_script(n, rng)
+        script = work / f"script-{seg}.jsonl"
+        script.write_text("".join(json.dumps(r) + "\n" for r in lines))
+        cfg = parse_config(unit_config(work / "state", script, duration=lines[-1]["t"] + 10.0,
+                                       seed=args.seed * 100 + seg, action_model=args.action_model))
+        layout = Layout.from_config(cfg)
+        src = SimSource(cfg, layout)
+        vis = build_vision(cfg, layout, src, offline=True)
+        if seg == 0:
+            t0 = time.perf_counter()
+            n_enrolled = enroll_sim_gallery(vis.engine.product_model, sorted(layout.skus), args.enroll,
+                                            seed=args.seed + 100, geom=vis.runner.source.geom)
+            vis.engine.calibrate()   # the gallery's scoring, fitted on its own images
+            enroll_s = time.perf_counter() - t0
+        vis.start()
+        # run_offline builds its own Pipeline; hook the observer in for this run
+        orig_init = Pipeline.__init__
 
-    def init(self, *a, **kw):
-        orig_init(self, *a, **kw)
-        self.observer = observe
+        def init(self, *a, **kw):
+            orig_init(self, *a, **kw)
+            self.observer = observe
 
-    Pipeline.__init__ = init
-    events: list[dict] = []
-    t0 = time.perf_counter()
-    try:
-        stats = run_offline(cfg, src, layout, events.append, vision=vis.pipeline_kwargs())
-    finally:
-        Pipeline.__init__ = orig_init
-    run_s = time.perf_counter() - t0
-    vis.stop()
-    # case of each truth: the script line it came from (matched by start time)
-    case_by_time = {}
-    for i, row in enumerate(lines):
-        case_by_time[round(src.t0 + row["t"], 1)] = case_of[i]
-    truth = [r for r in src.truth if r["type"] in ("pick", "put_back")]
+        Pipeline.__init__ = init
+        t0 = time.perf_counter()
+        n_before = len(records)
+        try:
+            stats = run_offline(cfg, src, layout, lambda ev: None, vision=vis.pipeline_kwargs())
+        finally:
+            Pipeline.__init__ = orig_init
+        run_s += time.perf_counter() - t0
+        sim_s += stats.data_seconds
+        vis.stop()
+        for i, row in enumerate(lines):   # the case of each truth: the script line it came from
+            case_by_time[round(src.t0 + row["t"], 1)] = case_of[i]
+        truth += [r for r in src.truth if r["type"] in ("pick", "put_back")]
+        seg_ms = [r["vision_ms"] for r in records[n_before:] if r["vision_status"] == "ok"]
+        ms += seg_ms
+        render_ms += vis.runner.source.render_ms
+        for r in records[n_before:]:
+            statuses[r["vision_status"]] += 1
+        for role, m in (("action", vis.engine.action_model), ("product", vis.engine.product_model)):
+            if m is not None:
+                d = models.setdefault(role, {"name": m.name, "sha256": m.sha256[:12], "invocations": 0,
+                                             "total_ms": 0.0, "size_mb": round(m.size_bytes / 1e6, 2)})
+                d["invocations"] += m.stats.count
+                d["total_ms"] += m.stats.total_ms
+        calibration = vis.engine.health()["product_calibration"]
+    for d in models.values():
+        d["mean_invoke_ms"] = round(d.pop("total_ms") / max(1, d["invocations"]), 2)
     sc = score(truth, records, case_by_time)
-    ms = [r["vision_ms"] for r in records if r["vision_status"] == "ok"]
-    models = {}
-    for role, m in (("action", vis.engine.action_model), ("product", vis.engine.product_model)):
-        if m is not None:
-            models[role] = {"name": m.name, "sha256": m.sha256[:12], "invocations": m.stats.count,
-                            "mean_invoke_ms": round(m.stats.mean_ms, 2), "size_mb": round(m.size_bytes / 1e6, 2)}
-    statuses = defaultdict(int)
-    for r in records:
-        statuses[r["vision_status"]] += 1
-    cam = vis.runner.source
-    render_ms_per_event = cam.render_ms / max(1, len(ms))
-    return {"visits": args.visits, "truth_events": len(truth), "detected": len(records),
+    render_ms_per_event = render_ms / max(1, len(ms))
+    return {"visits": args.visits, "segments": segments, "truth_events": len(truth), "detected": len(records),
             "sim_render_ms_per_event": round(render_ms_per_event, 1),
             "analysis_ms_without_render": round(float(np.mean(ms)) - render_ms_per_event, 1) if ms else None,
-            "sim_seconds": round(stats.data_seconds, 1), "run_s": round(run_s, 1),
+            "sim_seconds": round(sim_s, 1), "run_s": round(run_s, 1),
             "enrolled_images": n_enrolled, "enroll_s": round(enroll_s, 1),
-            "vision_status": dict(statuses), "models": models,
-            "product_temperature": vis.engine.product_temperature,
+            "vision_status": dict(statuses), "models": models, "product_calibration": calibration,
             "analysis_ms_mean": round(float(np.mean(ms)), 1) if ms else None,
             "analysis_ms_p95": round(float(np.percentile(ms, 95)), 1) if ms else None,
             **sc}
@@ -350,14 +396,19 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--visits", type=int, default=60)
+    ap.add_argument("--visits", type=int, default=80)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--enroll", type=int, default=8, help="gallery images per SKU")
+    ap.add_argument("--tidy-every", type=int, default=20,
+                    help="visits per segment: misplaced units are put away between segments")
     ap.add_argument("--cpu-seconds", type=float, default=30.0, help="live seconds per CPU run (0: skip)")
     ap.add_argument("--action-model", type=Path, default=None,
                     help="default: the first models/action/*.tflite, if any")
+    ap.add_argument("--camera", default="640x480", help="frame size WxH")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     args = ap.parse_args()
+    global CAMERA
+    CAMERA = tuple(int(v) for v in args.camera.lower().split("x"))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.action_model is None:
         found = sorted((ROOT / "models" / "action").glob("*.tflite"))
@@ -374,7 +425,8 @@ def main() -> None:
     (args.out / "vision_bench.json").write_text(json.dumps({**result, "rows": rows}, indent=1))
     plot(result, args.out / "vision_bench.png")
     print(f"\nvision bench: {acc['truth_events']} truth events, {acc['detected']} detected, "
-          f"{acc['sim_seconds']} s simulated in {acc['run_s']} s; vision status {acc['vision_status']}")
+          f"{acc['sim_seconds']} s simulated ({acc['segments']} segments) in {acc['run_s']} s; "
+          f"camera {CAMERA[0]}×{CAMERA[1]}; vision status {acc['vision_status']}")
     print(f"{'case':<14}{'n':>4}{'found':>7}{'weight-only':>13}{'fused':>8}")
     for case in ("equal_weight", "swap", "misplaced", "separable"):
         d = acc["cases"].get(case)

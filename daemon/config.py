@@ -247,13 +247,13 @@ class VisionConfig(_Strict):
     action_model: Path | None = None
     product_model: Path | None = None
     product_sidecar: Path | None = None  # sidecar of a third-party model kept in a read-only folder
-    tau: float = Field(0.8, gt=0, lt=1.0)        # temper: vision log-likelihoods × tau (docs/vision.md)
+    tau: float = Field(0.9, gt=0, lt=1.0)        # temper: vision log-likelihoods × tau (docs/vision.md)
     floor: float = Field(1e-5, gt=0, lt=1.0)     # no vision probability counts as less than this
     deadline_ms: int = Field(400, ge=0, le=10000)  # an event waits at most this long for vision
-    # how gallery similarities become SKU scores (docs/vision.md): "verify" fits a same/different
-    # model on the enrolled images, "auto" a softmax temperature; "sidecar" uses the sidecar's
-    # temperature; a number fixes the temperature
-    product_calibration: Union[float, Literal["verify", "auto", "sidecar"]] = "verify"
+    # how gallery similarities become SKU scores (docs/vision.md): "auto" fits a softmax
+    # temperature on the enrolled images, "verify" a same/different model; "sidecar" uses the
+    # sidecar's temperature; a number fixes the temperature
+    product_calibration: Union[float, Literal["auto", "verify", "sidecar"]] = "auto"
     threads: int = Field(1, ge=1, le=4)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
 

@@ -51,7 +51,7 @@ class Pipeline:
                  rate_hz: float, calibration: CalibrationState | None,
                  detection: DetectionConfig | None = None,
                  evidence: EvidenceProvider | None = None, vision=None,
-                 fusion: tuple[float, float] = (0.8, 1e-5), vision_deadline_s: float = 0.4,
+                 fusion: tuple[float, float] = (0.9, 1e-5), vision_deadline_s: float = 0.4,
                  capture=None):
         det = detection or DetectionConfig()
         self.store_id, self.unit_id = store_id, unit_id
@@ -139,7 +139,8 @@ class Pipeline:
             job = None
             if c.kind == "change":
                 from .vision.engine import ChangeView
-                job = self.vision.submit(ChangeView(c.shelf, list(c.plates), c.t_start, c.t_end, c.delta_g))
+                job = self.vision.submit(ChangeView(c.shelf, list(c.plates), c.t_start, c.t_end, c.delta_g,
+                                                    dict(c.plate_deltas)))
             self._waiting.append((c, job, now + self.vision_deadline_s))
         out = []
         while self._waiting:

@@ -248,3 +248,23 @@ def test_frames_file_round_trip_skips_corrupt_lines(tmp_path):
     rest = list(src.frames_until(1e12))
     assert [f.t for f in rest] == [1002.0] and src.corrupt == 1
     assert np.abs(rest[0].image.astype(int) - imgs[2].astype(int)).mean() < 8
+
+
+def test_ring_tail_keeps_a_compressed_frame_a_second_beyond_the_buffer():
+    rng = np.random.default_rng(7)
+    ring = FrameRing(max_frames=11, tail_s=10.0, tail_step_s=1.0)   # 2 s at 5 fps + 10 s tail
+    imgs = {}
+    for k in range(100):                                            # 20 s of frames
+        t = 500.0 + 0.2 * k
+        img = R.render_frame(scene(4 + k % 3), GEOM, rng) if k % 5 == 0 else np.zeros((240, 320, 3), np.uint8)
+        imgs[t] = img
+        ring.push(Frame(t, img))
+    t_end = 500.0 + 0.2 * 99
+    assert ring.snapshot(0, 1e9)[0].t >= t_end - 2.01               # full rate: last 2 s only
+    f = ring.at_or_before(t_end - 6.0)                              # inside the tail
+    assert f is not None and t_end - 7.01 <= f.t <= t_end - 6.0
+    assert np.abs(f.image.astype(int) - imgs[f.t].astype(int)).mean() < 6   # JPEG round trip
+    assert ring.oldest().t >= t_end - 2 - 10 - 1.01                 # tail bounded in time
+    assert ring.nbytes < 11 * 240 * 320 * 3 + 12 * 60_000           # compressed, not raw
+    sel = select_frames(ring, t_start=t_end - 6.0, t_end=t_end - 1.0)
+    assert sel.usable and sel.before.t <= t_end - 6.25 and not sel.flags

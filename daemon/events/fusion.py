@@ -10,11 +10,12 @@ model's neutral (uniform) score.
 
 Why tempered: a camera model is trained on other pictures than this shelf's and is over-confident
 when wrong; the weight is physics. With τ < 1 and a floor, the camera can move a hypothesis by
-at most τ·ln(1/floor) nats (defaults τ = 0.8, floor = 1e-5: 9.2 nats). That is enough to beat
+at most τ·ln(1/floor) nats (defaults τ = 0.9, floor = 1e-5: 10.4 nats). That is enough to beat
 the planogram's prior against a product that belongs elsewhere (ln(1/0.003) = 5.8 nats: a
-misplaced return of a product that weighs the same as the plate's own) and to decide between
-equal-weight products, but a product whose weight is more than ≈ 4.3 σ from the change
-(−½·4.3² = −9.2 nats) can never win, however sure the camera is.
+misplaced return of a product that weighs the same as the plate's own), plus the put-back prior
+for something just picked here (ln 8 = 2.1 nats: a swap), and to decide between equal-weight
+products; but a product whose weight is more than ≈ 4.6 σ from the change (−½·4.6² = −10.4 nats)
+can never win, however sure the camera is.
 
 A SKU the product model does not know (not enrolled in the gallery) gets the model's uniform
 score, so enrolling some products does not penalise the others.
@@ -35,7 +36,7 @@ ACTION_FLOOR = 0.05
 class VisionEvidence:
     """An ``identify.Evidence``: log-likelihood of (sku, quantity) from one VisionResult."""
 
-    def __init__(self, result: VisionResult, delta_g: float, tau: float = 0.8, floor: float = 1e-5):
+    def __init__(self, result: VisionResult, delta_g: float, tau: float = 0.9, floor: float = 1e-5):
         self.result = result
         self.tau = tau
         self.log_floor = math.log(floor)

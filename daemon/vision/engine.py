@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .frames import FrameRing, select_frames
-from .render import changed_box, crop, union_roi
+from .render import crop, item_crop, union_roi
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class VisionResult:
     ms: float = 0.0                               # wall time of the analysis
     flags: list[str] = field(default_factory=list)
     reason: str | None = None
+    frame_times: tuple[float, float] | None = None   # (before, after) frames used
     # kept on the unit only (capture mode); never published
     before: np.ndarray | None = field(default=None, repr=False)
     after: np.ndarray | None = field(default=None, repr=False)
@@ -61,12 +62,22 @@ class ChangeView:
     t_start: float
     t_end: float
     delta_g: float
+    plate_deltas: dict[int, float] | None = None
+
+    def looked_at(self) -> list[int]:
+        """Plates the item moved on: a group's plates that only swung along (shelf flex, a
+        neighbour's interaction merged into the group) would put other products in the crop."""
+        if not self.plate_deltas:
+            return list(self.plates)
+        big = max(abs(d) for d in self.plate_deltas.values())
+        keep = [p for p in self.plates if abs(self.plate_deltas.get(p, 0.0)) >= max(5.0, 0.25 * big)]
+        return keep or list(self.plates)
 
 
 class VisionEngine:
     def __init__(self, ring: FrameRing, rois: dict | None, *, runner=None, action_model=None,
                  product_model=None, margin_s: float = 0.25, block_when_busy: bool = False,
-                 product_temperature: float | str | None = "auto"):
+                 product_calibration: float | str | None = "auto"):
         self.ring = ring
         self.rois = rois or {}
         self.runner = runner
@@ -77,9 +88,12 @@ class VisionEngine:
         # of skipping vision when it falls behind
         self.block_when_busy = block_when_busy
         self._slots = threading.Semaphore(MAX_QUEUE)
-        # gallery scores: softmax(similarity / T); "auto" fits T on the gallery's own images
-        self.product_temperature_setting = product_temperature
+        # how gallery similarities become SKU scores: "auto" (default) fits a softmax temperature
+        # on the gallery's own images; "verify" a same/different model; a number fixes the
+        # temperature; "sidecar" uses the model sidecar's temperature
+        self.product_calibration = product_calibration
         self.product_temperature: float | None = None
+        self.verifier: Verifier | None = None
         self.calibrate()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vision")
         self._queued = 0
@@ -143,7 +157,7 @@ class VisionEngine:
     def _analyze(self, change: ChangeView, sel=None) -> VisionResult:
         if not self.camera_ok():
             return VisionResult("unavailable", reason=f"camera {self.runner.stats.state}")
-        keys = [f"{change.shelf}/{p}" for p in change.plates]
+        keys = [f"{change.shelf}/{p}" for p in change.looked_at()]
         rois = [self.rois[k] for k in keys if k in self.rois]
         if not rois:
             return VisionResult("no_roi", reason=f"no camera ROI for plate(s) {', '.join(keys)}")
@@ -166,7 +180,7 @@ class VisionEngine:
                            type(exc).__name__, exc)
             return VisionResult("error", reason=f"{type(exc).__name__}: {exc}")
         return VisionResult("ok", action=action, skus=skus or None, flags=sel.flags,
-                            before=before, after=after, item=item)
+                            frame_times=(sel.before.t, sel.after.t), before=before, after=after, item=item)
 
     def _gallery(self):
         g = getattr(self.product_model, "gallery", None)
@@ -174,33 +188,32 @@ class VisionEngine:
             return None
         return g
 
-    def calibrate(self) -> float | None:
-        """Set the gallery's scoring temperature (call again after enrolling). With "auto" it is
-        fitted on the enrolled images themselves, leave-one-out (``fit_temperature``)."""
-        setting = self.product_temperature_setting
+    def calibrate(self) -> None:
+        """Fit the gallery's scoring on its own images (call again after enrolling)."""
+        setting = self.product_calibration
         g = self._gallery()
+        self.product_temperature, self.verifier = None, None
         if g is None or setting in (None, "sidecar"):
-            self.product_temperature = None
+            return
+        if setting == "verify":
+            self.verifier = Verifier.fit(g.embeddings, g.skus)
         elif setting == "auto":
             self.product_temperature = fit_temperature(g.embeddings, g.skus)
         else:
             self.product_temperature = float(setting)
-        return self.product_temperature
 
     def _product_scores(self, item: np.ndarray) -> dict[str, float]:
         g = self._gallery()
-        if g is not None and self.product_temperature is not None and len(g):
-            return g.scores(self.product_model.embed(item), temperature=self.product_temperature)
+        if g is not None and len(g) and (self.verifier is not None or self.product_temperature is not None):
+            e = self.product_model.embed(item)
+            if self.verifier is not None:
+                return self.verifier.scores(g.similarities(e))
+            return g.scores(e, temperature=self.product_temperature)
         return self.product_model.scores(item)
 
     @staticmethod
     def _item_crop(before: np.ndarray, after: np.ndarray, delta_g: float) -> np.ndarray:
-        src = before if delta_g < 0 else after
-        box = changed_box(before, after)
-        if box is None:
-            return src
-        x0, y0, x1, y1 = box
-        return src[y0:y1, x0:x1]
+        return item_crop(before, after, took=delta_g < 0)
 
     def _log_once(self, key: str, fmt: str, *args) -> None:
         if key not in self._logged:
@@ -211,7 +224,8 @@ class VisionEngine:
     def health(self) -> dict:
         ms = np.array(self._ms) if self._ms else None
         return {"models": {role: sha[:12] for role, sha in self.model_hashes().items()},
-                "product_temperature": self.product_temperature,
+                "product_calibration": (self.verifier.describe() if self.verifier is not None
+                                        else {"temperature": self.product_temperature}),
                 "rois": len(self.rois), **self.counts,
                 "inference_ms_mean": round(float(ms.mean()), 1) if ms is not None else None,
                 "inference_ms_p95": round(float(np.percentile(ms, 95)), 1) if ms is not None else None}
@@ -243,3 +257,65 @@ def fit_temperature(embeddings: np.ndarray, skus: list[str], t_min: float = 0.00
         logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         ll.append(float(logp[np.arange(len(lab)), lab].mean()))
     return float(grid[int(np.argmax(ll))])
+
+
+def _loo_best(embeddings: np.ndarray, skus: list[str]) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """Leave-one-out best similarity of each enrolled image to every SKU (N × K), its label index,
+    the SKU names; None when there is nothing to fit on."""
+    names = sorted(set(skus))
+    lab = np.array([names.index(s) for s in skus])
+    if len(names) < 2 or min(np.bincount(lab)) < 2:
+        return None
+    E = np.asarray(embeddings, np.float32)
+    S = E @ E.T
+    np.fill_diagonal(S, -np.inf)
+    best = np.stack([S[:, lab == k].max(axis=1) for k in range(len(names))], axis=1)
+    return best, lab, names
+
+
+class Verifier:
+    """Gallery similarity → likelihood ratio, per SKU: "is the crop this product?".
+
+    Fitted leave-one-out on the enrolled images: the best similarity of an image to the other
+    images of its own SKU ("same") and to each other SKU ("different") are modelled as two
+    Gaussians. For a crop, every SKU k gets LLR_k = log N(s_k; same) − log N(s_k; different) from
+    its best similarity s_k, and the scores are softmax(LLR). Unlike one temperature for the whole
+    gallery, this keeps a product that is far from the crop (s_k deep in "different") far below
+    one that matches, even when the gallery holds a pair of look-alikes elsewhere. σ ≥ 0.02 so a
+    perfectly separated gallery does not claim infinite certainty."""
+
+    SIGMA_MIN = 0.02
+
+    def __init__(self, same: tuple[float, float], diff: tuple[float, float]):
+        self.same, self.diff = same, diff
+
+    @classmethod
+    def fit(cls, embeddings: np.ndarray, skus: list[str]) -> "Verifier | None":
+        got = _loo_best(embeddings, skus)
+        if got is None:
+            return None
+        best, lab, _ = got
+        n = len(lab)
+        same = best[np.arange(n), lab]
+        mask = np.ones_like(best, bool)
+        mask[np.arange(n), lab] = False
+        diff = best[mask]
+        same, diff = same[np.isfinite(same)], diff[np.isfinite(diff)]
+        return cls((float(same.mean()), max(cls.SIGMA_MIN, float(same.std()))),
+                   (float(diff.mean()), max(cls.SIGMA_MIN, float(diff.std()))))
+
+    def llr(self, s: np.ndarray) -> np.ndarray:
+        (m1, s1), (m0, s0) = self.same, self.diff
+        return (-0.5 * ((s - m1) / s1) ** 2 - np.log(s1)) - (-0.5 * ((s - m0) / s0) ** 2 - np.log(s0))
+
+    def scores(self, similarities: dict[str, float]) -> dict[str, float]:
+        if not similarities:
+            return {}
+        names = list(similarities)
+        z = self.llr(np.array([similarities[k] for k in names], np.float64))
+        z = np.exp(z - z.max())
+        p = z / z.sum()
+        return {k: float(v) for k, v in zip(names, p)}
+
+    def describe(self) -> dict:
+        return {"verify": {"same": [round(v, 4) for v in self.same], "different": [round(v, 4) for v in self.diff]}}

@@ -7,6 +7,10 @@ already there, and its "before" frame (just before ``t_start``) is still there a
 interaction lasted less than ``buffer_s`` minus the settle window; longer ones fall back to the
 oldest frame (flagged ``before_late``).
 
+Behind the full-rate buffer a sparse **tail** keeps one frame a second for ``tail_s`` (30 s)
+more, JPEG-compressed (≈ 50–100 kB each, ≈ 2–3 MB in all), so an interaction that lasts longer
+than the buffer still has a "before" frame.
+
 A frame's pixels may be produced lazily (``Frame.lazy``): the simulated camera in an offline run
 records only *when* a frame was taken and renders it if an event asks for it.
 """
@@ -23,7 +27,7 @@ import numpy as np
 class Frame:
     """One camera frame: epoch time ``t`` and an (H, W, 3) uint8 image."""
 
-    __slots__ = ("t", "_image", "_make", "seq")
+    __slots__ = ("t", "_image", "_make", "seq", "_tail_bytes")
 
     def __init__(self, t: float, image: np.ndarray | None = None,
                  make: Callable[[], np.ndarray] | None = None, seq: int = 0):
@@ -33,6 +37,7 @@ class Frame:
         self._image = image
         self._make = make
         self.seq = seq
+        self._tail_bytes = 0   # size of the compressed copy, for frames kept in the ring's tail
 
     @classmethod
     def lazy(cls, t: float, make: Callable[[], np.ndarray], seq: int = 0) -> "Frame":
@@ -57,12 +62,17 @@ class FrameRing:
     """Thread-safe ring of recent frames in time order (the camera thread pushes, the vision
     worker reads). Bounded by ``max_frames`` and ``max_bytes``; the oldest go first."""
 
-    def __init__(self, max_frames: int, max_bytes: int = 64 << 20):
+    def __init__(self, max_frames: int, max_bytes: int = 64 << 20, tail_s: float = 30.0,
+                 tail_step_s: float = 1.0):
         self.max_frames = max(2, int(max_frames))
         self.max_bytes = int(max_bytes)
+        self.tail_s = tail_s
+        self.tail_step_s = tail_step_s
         self._frames: list[Frame] = []
         self._times: list[float] = []
         self._bytes = 0
+        self._tail: list[Frame] = []      # sparse, compressed, older than the frames above
+        self._tail_bytes = 0
         self._lock = threading.Lock()
         self.pushed = 0
         self.evicted = 0
@@ -89,6 +99,22 @@ class FrameRing:
                 self._times.pop(0)
                 self._bytes -= old.nbytes
                 self.evicted += 1
+                self._to_tail(old)
+            horizon = self._times[0] - self.tail_s   # the tail covers tail_s before the buffer
+            while self._tail and self._tail[0].t < horizon:
+                self._tail_bytes -= _tail_size(self._tail.pop(0))
+
+    def _to_tail(self, old: Frame) -> None:
+        if self.tail_s <= 0 or (self._tail and old.t - self._tail[-1].t < self.tail_step_s):
+            return
+        if old._image is None:        # lazy (sim, replay): nothing to compress, keep as is
+            kept = old
+        else:
+            data = _jpeg(old._image)
+            kept = Frame.lazy(old.t, lambda data=data: _unjpeg(data), seq=old.seq)
+            kept._tail_bytes = len(data)
+        self._tail.append(kept)
+        self._tail_bytes += _tail_size(kept)
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -96,7 +122,7 @@ class FrameRing:
     @property
     def nbytes(self) -> int:
         with self._lock:
-            return sum(f.nbytes for f in self._frames)
+            return sum(f.nbytes for f in self._frames) + self._tail_bytes
 
     def span(self) -> tuple[float, float] | None:
         with self._lock:
@@ -107,16 +133,20 @@ class FrameRing:
             return self._frames[-1] if self._frames else None
 
     def snapshot(self, t0: float, t1: float) -> list[Frame]:
-        """Frames with t0 ≤ t ≤ t1."""
+        """Frames with t0 ≤ t ≤ t1 (full-rate buffer only)."""
         with self._lock:
             a = bisect.bisect_left(self._times, t0)
             b = bisect.bisect_right(self._times, t1)
             return list(self._frames[a:b])
 
     def at_or_before(self, t: float) -> Frame | None:
+        """The latest frame at or before ``t``, from the tail when the buffer no longer reaches."""
         with self._lock:
             i = bisect.bisect_right(self._times, t) - 1
-            return self._frames[i] if i >= 0 else None
+            if i >= 0:
+                return self._frames[i]
+            older = [f for f in self._tail if f.t <= t]
+            return older[-1] if older else None
 
     def at_or_after(self, t: float) -> Frame | None:
         with self._lock:
@@ -125,6 +155,8 @@ class FrameRing:
 
     def oldest(self) -> Frame | None:
         with self._lock:
+            if self._tail:
+                return self._tail[0]
             return self._frames[0] if self._frames else None
 
 
@@ -169,3 +201,26 @@ def select_frames(ring: FrameRing, t_start: float, t_end: float, *, margin_s: fl
         idx = np.linspace(0, len(during) - 1, max_during).round().astype(int)
         during = [during[i] for i in idx]
     return Selection(before, after, during, flags)
+
+
+def _jpeg(img: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _unjpeg(data: bytes) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _tail_size(f: Frame) -> int:
+    return getattr(f, "_tail_bytes", 0) or 0

@@ -260,18 +260,20 @@ def render_clean(scene: SceneState, geom: ShelfGeometry) -> Image.Image:
             continue
         x0, y0, x1, y1 = geom.px(geom.rois()[key])
         strip_y0 = y0 + int(0.80 * (y1 - y0))
-        fh = (y1 - strip_y0) * 0.95
+        fh = min((y1 - strip_y0) * 0.95, (x1 - x0) / 4.2)   # room for four side by side
         # right to left at fixed places, so a new unit never moves the ones before it; a full
-        # strip starts a second layer, set slightly higher and over the first
+        # strip starts another layer over the first (half a pitch across, a little higher), so a
+        # pile of misplaced units stays in the strip and never hides the facings' lanes
         pitch = fh * 1.05
         per_layer = max(1, int((x1 - x0 - 6) // pitch))
         for i, sku in enumerate(skus):
             app = appearance(sku)
-            fw = min(fh * app.aspect, pitch - 2)
+            uh = fh * (0.7 + 0.3 * app.size)        # products keep their relative size here too
+            fw = min(uh * app.aspect, pitch - 2)
             layer, slot = divmod(i, per_layer)
             bx = x1 - 3 - (slot + 1) * pitch + (pitch - fw) / 2 - 0.5 * pitch * (layer % 2)
-            by = strip_y0 - 0.35 * fh * layer
-            _draw_unit(d, app, (bx, by, bx + fw, by + fh))
+            by = strip_y0 + (fh - uh) - 0.2 * fh * (layer % 2)
+            _draw_unit(d, app, (bx, by, bx + fw, by + uh))
     if scene.hand is not None and scene.hand.reach > 0:
         _draw_hand(d, scene.hand, geom)
     return img
@@ -408,6 +410,28 @@ def changed_box(before: np.ndarray, after: np.ndarray, thresh: float = 45.0,
             min(w, int(xs.max()) + 1 + margin), min(h, int(ys.max()) + 1 + margin))
 
 
+def item_crop(before: np.ndarray, after: np.ndarray, took: bool, min_frac: float = 0.0) -> np.ndarray:
+    """The crop the product model sees: the box that changed, cut from ``before`` when a unit was
+    taken (``took``) and from ``after`` when one arrived; the whole crop when nothing changed
+    visibly. A box smaller than ``min_frac`` of the crop's shorter side (a sliver: a unit taken
+    off a stack reveals the one below, a hand's shadow) is grown around its centre to that size,
+    so the model always sees a whole product."""
+    src = before if took else after
+    box = changed_box(before, after)
+    if box is None:
+        return src
+    h, w = src.shape[:2]
+    side = max(16, int(min_frac * min(h, w)))
+    x0, y0, x1, y1 = box
+    if x1 - x0 < side:
+        cx = (x0 + x1) // 2
+        x0, x1 = max(0, cx - side // 2), min(w, cx - side // 2 + side)
+    if y1 - y0 < side:
+        cy = (y0 + y1) // 2
+        y0, y1 = max(0, cy - side // 2), min(h, cy - side // 2 + side)
+    return src[y0:y1, x0:x1]
+
+
 # ---------------------------------------------------------------- training data
 
 
@@ -493,21 +517,32 @@ def action_sample(rng: np.random.Generator, label: str | None = None,
 
 
 def product_crop(rng: np.random.Generator, sku: str, others: Sequence[str] | None = None,
-                 width: int = WIDTH, height: int = HEIGHT, geom: ShelfGeometry | None = None) -> np.ndarray:
+                 width: int = WIDTH, height: int = HEIGHT, geom: ShelfGeometry | None = None,
+                 strip_p: float = 0.3) -> np.ndarray:
     """A crop of one unit of ``sku`` cut the way the runtime cuts it for the product model: the box
-    that changed when that unit was taken from (or put on) a plate among other products. With
+    that changed when that unit was taken from a plate among other products, or (``strip_p`` of
+    the time) when it was put back on a plate where it does not belong (the front strip). With
     ``geom``, on that unit's own plates (what enrolling from the unit's own camera gives)."""
     for _ in range(4):
         scene, geom = random_scene(rng, others, width, height, geom)
         i = int(rng.integers(len(scene.facings)))
         f = scene.facings[i]
+        roi = geom.plate_roi(f.shelf, f.plates[0])
+        if rng.random() < strip_p:
+            key = f"{f.shelf}/{f.plates[0]}"
+            pool = list(others) if others else [random_sku(rng) for _ in range(4)]
+            scene.foreign[key] = [pool[int(rng.integers(len(pool)))] for _ in range(int(rng.integers(0, 3)))]
+            after = scene.copy()
+            after.foreign.setdefault(key, []).append(sku)
+            b = crop(render_frame(scene, geom, rng), roi)
+            a = crop(render_frame(after, geom, rng), roi)
+            if changed_box(b, a) is not None:
+                return item_crop(b, a, took=False).copy()
+            continue
         scene.facings[i] = f = replace(f, sku=sku, count=int(rng.integers(1, 9)))
         after = scene.with_count(sku, f.shelf, f.plates[0], -1)
-        roi = geom.plate_roi(f.shelf, f.plates[0])
         b = crop(render_frame(scene, geom, rng), roi)
         a = crop(render_frame(after, geom, rng), roi)
-        box = changed_box(b, a)
-        if box is not None:
-            x0, y0, x1, y1 = box
-            return b[y0:y1, x0:x1].copy()
+        if changed_box(b, a) is not None:
+            return item_crop(b, a, took=True).copy()
     raise RuntimeError(f"could not cut a product crop of {sku}")

@@ -156,14 +156,14 @@ def build_vision(cfg, layout, sensing_source, *, offline: bool = False) -> Visio
     runner = CameraRunner(source, ring, width=width, height=height, fps=cam.fps, stall_s=cam.stall_s)
     engine = VisionEngine(ring, rois, runner=runner, action_model=action, product_model=product,
                           block_when_busy=offline,
-                          product_temperature=cfg.vision.product_temperature if cfg.vision else "auto")
+                          product_calibration=cfg.vision.product_calibration if cfg.vision else "auto")
     v = cfg.vision
     capture = None
     if v is not None and v.capture.enabled:
         capture = CaptureStore(v.capture.dir or state_dir / "vision" / "capture",
                                min_confidence=v.capture.min_confidence, max_mb=v.capture.max_mb,
                                max_age_days=v.capture.max_age_days)
-    tau, floor = (v.tau, v.floor) if v is not None else (0.8, 1e-5)
+    tau, floor = (v.tau, v.floor) if v is not None else (0.9, 1e-5)
     deadline = OFFLINE_DEADLINE_S if offline else ((v.deadline_ms if v is not None else 400) / 1000.0)
     log.info("camera %s %d×%d at %.1f fps, ring %d frames; models: %s; %d ROIs", cam.type, width, height,
              cam.fps, ring.max_frames, ", ".join(f"{r} {s[:12]}" for r, s in engine.model_hashes().items()) or "none",
