@@ -413,9 +413,10 @@ def changed_box(before: np.ndarray, after: np.ndarray, thresh: float = 45.0,
 def item_crop(before: np.ndarray, after: np.ndarray, took: bool, min_frac: float = 0.0) -> np.ndarray:
     """The crop the product model sees: the box that changed, cut from ``before`` when a unit was
     taken (``took``) and from ``after`` when one arrived; the whole crop when nothing changed
-    visibly. A box smaller than ``min_frac`` of the crop's shorter side (a sliver: a unit taken
-    off a stack reveals the one below, a hand's shadow) is grown around its centre to that size,
-    so the model always sees a whole product."""
+    visibly. A box narrower than 16 px or ``min_frac`` of the crop's shorter side (a sliver: a
+    unit taken off a stack reveals the one below) is grown around its centre to that size, so the
+    model sees a product rather than an edge. (``min_frac`` 0.2 pulled neighbours into the crops
+    of the sim's small strays in the bench, so it is off by default.)"""
     src = before if took else after
     box = changed_box(before, after)
     if box is None:
