@@ -63,6 +63,7 @@ bench: venv mosquitto
 	@$(VENV)/bin/shelfd replay ../shared/data/aifi-benchmark-1 --format aifi --out /dev/null
 	@$(PY) bench/throughput_bench.py
 	@$(PY) bench/latency_bench.py
+	@$(PY) bench/vision_bench.py
 
 check-aifi: venv
 	@../shared/checks/aifi-benchmark-1
