@@ -16,7 +16,7 @@ from training.common import OUT
 
 log = logging.getLogger(__name__)
 
-SIZE = 64  # the action model's input side; 2 frames × RGB = 6 channels
+SIZE = 80  # the action model's input side; 2 frames × RGB = 6 channels
 
 
 def pair_tensor(before: np.ndarray, after: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -62,8 +62,8 @@ def cached(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--n", type=int, default=8000)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--n", type=int, default=12000)
+    ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--size", type=int, default=SIZE)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
