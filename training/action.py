@@ -5,7 +5,7 @@ no_change / swap.
     python -m training.action --n 12000 --seed 2 --size 80 --epochs 24   # the defaults: action-v1
 
 Data: ``training/action_data.py`` renders pairs with the runtime's own renderer. The network is
-deliberately tiny (≈ 60 k parameters, < 100 KB int8) because it runs on a Raspberry Pi's CPU
+deliberately tiny (≈ 49 k parameters, 57 KiB int8) because it runs on a Raspberry Pi's CPU
 beside the weight pipeline: the two 80×80 RGB frames and their difference go through four
 stride-2 convolutions, global average and max pooling and one dense layer. Augmentation: mirror
 left/right (a plate reads the same mirrored), and play the pair backwards, which turns a pick
