@@ -340,8 +340,7 @@ def test_daemon_without_its_camera_keeps_publishing_weight_only(tmp_path, embedd
 
 def test_shipped_action_model_joins_the_vision_block(tmp_path, embedder):
     from daemon.vision.models import DEFAULT_ACTION_MODEL
-    if not DEFAULT_ACTION_MODEL.exists():
-        pytest.skip(f"{DEFAULT_ACTION_MODEL} not trained yet (python -m training.action)")
+    assert DEFAULT_ACTION_MODEL.exists(), f"{DEFAULT_ACTION_MODEL}: the shipped action model is missing"
     d = unit(tmp_path, embedder, SCRIPT[:4])
     d["vision"]["action_model"] = str(DEFAULT_ACTION_MODEL)
     events, src, vis = run_unit(d, enroll=3)

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -51,10 +52,20 @@ log = logging.getLogger(__name__)
 SIDECAR_SCHEMA = "gondola.model/1"
 ROLES = ("action", "product", "embedding")
 ACTION_LABELS = ("pick", "put_back", "no_change", "swap")
-# The project's own default action model (trained by ``python -m training.action``). It lives in
-# the repository's top-level ``models/`` folder, which an editable install (``make``) or a checkout
-# deployed on the Pi has beside ``daemon/``; a config may name any other file instead.
-DEFAULT_ACTION_MODEL = Path(__file__).resolve().parents[2] / "models" / "action" / "action-v1.tflite"
+
+
+def models_dir() -> Path:
+    """The shipped models: the checkout's top-level ``models/`` (editable install, ``make``), else
+    ``<prefix>/share/gondola/models`` where a regular install (the unit's install.sh) puts them."""
+    here = Path(__file__).resolve().parents[2] / "models"
+    if here.is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "gondola" / "models"
+
+
+# The project's own default action model (trained by ``python -m training.action``); a config may
+# name any other file instead.
+DEFAULT_ACTION_MODEL = models_dir() / "action" / "action-v1.tflite"
 _DTYPES = {"uint8": np.uint8, "int8": np.int8, "float32": np.float32}
 
 
