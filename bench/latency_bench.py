@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -41,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from daemon import calstate  # noqa: E402
 from daemon.config import parse_config  # noqa: E402
-from daemon.events.item_event import rfc3339  # noqa: E402
+from daemon.demo import free_port, mosquitto_bin  # noqa: E402
 from daemon.pipeline import Pipeline  # noqa: E402
 from daemon.sensing.base import SampleBlock  # noqa: E402
 from daemon.sensing.factory import layout_for  # noqa: E402
@@ -49,19 +48,6 @@ from daemon.sensing.recording import RecordingWriter, ShelfdReplaySource  # noqa
 from daemon.sensing.sim import SimSource  # noqa: E402
 
 PACED = re.compile(r"replay paced at [\d.]+x: recording t=([\d.]+) is monotonic ([\d.]+)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mosquitto_binary() -> str:
-    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
-        if cand and os.access(cand, os.X_OK):
-            return cand
-    raise SystemExit("mosquitto is missing: install it with 'sudo apt-get install mosquitto'")
 
 
 def base_config(tmp: Path, seed: int, duration: float) -> dict:
@@ -121,7 +107,7 @@ def live_run(doc: dict, rec: Path, tmp: Path) -> tuple[list[tuple[float, dict]],
     port = free_port()
     conf = tmp / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    broker = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+    broker = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):

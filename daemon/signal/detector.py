@@ -413,23 +413,29 @@ class Detector:
         floor = max(self.p.min_event_g, 0.03 * total)
         strong = max(2 * self.p.min_event_g, 0.08 * total)
         for sign in (1.0, -1.0):
-            run = {j for j, d in deltas.items() if d * sign >= floor}
-            seen: set[int] = set()
-            for j in run:
-                if j in seen:
-                    continue
-                comp, stack = set(), [j]
-                while stack:
-                    k = stack.pop()
-                    if k in comp:
-                        continue
-                    comp.add(k)
-                    stack.extend(a for a in self._adj[k] if a in run and a not in comp)
-                seen |= comp
+            for comp in self._runs({j for j, d in deltas.items() if d * sign >= floor}):
                 # any item may straddle two plates, whatever the planogram says
                 if sum(1 for k in comp if deltas[k] * sign >= strong) > max(2, self._widest.get(shelf, 1)):
                     return True
         return False
+
+    def _runs(self, plates: set[int]) -> list[set[int]]:
+        """``plates`` split into runs of adjacent plates (adjacent on the shelf or one facing)."""
+        out: list[set[int]] = []
+        seen: set[int] = set()
+        for j in sorted(plates):
+            if j in seen:
+                continue
+            comp, stack = set(), [j]
+            while stack:
+                k = stack.pop()
+                if k in comp:
+                    continue
+                comp.add(k)
+                stack.extend(a for a in self._adj[k] if a in plates and a not in comp)
+            seen |= comp
+            out.append(comp)
+        return out
 
     def _drop_from_group(self, j: int) -> None:
         g = self.groups.get(self.shelf_of[j])
@@ -449,18 +455,7 @@ class Detector:
         sig = {j for j, d in deltas.items()
                if abs(d) >= max(self.p.min_event_g / 3.0, 4.0 * noise[j], 2.0)}
         out: list[WeightChange] = []
-        seen: set[int] = set()
-        for j in sorted(sig):
-            if j in seen:
-                continue
-            comp, stack = set(), [j]
-            while stack:
-                k = stack.pop()
-                if k in comp:
-                    continue
-                comp.add(k)
-                stack.extend(a for a in self._adj[k] if a in sig and a not in comp)
-            seen |= comp
+        for comp in self._runs(sig):
             total = sum(deltas[k] for k in comp)
             nz = float(np.sqrt(sum(noise[k] ** 2 for k in comp)))
             if abs(total) < max(self.p.min_event_g, 4.0 * nz):
