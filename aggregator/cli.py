@@ -4,7 +4,6 @@ Exit codes (sysexits): 0 ok, 64 usage, 69 storage unavailable, 70 internal fault
 """
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys

@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import json
 import logging
-import math
 import os
 import sys
 import time

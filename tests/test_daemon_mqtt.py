@@ -2,7 +2,6 @@
 through broker outages and SIGKILLs."""
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess

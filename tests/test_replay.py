@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import REPO, shelfd, validate_event, write_config
+from helpers import shelfd, validate_event, write_config
 
 
 @pytest.fixture

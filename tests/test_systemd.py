@@ -7,7 +7,6 @@ runs in them: the MQTT port is closed, which is the point (the watchdog must not
 from __future__ import annotations
 
 import array
-import configparser
 import os
 import re
 import shutil

@@ -17,7 +17,6 @@ import base64
 import json
 import logging
 import time
-from collections import deque
 from pathlib import Path
 from typing import Iterator
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
-import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Iterable, Sequence
