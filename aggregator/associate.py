@@ -39,23 +39,32 @@ class Decision:
     candidates: list[tuple[str, float]] = field(default_factory=list)  # (session, share), best first
 
 
-def presence(observations: Iterable[tuple[str, str, float, float]], shelf: str) -> dict[str, Presence]:
-    """observations: (session_id, shelf_seen, t, confidence), shelf_seen '' = unknown.
+def presence(observations: Iterable[tuple[str, str, float, float]], shelf: str, *,
+             rounded: bool = False) -> dict[str, Presence]:
+    """observations: (session_id, shelf_seen, t, confidence), shelf_seen '' = unknown; rounded:
+    t is already rounded to the millisecond (the instant key), as TrackIndex.window returns it.
 
     Returns evidence per session: per distinct instant the best weighted confidence, summed."""
+    # Hot path (once per item event, ~20 observations each): plain dicts, no per-row objects.
     per_instant: dict[tuple[str, float], float] = {}
+    get = per_instant.get
     for sid, sh, t, conf in observations:
         w = conf if sh == shelf else conf * UNKNOWN_SHELF_WEIGHT
-        k = (sid, round(float(t), 3))
-        if w > per_instant.get(k, -1.0):
+        k = (sid, t if rounded else round(t, 3))
+        if w > get(k, -1.0):
             per_instant[k] = w
-    out: dict[str, Presence] = {}
+    total: dict[str, float] = {}
+    peak: dict[str, float] = {}
+    count: dict[str, int] = {}
     for (sid, _), w in per_instant.items():
-        p = out.setdefault(sid, Presence())
-        p.evidence += w
-        p.peak = max(p.peak, w)
-        p.instants += 1
-    return out
+        if sid in total:
+            total[sid] += w
+            count[sid] += 1
+            if w > peak[sid]:
+                peak[sid] = w
+        else:
+            total[sid], peak[sid], count[sid] = w, max(0.0, w), 1
+    return {sid: Presence(v, peak[sid], count[sid]) for sid, v in total.items()}
 
 
 def decide(evidence: dict[str, Presence], *, put_back: bool, holding: dict[str, int] | None, quantity: int,

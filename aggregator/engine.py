@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from pydantic import ValidationError
 from ulid import ULID
 
 from . import __version__
@@ -395,7 +396,12 @@ class Engine:
         seen: set[str] = set()
         for topic, topic_unit, payload in run:
             try:
-                ev: ItemEvent = validate(ItemEvent, decode(payload))  # type: ignore[assignment]
+                try:
+                    # Fast path: pydantic parses the JSON itself (no dict of Python objects first).
+                    ev = ItemEvent.model_validate_json(payload)
+                except ValidationError:
+                    # The usual path says precisely what is wrong (malformed_json / schema_violation).
+                    ev = validate(ItemEvent, decode(payload))  # type: ignore[assignment]
                 problem = ev.check()
                 if problem is None and ev.unit_id != topic_unit:
                     problem = f"unit_id {ev.unit_id!r} differs from the topic's unit {topic_unit!r}"
@@ -493,12 +499,11 @@ class Engine:
         w_lo, w_hi = lo - a.context_before_s, hi + a.context_after_s
         if from_memory and self.tracks.covers(w_lo):
             # Our own tracking view has passed t_end (see _tracking_ready): memory holds it all.
-            found = self.tracks.window(unit_id, shelf, w_lo, w_hi)
+            seen = associate.presence(self.tracks.window(unit_id, shelf, w_lo, w_hi), shelf, rounded=True)
         else:
-            found = self.store.q(
+            seen = associate.presence(self.store.q(
                 "SELECT session_id, shelf, t, confidence FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
-                " AND t >= ? AND t <= ?", (unit_id, shelf, w_lo, w_hi))
-        seen = associate.presence(found, shelf)
+                " AND t >= ? AND t <= ?", (unit_id, shelf, w_lo, w_hi)), shelf)
         spans = self._spans(lo if lo_hint is None else min(lo, lo_hint))
 
         def inside(sid: str) -> bool:

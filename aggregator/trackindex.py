@@ -36,13 +36,16 @@ class TrackIndex:
 
     def add(self, unit: str, shelf: str, t: float, sid: str, conf: float) -> None:
         ts, vals = self._by.setdefault((unit, shelf), ([], []))
+        # vals keep t rounded to the millisecond, the instant key of associate.presence (rounded
+        # once here instead of once per event that looks at it); ts keeps it exact for bisect.
+        v = (round(t, 3), sid, conf)
         if not ts or t >= ts[-1]:
             ts.append(t)
-            vals.append((t, sid, conf))
+            vals.append(v)
         else:  # out of order (a late tracker message): keep the lists sorted
             i = bisect_right(ts, t)
             ts.insert(i, t)
-            vals.insert(i, (t, sid, conf))
+            vals.insert(i, v)
         self._n += 1
 
     def covers(self, lo: float) -> bool:
@@ -66,7 +69,8 @@ class TrackIndex:
 
     def window(self, unit: str, shelf: str, lo: float, hi: float) -> list[tuple[str, str, float, float]]:
         """Every observation [(session_id, shelf, t, confidence)] at (unit, shelf) and (unit, '') in
-        [lo, hi], for presence over time (associate.py dedupes a repeated (session, t))."""
+        [lo, hi], for presence over time (associate.py dedupes a repeated (session, t)); t is
+        rounded to the millisecond (associate.presence(..., rounded=True))."""
         out: list[tuple[str, str, float, float]] = []
         for sh in (shelf, "") if shelf != "" else ("",):
             entry = self._by.get((unit, sh))

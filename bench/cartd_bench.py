@@ -114,7 +114,74 @@ def publisher(port: int, payloads: list[tuple[str, int, str]], published, starte
     c.loop_stop()
 
 
-def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: Path, count_lines) -> dict:
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n % 128, n // 128
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _packet(first: int, body: bytes) -> bytes:
+    return bytes([first]) + _varint(len(body)) + body
+
+
+def _mqtt_str(s: str) -> bytes:
+    b = s.encode()
+    return len(b).to_bytes(2, "big") + b
+
+
+def raw_publisher(port: int, payloads: list[tuple[str, int, str]], published, started, done) -> None:
+    """Separate process: the same events as publisher(), sent by a lean MQTT 3.1.1 client.
+
+    The units are separate machines in a store; here they share two cores with cartd, and a paho
+    publisher at >10k msg/s takes a whole core that cartd then lacks. This one writes pre-encoded
+    PUBLISH packets (QoS 1) in chunks of 500 with at most 2000 unacknowledged, and reads the
+    PUBACKs (Mosquitto acknowledges one connection's packets in order). Same topics, payloads,
+    QoS and heartbeat bookkeeping as publisher()."""
+    import select
+    n = len(payloads)
+    pkts, marks, last = [], [], {u: 0 for u in UNITS}
+    for i, (unit, seq, p) in enumerate(payloads):
+        mid = i % 65535 + 1
+        pkts.append(_packet(0x32, _mqtt_str(f"{BASE}/{unit}/events") + mid.to_bytes(2, "big") + p.encode()))
+        last[unit] = seq
+        marks.append(tuple(last[u] for u in UNITS))
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(_packet(0x10, _mqtt_str("MQTT") + bytes([4, 0x02]) + (60).to_bytes(2, "big")
+                         + _mqtt_str(f"bench-pub-{os.getpid()}")))
+    buf = b""
+    while len(buf) < 4:
+        buf += sock.recv(4 - len(buf))
+    if buf[0] != 0x20 or buf[3] != 0:
+        raise RuntimeError(f"CONNACK refused: {buf!r}")
+    started.value = time.time()
+    sent = acked = 0
+    buf = b""
+    while acked < n:
+        if sent < n and sent - acked < 2000:
+            j = min(n, sent + 500)
+            sock.sendall(b"".join(pkts[sent:j]))
+            sent = j
+            if sent - acked < 2000 and not select.select([sock], [], [], 0)[0]:
+                continue
+        buf += sock.recv(65536)
+        while len(buf) >= 2 and len(buf) >= 2 + buf[1]:  # PUBACKs: 4 bytes each (length < 128)
+            if buf[0] >> 4 == 4:
+                acked += 1
+            buf = buf[2 + buf[1]:]
+        if acked:
+            for k in range(len(UNITS)):
+                published[k] = marks[acked - 1][k]
+    done.value = time.time()
+    sock.sendall(bytes([0xE0, 0]))
+    sock.close()
+
+
+def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: Path, count_lines,
+              pub_kind: str = "raw") -> dict:
     print(f"\n== {label}: {n_events} events", flush=True)
     load_before = os.getloadavg()
     now = time.time()
@@ -180,7 +247,8 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
         payloads.append((u, seq[u], event_doc(u, seq[u], str(i), now - 10 + (k % 16) * 0.5)))
     published = mp.Array("q", len(UNITS))
     started, done = mp.Value("d", 0.0), mp.Value("d", 0.0)
-    pub = mp.Process(target=publisher, args=(port, payloads, published, started, done))
+    pub = mp.Process(target=raw_publisher if pub_kind == "raw" else publisher,
+                     args=(port, payloads, published, started, done))
     pub.start()
     # heartbeat + exits while the stream runs
     exits: dict[str, float] = {}
@@ -246,7 +314,8 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
 
     def pct(p):
         return lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))] if lat else float("nan")
-    res = {"setup": label, "instances": len(storages), "events": n_events, "lines_per_s": round(rate, 1),
+    res = {"setup": label, "instances": len(storages), "events": n_events, "publisher": pub_kind,
+           "lines_per_s": round(rate, 1),
            "publish_rate": round(pub_rate, 1), "receipts": len(lat), "receipt_p50_s": round(pct(50), 3),
            "receipt_p99_s": round(pct(99), 3), "receipt_max_s": round(lat[-1], 3) if lat else None,
            # The machine is shared: the 1-minute load average before and after says how much.
@@ -264,6 +333,8 @@ def main() -> None:
     ap.add_argument("--pg-events", type=int, default=10000)
     ap.add_argument("--no-pg", action="store_true")
     ap.add_argument("--no-sqlite", action="store_true")
+    ap.add_argument("--publisher", choices=["raw", "paho"], default="raw",
+                    help="raw: lean pre-encoded MQTT 3.1.1 publisher (default); paho: paho-mqtt client")
     ap.add_argument("--dsn", default="host=127.0.0.1 port=5432 dbname=test")
     args = ap.parse_args()
     out = REPO / "bench" / "out"
@@ -283,7 +354,8 @@ def main() -> None:
             except sqlite3.OperationalError:
                 return 0
         if not args.no_sqlite:
-            results.append(run_setup("sqlite x1", port, [{"type": "sqlite", "path": str(db)}], args.events, work, count_sqlite))
+            results.append(run_setup("sqlite x1", port, [{"type": "sqlite", "path": str(db)}], args.events, work, count_sqlite,
+                                     args.publisher))
         if not args.no_pg:
             import psycopg
             for n in (2, 4):
@@ -298,7 +370,8 @@ def main() -> None:
                     except psycopg.Error:
                         return 0
                 try:
-                    results.append(run_setup(f"postgres x{n}", port, [st] * n, args.pg_events, work, count_pg))
+                    results.append(run_setup(f"postgres x{n}", port, [st] * n, args.pg_events, work, count_pg,
+                                             args.publisher))
                 finally:
                     if os.environ.get("CARTD_BENCH_KEEP"):  # kept for a look at events.state etc.
                         print(f"  kept schema {schema}", flush=True)
