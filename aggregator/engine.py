@@ -69,6 +69,12 @@ class Engine:
         self._lines: list[tuple] = []
         self._staged_qty: dict[tuple[str, str], int] = {}
         self._sessions: tuple[float, dict[str, tuple[float, float | None]]] | None = None
+        # Per transaction, written at its end in one fixed order (see _run_tx): tracking rows and
+        # the tracker's time, the newest unit health and status per unit.
+        self._track_rows: list[tuple] = []
+        self._feed_t: float | None = None
+        self._unit_health: dict[str, tuple[float, int | None, Any]] = {}
+        self._unit_status: dict[str, str] = {}
 
     # ================================================================ batches
 
@@ -82,6 +88,15 @@ class Engine:
         held), down to one message, which is retried longer. An unexpected fault in one message is
         isolated by replaying the burst one message per transaction and dead-lettering the culprit.
         """
+        if self.store.pg and len(msgs) > 1:
+            # Several instances: the messages every instance receives (gates, tracking, unit
+            # documents) are committed in their own short transaction before the burst's item
+            # events, so the events' transaction never holds a session row while it waits for a
+            # shared row another instance is writing (or the reverse): no deadlock between them.
+            shared = [m for m in msgs if not self._is_event_topic(m[0])]
+            if shared and len(shared) < len(msgs):
+                events = [m for m in msgs if self._is_event_topic(m[0])]
+                return self.handle_batch(shared) + self.handle_batch(events)
         tries = _RETRIES_BURST if len(msgs) > 1 else _RETRIES_ONE
         last: BaseException | None = None
         for attempt in range(tries):
@@ -118,22 +133,40 @@ class Engine:
                   f"{type(last).__name__}: {last}" if last else "?", exc_info=last)
         return self._run_tx(lambda: self._deadletter("internal_error", topic, "the aggregator failed on this message (see its log)", payload))
 
-    def _run_tx(self, fn: Callable[[], Any]) -> list[Outbound]:
+    def _is_event_topic(self, topic: str) -> bool:
+        pre = self.base + "/"
+        if not (topic.startswith(pre) and topic.endswith("/events")):
+            return False
+        unit = topic[len(pre):-len("/events")]
+        return bool(unit) and "/" not in unit and not unit.startswith("_")
+
+    def _reset_tx(self) -> None:
         self._out = []
         self._unit_seqs = {}
         self._lines, self._staged_qty, self._sessions = [], {}, None
+        self._track_rows, self._feed_t = [], None
+        self._unit_health, self._unit_status = {}, {}
+
+    def _run_tx(self, fn: Callable[[], Any]) -> list[Outbound]:
+        self._reset_tx()
         self.store.begin()
         try:
             if self._tracks_dirty:
                 self._load_tracks()
             fn()
+            # Shared rows are written last and always in this order — sessions (sorted), units
+            # (sorted), tracking rows (sorted by key), the tracking feed — so two instances'
+            # transactions take their row locks in the same order and cannot deadlock. Writes
+            # another instance already made are skipped (UPDATE ... WHERE value < new), so they
+            # take no lock at all.
             self._flush_lines()
+            self._flush_unit_docs()
             self._flush_units()
+            self._flush_tracking()
             self.store.commit()
         except BaseException:
             self.store.rollback()
-            self._out = []
-            self._lines, self._staged_qty, self._sessions = [], {}, None
+            self._reset_tx()
             # Tracking added to memory by this transaction is not in the database: reload.
             self._tracks_dirty = True
             self._tracker_t = None
@@ -153,6 +186,8 @@ class Engine:
         """Apply a burst in order; runs of item events are applied together (one INSERT per run)."""
         run: list[tuple[str, str, bytes]] = []
         ev_prefix = self.base + "/"
+        if self.store.pg:
+            self._lock_gate_sessions(msgs)
         for topic, payload in msgs:
             if topic.startswith(ev_prefix) and topic.endswith("/events"):
                 unit = topic[len(ev_prefix):-len("/events")]
@@ -166,15 +201,73 @@ class Engine:
         if run:
             self._events(run)
 
+    def _lock_gate_sessions(self, msgs: list[tuple[str, bytes]]) -> None:
+        """PostgreSQL: lock the existing sessions the burst's gate messages name, sorted, before
+        applying them in message order (an exit locks its session; unsorted, two instances' bursts
+        could take two sessions in opposite orders)."""
+        gate_prefix = f"{self.base}/_store/gates/"
+        sids = set()
+        for topic, payload in msgs:
+            if topic.startswith(gate_prefix):
+                try:
+                    d = json.loads(payload)
+                except (ValueError, UnicodeDecodeError):
+                    continue
+                if isinstance(d, dict) and isinstance(d.get("session_id"), str):
+                    sids.add(d["session_id"])
+        if sids:
+            ids = sorted(sids)
+            self.store.q(f"SELECT session_id FROM sessions WHERE session_id IN ({','.join('?' * len(ids))})"
+                         " ORDER BY session_id" + self.store.for_update(), ids)
+
     def _flush_units(self) -> None:
         if not self._unit_seqs:
             return
-        g = self.store.greatest("units.max_seq", "excluded.max_seq")
-        self.store.many(f"INSERT INTO units (unit_id, contiguous_seq, max_seq) VALUES (?,?,?) ON CONFLICT (unit_id) DO UPDATE"
-                        f" SET max_seq = {g}, contiguous_seq = CASE WHEN units.contiguous_seq < 0"
-                        f" THEN excluded.contiguous_seq ELSE units.contiguous_seq END",
-                        [(u, lo - 1, hi) for u, (lo, hi) in sorted(self._unit_seqs.items())])
+        items = sorted(self._unit_seqs.items())
+        # A missing row is created; an existing one is only touched when this burst advances it
+        # (with several instances the other one often already has): a skipped UPDATE locks nothing.
+        self.store.many("INSERT INTO units (unit_id, contiguous_seq, max_seq) VALUES (?,?,?) ON CONFLICT (unit_id) DO NOTHING",
+                        [(u, lo - 1, hi) for u, (lo, hi) in items])
+        self.store.many("UPDATE units SET max_seq=? WHERE unit_id=? AND max_seq < ?", [(hi, u, hi) for u, (lo, hi) in items])
+        self.store.many("UPDATE units SET contiguous_seq=? WHERE unit_id=? AND contiguous_seq < 0",
+                        [(lo - 1, u) for u, (lo, hi) in items])
         self._unit_seqs = {}
+
+    def _flush_unit_docs(self) -> None:
+        """The newest health and the last status per unit seen in this transaction, in unit order."""
+        if not self._unit_health and not self._unit_status:
+            return
+        health, status = self._unit_health, self._unit_status
+        self._unit_health, self._unit_status = {}, {}
+        for unit in sorted(set(health) | set(status)):
+            self._ensure_unit(unit)
+            if unit in health:
+                t, last, depth = health[unit]
+                # Keep the newest (t, last_seq) pair; a fresh unit row starts its seq baseline
+                # here (we do not ask for history from before cartd knew the unit). The daemon's
+                # last_seq is the last seq *issued*; the `depth` events still in its outbox are on
+                # their way, not history, so the baseline stops before them and a hole among them
+                # is asked for.
+                self.store.ex("UPDATE units SET health_t=?, health_last_seq=? WHERE unit_id=?"
+                              " AND (health_t IS NULL OR health_t < ?)", (t, last, unit, t))
+                if last is not None:
+                    if isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= last:
+                        last -= depth
+                    self.store.ex("UPDATE units SET contiguous_seq=? WHERE unit_id=? AND contiguous_seq < 0", (last, unit))
+            if unit in status:
+                self.store.ex("UPDATE units SET status=?, status_t=? WHERE unit_id=? AND (status IS NULL OR status <> ?)",
+                              (status[unit], self.clock(), unit, status[unit]))
+
+    def _flush_tracking(self) -> None:
+        if self._track_rows:
+            rows, self._track_rows = sorted(self._track_rows), []
+            self.store.many("INSERT INTO tracking (unit_id, shelf, t, session_id, confidence) VALUES (?,?,?,?,?)"
+                            " ON CONFLICT DO NOTHING", rows)
+        if self._feed_t is not None:
+            t, self._feed_t = self._feed_t, None
+            # Only an advance is written (every instance receives the same tracking).
+            if self.store.ex("UPDATE feeds SET t=? WHERE name='tracking' AND t < ?", (t, t)).rowcount == 0:
+                self.store.ex("INSERT INTO feeds (name, t) VALUES ('tracking', ?) ON CONFLICT (name) DO NOTHING", (t,))
 
     def _handle(self, topic: str, payload: bytes) -> None:
         self.counters["messages"] += 1
@@ -305,10 +398,9 @@ class Engine:
     def _tracking(self, topic: str, payload: bytes) -> None:
         m = validate(Tracking, decode(payload))
         rows = [(o.unit_id, o.shelf or "", m.t, o.session_id, o.confidence) for o in m.observations]
-        self.store.many("INSERT INTO tracking (unit_id, shelf, t, session_id, confidence) VALUES (?,?,?,?,?)"
-                        " ON CONFLICT DO NOTHING", rows)
-        g = self.store.greatest("feeds.t", "excluded.t")
-        self.store.ex(f"INSERT INTO feeds (name, t) VALUES ('tracking', ?) ON CONFLICT (name) DO UPDATE SET t = {g}", (m.t,))
+        # Written at the end of the transaction, sorted (_flush_tracking).
+        self._track_rows += rows
+        self._feed_t = m.t if self._feed_t is None else max(self._feed_t, m.t)
         # This instance's own view: tracking is delivered in order to every instance, so when our
         # tracker_t passes an event's t_end we have committed every observation up to it.
         self._tracker_t = max(self._tracker_t or m.t, m.t)
@@ -336,18 +428,10 @@ class Engine:
         if t is None:
             self.counters["unit_health_unusable"] += 1
             return
-        self._ensure_unit(unit_id)
-        # Keep the newest (t, last_seq) pair; a fresh unit row starts its seq baseline here (we do
-        # not ask for history from before cartd knew the unit). The daemon's last_seq is the last
-        # seq *issued*; the `depth` events still in its outbox are on their way, not history, so
-        # the baseline stops before them and a hole among them is asked for.
-        row = self.store.q1("SELECT health_t, contiguous_seq FROM units WHERE unit_id=?" + self.store.for_update(), (unit_id,))
-        if row[0] is None or t > row[0]:
-            self.store.ex("UPDATE units SET health_t=?, health_last_seq=? WHERE unit_id=?", (t, last, unit_id))
-        if row[1] < 0 and last is not None:
-            if isinstance(depth, int) and not isinstance(depth, bool) and 0 < depth <= last:
-                last -= depth
-            self.store.ex("UPDATE units SET contiguous_seq=? WHERE unit_id=? AND contiguous_seq < 0", (last, unit_id))
+        # Applied at the end of the transaction (_flush_unit_docs): the newest per unit.
+        prev = self._unit_health.get(unit_id)
+        if prev is None or t > prev[0]:
+            self._unit_health[unit_id] = (t, last, depth)
         self.counters["unit_health"] += 1
 
     def _status(self, unit_id: str, payload: bytes) -> None:
@@ -361,8 +445,7 @@ class Engine:
         if state not in ("online", "degraded", "stopped", "offline"):
             self.counters["unit_status_unusable"] += 1
             return
-        self._ensure_unit(unit_id)
-        self.store.ex("UPDATE units SET status=?, status_t=? WHERE unit_id=?", (state, self.clock(), unit_id))
+        self._unit_status[unit_id] = state  # applied at the end of the transaction (_flush_unit_docs)
 
     def _resend_reply(self, topic: str, unit_id: str, payload: bytes) -> None:
         data = decode(payload)
@@ -501,6 +584,7 @@ class Engine:
             # Our own tracking view has passed t_end (see _tracking_ready): memory holds it all.
             seen = associate.presence(self.tracks.window(unit_id, shelf, w_lo, w_hi), shelf, rounded=True)
         else:
+            self._flush_tracking()  # this transaction's own tracking, before reading it back
             seen = associate.presence(self.store.q(
                 "SELECT session_id, shelf, t, confidence FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
                 " AND t >= ? AND t <= ?", (unit_id, shelf, w_lo, w_hi)), shelf)
@@ -633,7 +717,7 @@ class Engine:
         r = self.cfg.resend
         for unit, contig, contig_t, health_last, gap_since, resend_at, attempts in self.store.q(
                 "SELECT unit_id, contiguous_seq, contig_t_end, health_last_seq, gap_since, resend_at, resend_attempts"
-                " FROM units WHERE contiguous_seq >= 0"):
+                " FROM units WHERE contiguous_seq >= 0 ORDER BY unit_id"):
             seqs = self.store.q("SELECT seq, t_end FROM events WHERE unit_id=? AND seq > ? ORDER BY seq LIMIT 20000", (unit, contig))
             lost = self.store.q("SELECT from_seq, to_seq FROM lost WHERE unit_id=? AND to_seq > ? ORDER BY from_seq", (unit, contig))
             new_contig, new_t = contig, contig_t
