@@ -212,9 +212,15 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
             with rlock:
                 receipts.setdefault(msg.topic.rsplit("/", 1)[1], time.monotonic())
     online: set[str] = set()
+    counters: dict[str, dict] = {}
 
     def on_message2(_c, _u, msg):
-        if "/_store/cartd/status/" in msg.topic:
+        if "/_store/cartd/health/" in msg.topic:
+            try:
+                counters[msg.topic] = json.loads(msg.payload).get("counters", {})
+            except ValueError:
+                pass
+        elif "/_store/cartd/status/" in msg.topic:
             if json.loads(msg.payload).get("state") == "online":
                 online.add(msg.topic)
         else:
@@ -222,6 +228,7 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
     c.on_message = on_message2
     c.subscribe(f"{BASE}/_store/receipts/+", qos=1)
     c.subscribe(f"{BASE}/_store/cartd/status/+", qos=1)
+    c.subscribe(f"{BASE}/_store/cartd/health/+", qos=1)
     deadline = time.monotonic() + 60
     while len(online) < len(storages) and time.monotonic() < deadline:  # every instance subscribed
         time.sleep(0.1)
@@ -320,10 +327,14 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
            "receipt_p99_s": round(pct(99), 3), "receipt_max_s": round(lat[-1], 3) if lat else None,
            # The machine is shared: the 1-minute load average before and after says how much.
            "loadavg_1m_before": round(load_before[0], 2), "loadavg_1m_after": round(os.getloadavg()[0], 2),
-           "cpus": os.cpu_count()}
+           "cpus": os.cpu_count(),
+           # From the instances' last health (every 2 s): deadlocks/serialization failures retried.
+           "tx_retries": sum(int(v.get("tx_retries", 0)) for k, v in counters.items() if f"/{tag}-" in k),
+           "tx_splits": sum(int(v.get("tx_splits", 0)) for k, v in counters.items() if f"/{tag}-" in k)}
     print(f"  committed lines/s {res['lines_per_s']:.0f} (publisher offered {res['publish_rate']:.0f}/s); "
           f"receipts {len(lat)}/{N_EXITS}: p50 {res['receipt_p50_s']} s, p99 {res['receipt_p99_s']} s; "
-          f"load average {res['loadavg_1m_before']} → {res['loadavg_1m_after']} on {res['cpus']} cores", flush=True)
+          f"load average {res['loadavg_1m_before']} → {res['loadavg_1m_after']} on {res['cpus']} cores; "
+          f"transaction retries {res['tx_retries']}", flush=True)
     return res
 
 
