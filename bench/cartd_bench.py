@@ -5,12 +5,14 @@ One run, three set-ups, each through a real Mosquitto on loopback with real `car
   2. two cartd instances on PostgreSQL (MQTT 5 shared subscription)
   3. four cartd instances on PostgreSQL
 For each: a store with 200 shoppers inside (tracking at 4 Hz for everybody), 4 shelf units
-publishing item events QoS 1 as fast as a separate publisher process can, the units' heartbeat
+publishing item events QoS 1 as fast as a separate publisher process can (by default a lean MQTT
+client writing pre-encoded packets, so the units' CPU does not come out of cartd's two cores;
+--publisher paho uses a paho client as before), the units' heartbeat
 (retained health every 0.2 s), and 40 shoppers leaving during the stream. Throughput = events /
 (time from the first event published to the last cart line committed, polled in the database).
 Receipt latency = exit published → receipt received on the broker.
 
-    .venv/bin/python bench/cartd_bench.py [--events 30000] [--pg-events 10000] [--no-pg]
+    .venv/bin/python bench/cartd_bench.py [--events 30000] [--pg-events 10000] [--no-pg] [--publisher raw|paho]
 
 Writes bench/out/cartd_bench.json and .png. PostgreSQL: 127.0.0.1:5432, database test (a schema
 per run, dropped afterwards).
