@@ -10,10 +10,11 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import click
+
+from daemon.atomicfile import atomic_write
 
 from .cli import Ctx, _console, _interactive, _wait, cli
 from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE, ShelfcalError
@@ -42,12 +43,8 @@ def write_doc(path: Path, doc) -> None:
     _yaml().dump(doc, buf)
     text = buf.getvalue()
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+
+    def check_and_keep_mode(tmp: str) -> None:
         try:
             load_config(tmp)  # same folder: relative paths resolve as they will
         except ConfigError as exc:
@@ -57,17 +54,11 @@ def write_doc(path: Path, doc) -> None:
             os.chmod(tmp, os.stat(path).st_mode & 0o7777)
         except OSError:
             pass
-        os.replace(tmp, path)
-        dfd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+
+    try:
+        atomic_write(path, text, before_replace=check_and_keep_mode)
     except OSError as exc:
         raise ShelfcalError(f"cannot write {path}: {exc.strerror}", EX_CANTCREAT) from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _flow_like(seq, item):

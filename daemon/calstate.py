@@ -12,12 +12,13 @@ import fcntl
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ulid import ULID
+
+from .atomicfile import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +97,8 @@ def save(state_dir: Path, state: CalibrationState) -> Path:
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / FILENAME
-    payload = json.dumps(state.to_json(), indent=2, sort_keys=True).encode()
-    fd, tmp = tempfile.mkstemp(prefix=".calibration.", suffix=".tmp", dir=state_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            # A hard link keeps the old version without a window where no calibration exists,
-            # and renaming that link over the old .prev means a kill at any instant leaves a
-            # complete previous version (the old .prev or the new one), never none.
-            prev_tmp = tmp + ".prev"
-            os.link(path, prev_tmp)
-            os.replace(prev_tmp, state_dir / PREVIOUS)
-        os.replace(tmp, path)
-        dfd = os.open(state_dir, os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        for leftover in (tmp, tmp + ".prev"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-        raise
+    # keeps calibration.prev.json complete at every instant (see daemon.atomicfile)
+    atomic_write(path, json.dumps(state.to_json(), indent=2, sort_keys=True), previous=state_dir / PREVIOUS)
     log.info("calibration %s written to %s", state.calibration_id, path)
     return path
 

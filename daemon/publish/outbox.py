@@ -28,6 +28,8 @@ from typing import Any, Callable, Iterable
 
 from ulid import ULID
 
+from daemon.atomicfile import atomic_write
+
 log = logging.getLogger(__name__)
 
 _SCHEMA = """
@@ -160,13 +162,7 @@ class Outbox:
         if seq <= self._ceiling:
             return
         ceiling = seq + self._seq_block - 1
-        tmp = self._seq_file.with_name(self._seq_file.name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{ceiling}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._seq_file)
-        _fsync_dir(self._seq_file.parent)
+        atomic_write(self._seq_file, f"{ceiling}\n")
         self._ceiling = ceiling
 
     # ------------------------------------------------------------ writing
@@ -363,18 +359,3 @@ def _salvage_last_seq(db: sqlite3.Connection | None) -> int:
         except (sqlite3.Error, ValueError, TypeError):
             continue
     return best
-
-
-def _fsync_dir(path: Path) -> None:
-    # A rename is durable only once its directory is synced; some filesystems refuse, which is
-    # not worth failing over.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

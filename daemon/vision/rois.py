@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+from ..atomicfile import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -70,26 +70,6 @@ def save_rois(state_dir: str | Path, rois: dict[str, ROI], *, unit_id: str | Non
     doc = {"schema": SCHEMA, "unit_id": unit_id, "technician": technician,
            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "frame": list(frame_size) if frame_size else None, "rois": checked}
-    fd, tmp = tempfile.mkstemp(prefix=".camera.", suffix=".tmp", dir=state_dir)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(json.dumps(doc, indent=2, sort_keys=True))
-            fh.flush()
-            os.fsync(fh.fileno())
-        if path.exists():
-            prev_tmp = tmp + ".prev"
-            os.link(path, prev_tmp)
-            os.replace(prev_tmp, state_dir / PREVIOUS)
-        os.replace(tmp, path)
-        dfd = os.open(state_dir, os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except BaseException:
-        for leftover in (tmp, tmp + ".prev"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-        raise
+    atomic_write(path, json.dumps(doc, indent=2, sort_keys=True), previous=state_dir / PREVIOUS)
     log.info("camera ROIs for %d plates written to %s", len(checked), path)
     return path
