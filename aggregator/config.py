@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.config import ConfigError, TlsConfig, _message
+from daemon.config import ConfigError, TlsConfig, _message, field_path, read_yaml
 
 EX_CONFIG = 78
 
@@ -184,15 +183,7 @@ class Config(_Strict):
 
 
 def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("sqlite", "postgres") and out == "storage":
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out
+    return field_path(loc, {"storage": ("sqlite", "postgres")})
 
 
 def parse_config(data: Any, source: str | None = None) -> Config:
@@ -215,16 +206,7 @@ def parse_config(data: Any, source: str | None = None) -> Config:
 
 def load_config(path: str | Path) -> Config:
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"], str(path)) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError([f"{path}:{where}: not valid YAML: {getattr(exc, 'problem', exc)}"], str(path)) from None
+    data = read_yaml(path)
     if isinstance(data, dict):
         data = dict(data)
         base = path.parent

@@ -374,17 +374,27 @@ def _readable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.R_OK)
 
 
-def _loc(loc: tuple[Any, ...]) -> str:
+_TAGGED = {"sensing": ("hx711", "iio", "sim", "replay"), "camera": ("sim", "replay", "v4l2", "picamera2")}
+
+
+def field_path(loc: tuple[Any, ...], tagged: dict[str, tuple[str, ...]]) -> str:
+    """pydantic's error location as the user wrote the key: ``plates[2].channels``.
+
+    ``tagged`` names the keys holding a ``type:``-switched union and their tags: pydantic puts the
+    tag in the location, but users never wrote it."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif (part in ("hx711", "iio", "sim", "replay") and out == "sensing") or \
-                (part in ("sim", "replay", "v4l2", "picamera2") and out == "camera"):
-            continue  # the discriminator tag pydantic inserts; users never wrote it
+        elif part in tagged.get(out, ()):
+            continue
         else:
             out += ("." if out else "") + str(part)
     return out
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    return field_path(loc, _TAGGED)
 
 
 def _message(err: dict[str, Any]) -> str:
@@ -430,19 +440,24 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         raise ConfigError(problems, source) from None
 
 
-def load_config(path: str | Path) -> Config:
-    path = Path(path)
+def read_yaml(path: Path) -> Any:
+    """A config file's YAML; ConfigError with one line (file, line, column) when unreadable."""
     try:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read config: {exc.strerror}"], str(path)) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{path}:{where}: not valid YAML: {problem}"], str(path)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    data = read_yaml(path)
     # Relative paths in a config are relative to the config file, as users expect.
     cfg = parse_config(_resolve_paths(data, path.parent), str(path))
     return cfg
