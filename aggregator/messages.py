@@ -10,14 +10,23 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _TS = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{3}Z$")
 _ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
 _UUID7 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 SESSION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _session_id(v: str) -> str:
+    if not SESSION_RE.match(v):
+        raise ValueError("must be 1..128 of letters, digits and . _ : -")
+    return v
+
+
+SessionId = Annotated[str, AfterValidator(_session_id)]
 
 
 def parse_ts(s: str) -> float:
@@ -85,19 +94,12 @@ class ItemEvent(_Msg):
 
 
 class _SessionMsg(_Msg):
-    session_id: str
+    session_id: SessionId
     t: float
     gate: str = Field(min_length=1)
     store_id: str | None = None
 
     _t = field_validator("t", mode="before")(lambda v: _ts(v))
-
-    @field_validator("session_id")
-    @classmethod
-    def _sid(cls, v: str) -> str:
-        if not SESSION_RE.match(v):
-            raise ValueError("must be 1..128 of letters, digits and . _ : -")
-        return v
 
 
 class GateEntry(_SessionMsg):
@@ -110,17 +112,10 @@ class GateExit(_SessionMsg):
 
 
 class Observation(_Msg):
-    session_id: str
+    session_id: SessionId
     unit_id: str = Field(min_length=1)
     shelf: str | None
     confidence: float = Field(ge=0, le=1)
-
-    @field_validator("session_id")
-    @classmethod
-    def _sid(cls, v: str) -> str:
-        if not SESSION_RE.match(v):
-            raise ValueError("must be 1..128 of letters, digits and . _ : -")
-        return v
 
 
 class Tracking(_Msg):
