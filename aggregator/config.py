@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.config import ConfigError, TlsConfig, _message, field_path, read_yaml
+from daemon.config import BrokerConnection, ConfigError, _message, field_path, read_yaml
 
 EX_CONFIG = 78
 
@@ -21,34 +21,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class MqttConfig(_Strict):
-    host: str = "127.0.0.1"
-    port: int = 1883
-    topic_prefix: str = "gondola/v1"
-    username: str | None = None
-    password_file: Path | None = None
-    tls: TlsConfig | None = None
-    keepalive_s: int = Field(30, ge=5, le=3600)
+class MqttConfig(BrokerConnection):
     # MQTT 5 persistent session: the broker queues our QoS 1 messages while we are down for this
     # long. Must exceed the longest restart you want to survive without relying on unit resends.
     session_expiry_s: int = Field(86400, ge=0)
     # Shared-subscription group. Several cartd instances with the same group split the event
     # stream; null subscribes plainly (one instance only).
     shared_group: str | None = "cartd"
-
-    @field_validator("port")
-    @classmethod
-    def _port(cls, v: int) -> int:
-        if not 1 <= v <= 65535:
-            raise ValueError(f"must be 1..65535, got {v}")
-        return v
-
-    @field_validator("topic_prefix")
-    @classmethod
-    def _prefix(cls, v: str) -> str:
-        if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#"):
-            raise ValueError(f"must be a plain topic path without wildcards or edge slashes, got {v!r}")
-        return v
 
     @field_validator("shared_group")
     @classmethod

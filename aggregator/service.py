@@ -25,6 +25,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from daemon.publish.mqtt import configure_auth
+
 from . import __version__
 from .catalogue import Catalogue
 from .config import Config
@@ -66,15 +68,7 @@ class Service:
         c.reconnect_delay_set(0.2, 5)
         c.will_set(self.status_topic, json.dumps({"state": "offline", "instance": self.cfg.instance_id,
                                                    "version": __version__}), qos=1, retain=True)
-        if m.username is not None:
-            pw = m.password_file.read_text().rstrip("\r\n") if m.password_file else None
-            c.username_pw_set(m.username, pw)
-        if m.tls is not None:
-            c.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                      certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                      keyfile=str(m.tls.key_file) if m.tls.key_file else None)
-            if m.tls.insecure:
-                c.tls_insecure_set(True)
+        configure_auth(c, m)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message

@@ -40,18 +40,16 @@ class TlsConfig(_Strict):
     insecure: bool = False  # skip hostname check (bench brokers with self-signed certs only)
 
 
-class MqttConfig(_Strict):
+class BrokerConnection(_Strict):
+    """How to reach the store's broker; shared by shelf units and the cart aggregator."""
+
     host: str = "127.0.0.1"
     port: int = 1883
     topic_prefix: str = "gondola/v1"
-    client_id: str | None = None  # default: gondola-<unit_id>
     username: str | None = None
     password_file: Path | None = None
     tls: TlsConfig | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
-    # Events older than this when (re)sent are flagged "historical".
-    historical_after_s: float = Field(60.0, gt=0)
-    health_interval_s: float = Field(10.0, gt=0)
 
     @field_validator("port")
     @classmethod
@@ -66,6 +64,13 @@ class MqttConfig(_Strict):
         if not v or v.startswith("/") or v.endswith("/") or any(c in v for c in "+#"):
             raise ValueError(f"must be a plain topic path without wildcards or edge slashes, got {v!r}")
         return v
+
+
+class MqttConfig(BrokerConnection):
+    client_id: str | None = None  # default: gondola-<unit_id>
+    # Events older than this when (re)sent are flagged "historical".
+    historical_after_s: float = Field(60.0, gt=0)
+    health_interval_s: float = Field(10.0, gt=0)
 
 
 # ---------------------------------------------------------------- sensing backends

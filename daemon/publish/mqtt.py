@@ -34,7 +34,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from daemon import __version__
-from daemon.config import Config
+from daemon.config import BrokerConnection, Config
 from daemon.control import CommandError, Commands, Request, parse_request
 from daemon.events.item_event import rfc3339
 from daemon.publish.outbox import Outbox, OutboxRecord
@@ -56,6 +56,22 @@ def _parse_rfc3339(s: Any) -> float | None:
     if dt.tzinfo is None:
         return None
     return dt.timestamp()
+
+
+def configure_auth(client: paho.Client, m: BrokerConnection) -> None:
+    """Username/password file and TLS from the config (shelf units and cartd alike)."""
+    if m.username is not None:
+        password = None
+        if m.password_file is not None:
+            # Files written by editors or `echo` end in a newline that is not part of the secret.
+            password = m.password_file.read_text().rstrip("\r\n")
+        client.username_pw_set(m.username, password)
+    if m.tls is not None:
+        client.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
+                       certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
+                       keyfile=str(m.tls.key_file) if m.tls.key_file else None)
+        if m.tls.insecure:
+            client.tls_insecure_set(True)
 
 
 class Publisher:
@@ -196,18 +212,7 @@ class Publisher:
         c.max_inflight_messages_set(self._window + 8)
         c.reconnect_delay_set(self._backoff[0], self._backoff[1])  # type: ignore[arg-type]
         c.will_set(self.topics["status"], self._will_payload(), qos=1, retain=True)
-        if m.username is not None:
-            password = None
-            if m.password_file is not None:
-                # Files written by editors or `echo` end in a newline that is not part of the secret.
-                password = m.password_file.read_text().rstrip("\r\n")
-            c.username_pw_set(m.username, password)
-        if m.tls is not None:
-            c.tls_set(ca_certs=str(m.tls.ca_file) if m.tls.ca_file else None,
-                      certfile=str(m.tls.cert_file) if m.tls.cert_file else None,
-                      keyfile=str(m.tls.key_file) if m.tls.key_file else None)
-            if m.tls.insecure:
-                c.tls_insecure_set(True)
+        configure_auth(c, m)
         # Callbacks run on paho's network thread: they only enqueue, tagged with the generation so
         # late callbacks from a discarded client are ignored.
         c.on_connect = lambda _c, _u, _f, rc, _p: self._q.put(("connect", gen, rc))
