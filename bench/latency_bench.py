@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from daemon import calstate  # noqa: E402
 from daemon.config import parse_config  # noqa: E402
-from daemon.demo import free_port, mosquitto_bin  # noqa: E402
+from daemon.demo import start_broker  # noqa: E402
 from daemon.pipeline import Pipeline  # noqa: E402
 from daemon.sensing.base import SampleBlock  # noqa: E402
 from daemon.sensing.factory import layout_for  # noqa: E402
@@ -104,18 +103,8 @@ def live_run(doc: dict, rec: Path, tmp: Path) -> tuple[list[tuple[float, dict]],
     import paho.mqtt.client as paho
     from paho.mqtt.enums import CallbackAPIVersion
 
-    port = free_port()
-    conf = tmp / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    broker = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    broker, port = start_broker(tmp)
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
         live = dict(doc)
         live["mqtt"] = {**doc.get("mqtt", {}), "port": port, "host": "127.0.0.1"}
         live["sensing"] = {"backend": "replay", "format": "shelfd", "path": str(rec), "speed": 1.0}

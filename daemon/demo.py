@@ -36,25 +36,32 @@ def mosquitto_bin() -> str:
     sys.exit("mosquitto is missing: install it with 'sudo apt-get install mosquitto'")
 
 
+def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
+    """A private Mosquitto on a free loopback port (config in ``work``), once it accepts connections."""
+    port = free_port()
+    conf = work / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([mosquitto_bin(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, port
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=90.0)
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "sim-unit.yaml")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gondola-demo-"))
-    port = free_port()
-    (work / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                                         "persistence false\n")
     procs: list[subprocess.Popen] = []
     try:
-        procs.append(subprocess.Popen([mosquitto_bin(), "-c", str(work / "mosquitto.conf")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        broker, port = start_broker(work)
+        procs.append(broker)
         cfg = yaml.safe_load(args.config.read_text())
         cfg["mqtt"]["port"] = port
         cfg["state_dir"] = str(work / "state")

@@ -241,14 +241,10 @@ def fit_temperature(embeddings: np.ndarray, skus: list[str], t_min: float = 0.00
     mean log-probability of its true SKU, searched on a log grid in [t_min, t_max]. Well separated
     products give a small T (sharp, confident scores); look-alikes a large one. None when the
     gallery has fewer than two SKUs with two images each (nothing to fit on)."""
-    names = sorted(set(skus))
-    lab = np.array([names.index(s) for s in skus])
-    if len(names) < 2 or min(np.bincount(lab)) < 2:
+    loo = _loo_best(embeddings, skus)
+    if loo is None:
         return None
-    E = np.asarray(embeddings, np.float32)
-    S = E @ E.T
-    np.fill_diagonal(S, -np.inf)
-    best = np.stack([S[:, lab == k].max(axis=1) for k in range(len(names))], axis=1)  # N × K
+    best, lab, _ = loo  # N × K
     grid = np.exp(np.linspace(np.log(t_min), np.log(t_max), 40))
     ll = []
     for T in grid:
