@@ -1,6 +1,7 @@
 """``cartd``: the store's cart aggregator.
 
-Exit codes (sysexits): 0 ok, 64 usage, 69 storage unavailable, 70 internal fault, 78 config.
+Exit codes (sysexits): 0 ok, 64 usage, 69 storage unavailable, 70 internal fault, 73 cannot
+write (broker-config), 78 config.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import click
 
 from . import __version__
 
-EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_CONFIG = 64, 69, 70, 78
+EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 69, 70, 73, 78
 log = logging.getLogger("cartd")
 
 
@@ -45,6 +46,7 @@ def cli() -> None:
       cartd check    --config cartd.yaml     validate config and catalogue
       cartd run      --config cartd.yaml     the service
       cartd receipts --config cartd.yaml     stored receipts, one JSON per line
+      cartd broker-config --units a,b --out DIR   broker identities and ACL (Mosquitto)
     """
 
 
@@ -101,6 +103,58 @@ def receipts(config: Path, session: str | None) -> None:
         _storage_error(cfg, exc)
     for (p,) in rows:
         click.echo(p)
+
+
+@cli.command("broker-config")
+@click.option("--units", required=True, help="the store's unit ids, comma-separated (each is also its username)")
+@click.option("--store", default="store-1", show_default=True, help="store id")
+@click.option("--prefix", default="gondola/v1", show_default=True, help="topic prefix")
+@click.option("--port", default=1883, show_default=True, type=int, help="listener port")
+@click.option("--bind", default=None, help="listener address (default: all interfaces)")
+@click.option("--user", "run_as", default=None, help="user Mosquitto runs as when started as root (default mosquitto)")
+@click.option("--tls-ca", type=click.Path(path_type=Path), default=None, help="CA file: the listener speaks TLS")
+@click.option("--tls-cert", type=click.Path(path_type=Path), default=None, help="the broker's certificate")
+@click.option("--tls-key", type=click.Path(path_type=Path), default=None, help="the broker's key")
+@click.option("--client-certs", is_flag=True, help="TLS: require client certificates; the CN is the identity")
+@click.option("--rotate", multiple=True, help="give this identity a new password (repeatable)")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="folder to write")
+def broker_config(units: str, store: str, prefix: str, port: int, bind: str | None, run_as: str | None,
+                  tls_ca: Path | None, tls_cert: Path | None, tls_key: Path | None, client_certs: bool,
+                  rotate: tuple[str, ...], out: Path) -> None:
+    """Write a Mosquitto set-up: per-unit, cartd and backend identities, their ACL, credentials.
+
+    \b
+    DIR/mosquitto.conf          `mosquitto -c DIR/mosquitto.conf` runs it as is
+    DIR/passwd, DIR/acl         password hashes and the ACL (docs/broker-security.md)
+    DIR/credentials/ID.json     {"username", "password"} per identity (0600), and ID.password
+    Run again with more units to add them: existing identities keep their passwords.
+    """
+    from .brokerconfig import BrokerConfigError, Tls, parse_units, write_broker_config
+    try:
+        unit_ids = parse_units(units)
+        tls = None
+        if any((tls_ca, tls_cert, tls_key)):
+            if not all((tls_ca, tls_cert, tls_key)):
+                raise BrokerConfigError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
+            tls = Tls(tls_ca, tls_cert, tls_key, client_certs)  # type: ignore[arg-type]
+        elif client_certs:
+            raise BrokerConfigError("--client-certs needs --tls-ca, --tls-cert and --tls-key")
+        res = write_broker_config(out, units=unit_ids, store=store, prefix=prefix, port=port, bind=bind,
+                                  run_as=run_as, tls=tls, rotate=rotate)
+    except BrokerConfigError as exc:
+        click.echo(f"cartd broker-config: {exc}", err=True)
+        sys.exit(EX_USAGE)
+    except OSError as exc:
+        click.echo(f"cartd broker-config: cannot write {exc.filename or out}: {exc.strerror or exc}", err=True)
+        sys.exit(EX_CANTCREAT)
+    where = f"{bind or '*'}:{port}{' (TLS)' if tls else ''}"
+    click.echo(f"{res.out}: Mosquitto for store {store}, listener {where}; identities "
+               f"{', '.join(res.identities)} (new passwords: {', '.join(res.new) or 'none'}; "
+               f"kept: {', '.join(res.kept) or 'none'})")
+    if res.broker_user:
+        click.echo(f"{res.out}: passwd and acl readable by group of '{res.broker_user}', data/ owned by it "
+                   f"(Mosquitto started as root runs as that user)")
+    click.echo(f"run: mosquitto -c {res.out / 'mosquitto.conf'}")
 
 
 def main() -> None:
