@@ -10,7 +10,10 @@ conversions (and the first after a gain change) are unsettled garbage.
 Time comes from an injectable clock. With :class:`SimClock` (time moves only when something
 sleeps, plus ``call_cost_s`` per GPIO call) a single-threaded test is fully deterministic,
 including a "preemption" that stretches one SCK high period. With ``time.monotonic`` the fake runs
-in real time for threaded end-to-end tests.
+in real time. Threaded end-to-end tests use :class:`PulseClock`: real time between reads, simulated
+time inside one (from DOUT seen ready to the check after the last pulse), so the OS or the GIL
+pausing a reader thread mid-word cannot turn into a timing violation or a missed desync; only an
+injected ``preempt_next`` stretches a pulse.
 
 Fault injection per chip: ``dead`` (never ready), ``stuck_dout`` (0 or 1), ``inject_words``
 (the next reads shift out these exact words: 0xFFFFFF, rails ...), ``preempt_next`` (stretch one
@@ -44,6 +47,45 @@ class SimClock:
 
     def wallclock(self) -> float:
         return 1.7e9 + self.t
+
+
+class PulseClock:
+    """Monotonic time for threaded tests, simulated inside a read.
+
+    Each thread sees real ``time.monotonic()`` except while it is clocking a word out of a chip:
+    :class:`FakeGPIO` calls :meth:`hold` when a reader finds an idle chip ready (DOUT low) and
+    :meth:`release` at the reader's DOUT check after the last pulse. Meanwhile that thread's time
+    stands still but for ``advance`` (the fake's per-call cost and injected stretches), so how
+    long SCK stays high is decided by the test, never by the scheduler of a loaded machine. The
+    reader's ``sleep`` must be :meth:`sleep` (it releases a hold, then really sleeps), and the
+    fake chip and the reader must share this clock.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def __call__(self) -> float:
+        held = getattr(self._local, "held", None)
+        return time.monotonic() if held is None else held
+
+    def hold(self) -> None:
+        if getattr(self._local, "held", None) is None:
+            self._local.held = time.monotonic()
+
+    def release(self) -> None:
+        self._local.held = None
+
+    @property
+    def holding(self) -> bool:
+        return getattr(self._local, "held", None) is not None
+
+    def advance(self, dt: float) -> None:
+        if dt > 0 and getattr(self._local, "held", None) is not None:
+            self._local.held += dt
+
+    def sleep(self, dt: float) -> None:
+        self.release()
+        time.sleep(dt)
 
 
 @dataclass
@@ -258,6 +300,8 @@ class FakeGPIO:
         #: simulated duration of each GPIO call (only with a clock that can ``advance``)
         self.call_cost_s = call_cost_s
         self._advance = getattr(clock, "advance", None)
+        self._hold = getattr(clock, "hold", None)
+        self._release = getattr(clock, "release", None)
         self.mode: int | None = None
         self.warnings = True
         self.pins: dict[int, _Pin] = {}
@@ -325,7 +369,13 @@ class FakeGPIO:
             return 1 if pin.pull == self.PUD_UP else 0  # nothing attached: the pull decides
         chip, lock = hit
         with lock:
-            return chip.dout_level(self.clock())
+            level = chip.dout_level(self.clock())
+            if self._hold is not None:
+                if chip._pulses >= 25:
+                    self._release()   # the check after the last pulse: the read is over
+                elif chip._pulses == 0 and level == 0:
+                    self._hold()      # ready: the reader starts clocking on simulated time
+            return level
 
     def cleanup(self, channel: int | list[int] | None = None) -> None:
         with self._lock:
