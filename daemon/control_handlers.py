@@ -334,7 +334,8 @@ class UnitControl:
             raise CommandError("load_g must be a number of grams") from None
         force = bool(req.args.get("force", False))
         window = self._window(req)
-        technician = str(req.args.get("technician") or req.origin)
+        # who is on record in calibration.json: shelfcal's --technician, else the requester's identity
+        technician = str(req.args.get("technician") or req.identity)
         new: dict[str, ChannelCal] = {}
         report: dict[str, Any] = {}
         warnings_all: list[str] = []

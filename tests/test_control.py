@@ -97,7 +97,8 @@ def test_pipeline_commands_wait_for_drain_and_faults_are_answered():
     assert replies[0] == {"txid": "a", "command": "tare", "ok": True, "result": {"plates": [1]}}
     assert replies[1]["ok"] is False and "ZeroDivisionError" in replies[1]["error"]
     assert replies[2] == {"txid": "c", "command": "refuse", "ok": False, "error": "plate 9 does not exist"}
-    assert cmds.counters == {"requests": 3, "ok": 1, "errors": 2, "faults": 1}
+    assert cmds.counters == {"requests": 3, "ok": 1, "errors": 2, "faults": 1,
+                             "malformed": 0, "rate_limited": 0, "queue_full": 0}
     cmds.submit(Request("tare", "d", {"plates": [2]}), replies.append)
     cmds.fail_pending("stopping")
     assert replies[-1]["ok"] is False and replies[-1]["error"] == "stopping"

@@ -19,6 +19,16 @@ Requests arrive on ``req/<command>`` and are answered on ``res/<command>`` with 
 back-end write access to one and read access to the other. The publisher answers two commands
 itself: ``resend`` (a consumer saw a ``seq`` gap: republish a range from the outbox, flagged
 ``historical``) and ``rebirth`` (republish the retained documents).
+
+Requests are untrusted input and never cost the unit its events: at most ``MAX_PENDING_REQUESTS``
+wait in the sender's queue (more are dropped and counted, their payloads never parsed); each
+command has a token bucket (:meth:`Commands.admit`) checked before parsing; parsing has size and
+depth limits; refusals are answered on ``res/<command>`` with the ``txid`` when it can be read,
+but at most ``ERROR_REPLIES_PER_S`` a second (a flood gets some answers, not an amplifier).
+``resend`` ranges are merged into one backlog (overlapping requests cost nothing twice, at most
+``MAX_RESEND_BACKLOG`` seqs) that the sender drains after live events, at most
+``RESEND_RATE`` events a second and ``RESEND_INFLIGHT`` unacknowledged, so live events never
+queue behind a resend. Counters are in ``health.requests``.
 """
 from __future__ import annotations
 
@@ -35,7 +45,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from daemon import __version__
 from daemon.config import BrokerConnection, Config
-from daemon.control import CommandError, Commands, Request, parse_request
+from daemon.control import (MAX_REQUEST_BYTES, CommandError, Commands, Request, RequestRefused, TokenBucket,
+                            parse_request, recover_txid)
 from daemon.events.item_event import rfc3339
 from daemon.publish.outbox import Outbox, OutboxRecord
 
@@ -44,6 +55,11 @@ log = logging.getLogger(__name__)
 STATES = ("online", "degraded", "stopped", "offline")
 _STABLE_CONNECTION_S = 10.0  # a connection shorter than this counts as flapping (back off)
 MAX_RESEND = 1000  # events per resend request; a consumer asks again for the rest
+MAX_RESEND_BACKLOG = 5000    # seqs waiting to be republished, all requests together
+RESEND_RATE = 200.0          # republished events a second
+RESEND_INFLIGHT = 20         # republished events awaiting PUBACK
+MAX_PENDING_REQUESTS = 256   # requests received but not yet looked at by the sender thread
+ERROR_REPLIES_PER_S = (20.0, 40)  # refusals answered a second (rate, burst); the rest only counted
 
 
 def _parse_rfc3339(s: Any) -> float | None:
@@ -114,6 +130,17 @@ class Publisher:
         self._stats = {"connects": 0, "disconnects": 0, "published": 0, "acked": 0, "republished": 0,
                        "historical": 0, "connect_failures": 0, "resent": 0}
         self._outbox_depth: int | None = None
+        # requests: counted by paho's thread (intake) and the sender thread (the rest)
+        self._req_lock = threading.Lock()
+        self._req_pending = 0
+        self._req_stats = {"dropped_backlog": 0, "oversize": 0, "error_replies_suppressed": 0,
+                           "resend_requested": 0, "resend_coalesced": 0, "resend_republished": 0,
+                           "resend_refused_backlog": 0, "intake_faults": 0}
+        self._error_replies = TokenBucket(*ERROR_REPLIES_PER_S)
+        # resend backlog: sorted, disjoint, inclusive [lo, hi] ranges (sender thread only)
+        self._resend_ranges: list[list[int]] = []
+        self._resend_inflight: set[int] = set()
+        self._resend_bucket = TokenBucket(RESEND_RATE, int(RESEND_INFLIGHT))
 
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -208,8 +235,9 @@ class Publisher:
         m = self._cfg.mqtt
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=self._cfg.client_id, clean_session=True,
                         protocol=paho.MQTTv311)
-        # Paho may hold a little more than our event window: retained documents share the session.
-        c.max_inflight_messages_set(self._window + 8)
+        # Paho may hold a little more than our event window: retained documents and republished
+        # events share the session, and must never make a live event wait for a free slot.
+        c.max_inflight_messages_set(self._window + RESEND_INFLIGHT + 8)
         c.reconnect_delay_set(self._backoff[0], self._backoff[1])  # type: ignore[arg-type]
         c.will_set(self.topics["status"], self._will_payload(), qos=1, retain=True)
         configure_auth(c, m)
@@ -219,7 +247,7 @@ class Publisher:
         c.on_connect_fail = lambda _c, _u: self._q.put(("connect_fail", gen))
         c.on_disconnect = lambda _c, _u, _f, rc, _p: self._q.put(("disconnect", gen, rc))
         c.on_publish = lambda _c, _u, mid, rc, _p: self._q.put(("ack", gen, mid, rc))
-        c.on_message = lambda _c, _u, m: self._q.put(("request", gen, m.topic, m.payload))
+        c.on_message = lambda _c, _u, m: self._intake(gen, m.topic, m.payload)
         c.connect_async(m.host, m.port, keepalive=m.keepalive_s)
         c.loop_start()
         self._client = c
@@ -240,6 +268,7 @@ class Publisher:
         self._gen += 1  # anything still queued from the old client is now stale
         self._connected = False
         self._inflight.clear()
+        self._resend_inflight.clear()  # their PUBACKs will not come; the backlog stays
         self._sent_upto = 0
         if c is not None:
             c.disconnect()  # ends paho's retry loop; a clean DISCONNECT if still connected
@@ -271,7 +300,7 @@ class Publisher:
         self._shutdown()
 
     def _step(self) -> None:
-        timeout = 0.05 if self._stopping.is_set() else 1.0
+        timeout = 0.05 if self._stopping.is_set() or (self._resend_ranges and self._connected) else 1.0
         msgs: list[tuple[Any, ...]] = []
         try:
             msgs.append(self._q.get(timeout=timeout))
@@ -292,6 +321,7 @@ class Publisher:
         if self._connected:
             self._publish_dirty()
             self._fill_window()
+            self._drain_resends()  # after live events: they never wait behind a resend
         depth = self._outbox.depth()
         with self._lock:
             self._outbox_depth = depth
@@ -304,12 +334,14 @@ class Publisher:
         if kind == "wake" or msg[1] != self._gen:
             return
         if kind == "request":
-            self._on_request(msg[2], msg[3])
+            self._on_request(msg[2], msg[3], msg[4] if len(msg) > 4 else None)
             return
         if kind == "ack":
             rec = self._inflight.pop(msg[2], None)
             if rec is not None:
                 acked.append(rec.event_id)
+            else:
+                self._resend_inflight.discard(msg[2])
         elif kind == "connect":
             rc = msg[2]
             if rc.is_failure:
@@ -382,7 +414,17 @@ class Publisher:
         doc.setdefault("t", rfc3339(self._clock()))
         doc.setdefault("version", __version__)
         doc["mqtt"] = {k: v for k, v in self.stats().items() if k not in ("outbox_depth", "status")}
+        doc["requests"] = self.request_stats()
         return doc
+
+    def request_stats(self) -> dict[str, Any]:
+        """``health.requests``: what came in over MQTT and what was refused, dropped or coalesced."""
+        out: dict[str, Any] = dict(self.commands.stats())
+        with self._req_lock:
+            out.update(self._req_stats)
+            out["pending"] = self._req_pending
+        out["resend_backlog"] = sum(hi - lo + 1 for lo, hi in list(self._resend_ranges))
+        return out
 
     def _fill_window(self) -> None:
         room = self._window - len(self._inflight)
@@ -424,17 +466,62 @@ class Publisher:
 
     # ------------------------------------------------------------ requests (sender thread)
 
-    def _on_request(self, topic: str, payload: bytes) -> None:
+    def _intake(self, gen: int, topic: str, payload: bytes) -> None:
+        """paho's network thread: queue a request for the sender, or drop it when too many wait.
+        An oversize payload is cut to its head here (enough to find a txid), never kept whole."""
+        try:
+            size = None
+            if len(payload) > MAX_REQUEST_BYTES:
+                size = len(payload)
+                payload = bytes(payload[:4096])
+            with self._req_lock:
+                if size is not None:
+                    self._req_stats["oversize"] += 1
+                if self._req_pending >= MAX_PENDING_REQUESTS:
+                    self._req_stats["dropped_backlog"] += 1
+                    return
+                self._req_pending += 1
+            self._q.put(("request", gen, topic, payload, size))
+        except Exception:  # noqa: BLE001 - paho's thread must keep reading whatever arrives
+            with self._req_lock:
+                self._req_stats["intake_faults"] += 1
+
+    def _on_request(self, topic: str, payload: bytes, oversize: int | None = None) -> None:
+        with self._req_lock:
+            self._req_pending = max(0, self._req_pending - 1)
         command = topic.rsplit("/", 1)[-1]
         try:
-            req = parse_request(command, payload, "mqtt")
-        except CommandError as exc:
-            # No txid to answer to: say so on the response topic anyway, for whoever is watching.
-            self._publish_reply(command, {"txid": None, "command": command, "ok": False, "error": str(exc)})
-            log.info("malformed %s request on %s: %s", command, topic, exc)
+            refusal = self.commands.admit(command)
+            if refusal is not None:
+                self._refuse(command, refusal, recover_txid(payload[:4096]))
+                return
+            if oversize is not None:
+                self.commands.count_malformed()
+                self._refuse(command, f"payload is {oversize} bytes; requests are at most {MAX_REQUEST_BYTES}",
+                             recover_txid(payload))
+                return
+            try:
+                req = parse_request(command, payload, "mqtt")
+            except CommandError as exc:
+                self.commands.count_malformed()
+                txid = exc.txid if isinstance(exc, RequestRefused) else None
+                self._refuse(command, str(exc), txid)
+                return
+            # The reply may come from the sample thread (queued commands): route it through our queue.
+            self.commands.submit(req, lambda doc, c=command: self._q.put(("reply", c, doc)))
+        except Exception:  # noqa: BLE001 - whatever a request does, the sender keeps sending events
+            log.exception("request on %s could not be handled", topic)
+            with self._req_lock:
+                self._req_stats["intake_faults"] += 1
+
+    def _refuse(self, command: str, error: str, txid: str | None) -> None:
+        """A one-line error on res/<command>, unless refusals are already coming too fast."""
+        if not self._error_replies.take():
+            with self._req_lock:
+                self._req_stats["error_replies_suppressed"] += 1
             return
-        # The reply may come from the sample thread (queued commands): route it through our queue.
-        self.commands.submit(req, lambda doc, c=command: self._q.put(("reply", c, doc)))
+        log.info("%s request refused (txid %s): %s", command, txid, error)
+        self._publish_reply(command, {"txid": txid, "command": command, "ok": False, "error": error})
 
     def _publish_reply(self, command: str, doc: dict[str, Any]) -> None:
         if self._client is None or not self._connected:
@@ -443,6 +530,10 @@ class Publisher:
         self._client.publish(self._res_base + command, json.dumps(doc, separators=(",", ":")), qos=1, retain=False)
 
     def _cmd_resend(self, req: Request) -> dict[str, Any]:
+        """Queue a range for republishing; the reply says what will go out. ``resent``: stored,
+        acknowledged events of the range that will be republished (``coalesced`` of them were
+        already queued by an earlier request); ``pending``: not yet acknowledged, they come
+        through the normal window; ``missing``: pruned ranges; ``queued``: the whole backlog."""
         a = req.args
         lo, hi = a.get("from_seq"), a.get("to_seq")
         if not (isinstance(lo, int) and isinstance(hi, int)) or isinstance(lo, bool) or isinstance(hi, bool):
@@ -452,32 +543,74 @@ class Publisher:
         hi = min(hi, lo + MAX_RESEND - 1, self._outbox.last_seq())
         if self._client is None or not self._connected:
             raise CommandError("not connected")
-        found = self._outbox.records_between(lo, hi, limit=MAX_RESEND) if hi >= lo else []
-        resent = pending = 0
-        have = set()
-        for rec in found:
-            have.add(rec.seq)
-            if rec.sent_at is None:
-                pending += 1  # on its way through the normal window; sending it here would race
-                continue
-            ev = dict(rec.event)
-            ev["historical"] = True
-            self._client.publish(self.topics["events"], json.dumps(ev, separators=(",", ":")), qos=1, retain=False)
-            resent += 1
-        with self._lock:
-            self._stats["resent"] += resent
+        found = self._outbox.seqs_between(lo, hi) if hi >= lo else []
+        sent = [s for s, acked in found if acked]
+        pending = len(found) - len(sent)
+        already = sum(1 for s in sent if _covered(self._resend_ranges, s))
+        backlog = sum(b - a_ + 1 for a_, b in self._resend_ranges)
+        new = _span_outside(self._resend_ranges, lo, hi) if hi >= lo else 0
+        if backlog + new > MAX_RESEND_BACKLOG:
+            with self._req_lock:
+                self._req_stats["resend_refused_backlog"] += 1
+            raise CommandError(f"resend backlog full ({backlog} seqs queued, at most {MAX_RESEND_BACKLOG}); "
+                               f"ask again later")
+        if hi >= lo:
+            _merge(self._resend_ranges, lo, hi)
+        with self._req_lock:
+            self._req_stats["resend_requested"] += len(sent)
+            self._req_stats["resend_coalesced"] += already
+        have = {s for s, _ in found}
         missing: list[list[int]] = []
-        for s in range(lo, hi + 1):
-            if s in have:
-                continue
-            if missing and missing[-1][1] == s - 1:
-                missing[-1][1] = s
-            else:
-                missing.append([s, s])
-        log.info("resend %d..%d for %s: %d resent, %d pending, %d ranges pruned", lo, hi, req.txid,
-                 resent, pending, len(missing))
-        return {"from_seq": lo, "to_seq": hi, "resent": resent, "pending": pending, "missing": missing,
-                "last_seq": self._outbox.last_seq()}
+        if len(have) < hi - lo + 1:
+            for s in range(lo, hi + 1):
+                if s in have:
+                    continue
+                if missing and missing[-1][1] == s - 1:
+                    missing[-1][1] = s
+                else:
+                    missing.append([s, s])
+        log.info("resend %d..%d for %s: %d queued (%d already), %d pending, %d ranges pruned", lo, hi,
+                 req.txid, len(sent), already, pending, len(missing))
+        return {"from_seq": lo, "to_seq": hi, "resent": len(sent), "coalesced": already, "pending": pending,
+                "missing": missing, "queued": backlog + new, "last_seq": self._outbox.last_seq()}
+
+    def _drain_resends(self) -> None:
+        """Republish from the backlog: at most RESEND_INFLIGHT unacknowledged, RESEND_RATE a second."""
+        if not self._resend_ranges:
+            return
+        room = RESEND_INFLIGHT - len(self._resend_inflight)
+        if room <= 0:
+            return
+        budget = self._resend_bucket.take_up_to(room)
+        done = 0
+        failed = False
+        while budget > 0 and self._resend_ranges and not failed:
+            lo, hi = self._resend_ranges[0]
+            recs = self._outbox.records_between(lo, hi, limit=budget)
+            upto = hi if len(recs) < budget else recs[-1].seq
+            for rec in recs:
+                if rec.sent_at is None:
+                    continue  # still pending: the normal window sends it
+                ev = dict(rec.event)
+                ev["historical"] = True
+                info = self._client.publish(self.topics["events"], json.dumps(ev, separators=(",", ":")),  # type: ignore[union-attr]
+                                            qos=1, retain=False)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    upto, failed = rec.seq - 1, True  # the connection went: the rest stays queued
+                    break
+                self._resend_inflight.add(info.mid)
+                budget -= 1
+                done += 1
+            if upto >= hi:
+                self._resend_ranges.pop(0)
+            elif upto >= lo:
+                self._resend_ranges[0][0] = upto + 1
+        self._resend_bucket.tokens += budget  # unspent: keep them
+        if done:
+            with self._lock:
+                self._stats["resent"] += done
+            with self._req_lock:
+                self._req_stats["resend_republished"] += done
 
     def _cmd_rebirth(self, req: Request) -> dict[str, Any]:
         with self._lock:
@@ -509,3 +642,37 @@ class Publisher:
         if left:
             log.info("MQTT publisher stopping with %d events kept in the outbox", left)
         self._drop_client()
+
+
+# ---------------------------------------------------------------- resend backlog (sorted ranges)
+
+
+def _covered(ranges: list[list[int]], s: int) -> bool:
+    return any(lo <= s <= hi for lo, hi in ranges)
+
+
+def _span_outside(ranges: list[list[int]], lo: int, hi: int) -> int:
+    """How many seqs of lo..hi no range covers yet."""
+    n = hi - lo + 1
+    for a, b in ranges:
+        n -= max(0, min(b, hi) - max(a, lo) + 1)
+    return n
+
+
+def _merge(ranges: list[list[int]], lo: int, hi: int) -> None:
+    """Add lo..hi to sorted disjoint ranges, joining what overlaps or touches."""
+    out: list[list[int]] = []
+    placed = False
+    for a, b in ranges:
+        if b < lo - 1:
+            out.append([a, b])
+        elif a > hi + 1:
+            if not placed:
+                out.append([lo, hi])
+                placed = True
+            out.append([a, b])
+        else:
+            lo, hi = min(lo, a), max(hi, b)
+    if not placed:
+        out.append([lo, hi])
+    ranges[:] = out

@@ -296,6 +296,15 @@ class Outbox:
             ).fetchall()
         return [OutboxRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
+    def seqs_between(self, from_seq: int, to_seq: int) -> list[tuple[int, bool]]:
+        """(seq, acknowledged) of the stored events with ``from_seq <= seq <= to_seq``; no bodies."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, sent_at IS NOT NULL FROM events WHERE seq BETWEEN ? AND ? ORDER BY seq",
+                (from_seq, to_seq),
+            ).fetchall()
+        return [(int(r[0]), bool(r[1])) for r in rows]
+
     def depth(self) -> int:
         """Number of unacknowledged events."""
         with self._lock:
