@@ -89,8 +89,10 @@ class AssociationConfig(_Strict):
     not_holding_factor: float = Field(0.2, ge=0, le=1)
     # Wait this long for tracking to reach an event's t_end before associating with what is known.
     tracking_wait_s: float = Field(2.0, ge=0)
-    # An event whose t_end is further than this in the future of cartd's clock is dead-lettered
-    # as a warning (clock_skew) and still applied.
+    # A time further than this in the future of cartd's clock is not believed: an item event
+    # (t_end), gate message or tracking message beyond it is refused (dead letter clock_skew,
+    # kept, never applied), and a unit's health time is clamped to cartd's clock. Neither can move
+    # a unit's watermark or the tracking feed ahead.
     max_clock_skew_s: float = Field(5.0, gt=0)
 
 
@@ -115,6 +117,17 @@ class ResendConfig(_Strict):
     max_attempts: int = Field(5, ge=1)
 
 
+class LimitsConfig(_Strict):
+    # A message larger than this is a dead letter (payload_too_large) holding only its topic, size
+    # and SHA-256: never parsed, never stored. Item events are ~1 KB.
+    max_payload_bytes: int = Field(65536, ge=1024)
+    # An item event whose seq is this far above the highest seq known for its unit (received, or
+    # the unit's own health last_seq) is refused (dead letter seq_implausible): it neither marks
+    # the seqs in between as missing nor moves the unit's seq bookkeeping. A unit reserves seqs in
+    # blocks of 1000, so a real restart jumps by less.
+    max_seq_jump: int = Field(10000, ge=1000)
+
+
 class BatchConfig(_Strict):
     # Messages processed per transaction (one commit, then the PUBACKs).
     max_messages: int = Field(1000, ge=1)
@@ -133,6 +146,7 @@ class Config(_Strict):
     receipts: ReceiptConfig = ReceiptConfig()
     resend: ResendConfig = ResendConfig()
     batch: BatchConfig = BatchConfig()
+    limits: LimitsConfig = LimitsConfig()
     health_interval_s: float = Field(5.0, gt=0)
     tick_s: float = Field(0.2, gt=0)
 

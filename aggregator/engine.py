@@ -75,6 +75,9 @@ class Engine:
         self._feed_t: float | None = None
         self._unit_health: dict[str, tuple[float, int | None, Any]] = {}
         self._unit_status: dict[str, str] = {}
+        # Per transaction: the highest seq believed per unit (see _plausible_seq).
+        self._seq_refs: dict[str, int | None] = {}
+        self._warned_health: dict[str, float] = {}
 
     # ================================================================ batches
 
@@ -146,6 +149,7 @@ class Engine:
         self._lines, self._staged_qty, self._sessions = [], {}, None
         self._track_rows, self._feed_t = [], None
         self._unit_health, self._unit_status = {}, {}
+        self._seq_refs = {}
 
     def _run_tx(self, fn: Callable[[], Any]) -> list[Outbound]:
         self._reset_tx()
@@ -186,6 +190,12 @@ class Engine:
         """Apply a burst in order; runs of item events are applied together (one INSERT per run)."""
         run: list[tuple[str, str, bytes]] = []
         ev_prefix = self.base + "/"
+        limit = self.cfg.limits.max_payload_bytes
+        if any(len(p) > limit for _, p in msgs):
+            for topic, payload in msgs:
+                if len(payload) > limit:
+                    self._too_large(topic, payload)
+            msgs = [m for m in msgs if len(m[1]) <= limit]
         if self.store.pg:
             self._lock_gate_sessions(msgs)
         for topic, payload in msgs:
@@ -303,6 +313,20 @@ class Engine:
 
     # ================================================================ dead letters
 
+    def _too_large(self, topic: str, payload: bytes) -> None:
+        """Dead letter for an oversized message: topic, size and digest only, never the payload."""
+        import hashlib
+        self.counters["messages"] += 1
+        pre = self.base + "/"
+        unit = None
+        if topic.startswith(pre):
+            first = topic[len(pre):].split("/", 1)[0]
+            unit = first if first and not first.startswith("_") else None
+        digest = hashlib.sha256(payload).hexdigest()[:16]
+        self._deadletter("payload_too_large", topic,
+                         f"{len(payload)} bytes (limit {self.cfg.limits.max_payload_bytes}), sha256 {digest}…:"
+                         " not parsed, not stored", None, unit_id=unit)
+
     def _deadletter(self, reason: str, topic: str, detail: str, payload: bytes | str | None = None, *,
                     action: str = "kept", event_id: str | None = None, unit_id: str | None = None,
                     session_id: str | None = None) -> None:
@@ -335,10 +359,18 @@ class Engine:
 
     # ================================================================ gates
 
+    def _not_future(self, what: str, t: float) -> None:
+        """Refuse a time beyond the clock tolerance in the future (it would move a watermark)."""
+        ahead = t - self.clock()
+        if ahead > self.cfg.association.max_clock_skew_s:
+            raise BadMessage("clock_skew", f"{what} time {fmt_ts(t)} is {ahead:.1f} s ahead of cartd's clock"
+                                           f" (tolerance {self.cfg.association.max_clock_skew_s:g} s): refused")
+
     def _entry(self, topic: str, payload: bytes) -> None:
         m = validate(GateEntry, decode(payload))
         if m.store_id not in (None, self.cfg.store_id):
             raise BadMessage("wrong_store", f"entry for store {m.store_id!r}, this is {self.cfg.store_id!r}")
+        self._not_future(f"entry of session {m.session_id}", m.t)
         now = self.clock()
         cur = self.store.ex("INSERT INTO sessions (session_id, entered_at, entry_gate, shopper_ref, state, last_change)"
                             " VALUES (?,?,?,?, 'open', ?) ON CONFLICT (session_id) DO NOTHING",
@@ -362,6 +394,7 @@ class Engine:
         m = validate(GateExit, decode(payload))
         if m.store_id not in (None, self.cfg.store_id):
             raise BadMessage("wrong_store", f"exit for store {m.store_id!r}, this is {self.cfg.store_id!r}")
+        self._not_future(f"exit of session {m.session_id}", m.t)
         row = self.store.q1("SELECT state, exited_at, entered_at FROM sessions WHERE session_id=?" + self.store.for_update(),
                             (m.session_id,))
         if row is None:
@@ -397,6 +430,7 @@ class Engine:
 
     def _tracking(self, topic: str, payload: bytes) -> None:
         m = validate(Tracking, decode(payload))
+        self._not_future("tracking", m.t)
         rows = [(o.unit_id, o.shelf or "", m.t, o.session_id, o.confidence) for o in m.observations]
         # Written at the end of the transaction, sorted (_flush_tracking).
         self._track_rows += rows
@@ -428,10 +462,22 @@ class Engine:
         if t is None:
             self.counters["unit_health_unusable"] += 1
             return
+        now = self.clock()
+        if t > now + self.cfg.association.max_clock_skew_s:
+            # The document cannot describe a moment after we received it: clamp, so a unit clock
+            # running ahead never moves its watermark ahead of time.
+            self.counters["unit_health_clamped"] += 1
+            if now - self._warned_health.get(unit_id, float("-inf")) >= 60.0:
+                self._warned_health[unit_id] = now
+                log.warning("unit %s health time %s is %.1f s ahead of cartd's clock: taken as now (check its NTP)",
+                            unit_id, fmt_ts(t), t - now)
+            t = now
         # Applied at the end of the transaction (_flush_unit_docs): the newest per unit.
         prev = self._unit_health.get(unit_id)
         if prev is None or t > prev[0]:
             self._unit_health[unit_id] = (t, last, depth)
+        if last is not None and unit_id in self._seq_refs:
+            self._seq_refs[unit_id] = max(self._seq_refs[unit_id] or 0, last)
         self.counters["unit_health"] += 1
 
     def _status(self, unit_id: str, payload: bytes) -> None:
@@ -474,10 +520,17 @@ class Engine:
 
     def _events(self, run: list[tuple[str, str, bytes]]) -> None:
         """A run of item events: validate each, insert them all at once (the primary key on event_id
-        dedupes, RETURNING says which were new), then associate the new ones in order."""
+        dedupes, RETURNING says which were new), then associate the new ones in order.
+
+        Refused before anything is stored (dead letter, kept): a unit_id or store_id that differs
+        from the topic's, a t_end beyond the clock tolerance in the future, a seq implausibly far
+        above the unit's. A known event_id with different content is a conflict, not a duplicate."""
         evs: list[tuple[str, ItemEvent, bytes]] = []
-        seen: set[str] = set()
+        seen: dict[str, bytes] = {}
+        now = self.clock()
+        skew = self.cfg.association.max_clock_skew_s
         for topic, topic_unit, payload in run:
+            self.counters["messages"] += 1
             try:
                 try:
                     # Fast path: pydantic parses the JSON itself (no dict of Python objects first).
@@ -486,23 +539,47 @@ class Engine:
                     # The usual path says precisely what is wrong (malformed_json / schema_violation).
                     ev = validate(ItemEvent, decode(payload))  # type: ignore[assignment]
                 problem = ev.check()
-                if problem is None and ev.unit_id != topic_unit:
-                    problem = f"unit_id {ev.unit_id!r} differs from the topic's unit {topic_unit!r}"
                 if problem:
                     raise BadMessage("schema_violation", problem)
             except BadMessage as bad:
-                self.counters["messages"] += 1
                 self._deadletter(bad.reason, topic, bad.detail, payload)
                 continue
-            self.counters["messages"] += 1
-            if ev.event_id in seen:  # twice in one burst
-                self.counters["duplicates"] += 1
+            ids = {"event_id": ev.event_id, "unit_id": topic_unit}
+            if ev.unit_id != topic_unit:
+                self._deadletter("topic_mismatch", topic, f"unit_id {ev.unit_id!r} differs from the topic's unit"
+                                 f" {topic_unit!r}: refused", payload, **ids)
                 continue
-            seen.add(ev.event_id)
+            if ev.store_id != self.cfg.store_id:
+                self._deadletter("wrong_store", topic, f"store_id {ev.store_id!r} differs from the topic's store"
+                                 f" {self.cfg.store_id!r}: refused", payload, **ids)
+                continue
+            if ev.t_end > now + skew:
+                # Refused, never clamped: a wrong time would also pick the wrong shopper. Its seq is
+                # accounted for (seq_notes), so it is not asked for again and again.
+                self._deadletter("clock_skew", topic, f"unit {ev.unit_id} event t_end {fmt_ts(ev.t_end)} is"
+                                 f" {ev.t_end - now:.1f} s ahead of cartd's clock (tolerance {skew:g} s): refused",
+                                 payload, **ids)
+                if self._plausible_seq(ev.unit_id, ev.seq):
+                    self._seq_note(ev.unit_id, ev.seq, "clock_skew", now)
+                continue
+            if not self._plausible_seq(ev.unit_id, ev.seq):
+                ref = self._seq_refs.get(ev.unit_id)
+                self._deadletter("seq_implausible", topic, f"unit {ev.unit_id} seq {ev.seq} is {ev.seq - (ref or 0)}"
+                                 f" above its highest known seq {ref} (limit {self.cfg.limits.max_seq_jump}):"
+                                 " refused; seqs in between are not marked missing", payload, **ids)
+                continue
+            first = seen.get(ev.event_id)
+            if first is not None:  # twice in one burst
+                if self._same_event(first, payload):
+                    self.counters["duplicates"] += 1
+                else:
+                    self._conflict(topic, ev, payload, now)
+                continue
+            seen[ev.event_id] = payload
+            self._seq_refs[ev.unit_id] = max(self._seq_refs.get(ev.unit_id) or 0, ev.seq)
             evs.append((topic, ev, payload))
         if not evs:
             return
-        now = self.clock()
         new: set[str] = set()
         cols = "(event_id, unit_id, seq, shelf, type, sku, quantity, t_start, t_end, confidence, historical, received_at, state, payload)"
         for i in range(0, len(evs), _CHUNK):
@@ -514,6 +591,21 @@ class Engine:
             values = ",".join(["(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"] * len(part))
             new.update(r[0] for r in self.store.q(
                 f"INSERT INTO events {cols} VALUES {values} ON CONFLICT (event_id) DO NOTHING RETURNING event_id", params))
+        if len(new) < len(evs):
+            # Already known event_ids: a redelivery (same content; a resend adds "historical") is a
+            # duplicate; anything else is a conflict, kept for people to look at.
+            old = [ev.event_id for _, ev, _ in evs if ev.event_id not in new]
+            stored: dict[str, str] = {}
+            for j in range(0, len(old), _CHUNK):
+                part = old[j:j + _CHUNK]
+                stored.update(self.store.q(f"SELECT event_id, payload FROM events WHERE event_id IN"
+                                           f" ({','.join('?' * len(part))})", part))
+            for topic, ev, payload in evs:
+                if ev.event_id in new:
+                    continue
+                prev = stored.get(ev.event_id)
+                if prev is not None and not self._same_event(prev.encode("utf-8"), payload):
+                    self._conflict(topic, ev, payload, now)
         lo_all = min(ev.t_start for _, ev, _ in evs) - self.cfg.association.clock_tolerance_s
         for topic, ev, payload in evs:
             if ev.event_id not in new:
@@ -521,6 +613,51 @@ class Engine:
                 continue
             self._new_event(topic, ev, payload, now, lo_all)
         self._flush_lines()
+
+    @staticmethod
+    def _same_event(a: bytes, b: bytes) -> bool:
+        if a == b:
+            return True
+        try:
+            da, db = json.loads(a), json.loads(b)
+        except ValueError:
+            return False
+        if isinstance(da, dict) and isinstance(db, dict):
+            da.pop("historical", None)
+            db.pop("historical", None)
+        return da == db
+
+    def _conflict(self, topic: str, ev: ItemEvent, payload: bytes, now: float) -> None:
+        """Same event_id, different content: the first one stays; this one is kept as a dead letter
+        and its seq is accounted for (not asked for again, never recorded as lost)."""
+        self.counters["conflicts"] += 1
+        self._deadletter("duplicate_event_conflict", topic,
+                         f"event_id {ev.event_id} already received with different content (unit {ev.unit_id}"
+                         f" seq {ev.seq}): the first one stands, this one is not applied", payload,
+                         event_id=ev.event_id, unit_id=ev.unit_id)
+        self._seq_note(ev.unit_id, ev.seq, "duplicate_event_conflict", now)
+
+    def _seq_note(self, unit: str, seq: int, reason: str, now: float) -> None:
+        self.store.ex("INSERT INTO seq_notes (unit_id, seq, reason, recorded_at) VALUES (?,?,?,?)"
+                      " ON CONFLICT DO NOTHING", (unit, seq, reason, now))
+
+    def _plausible_seq(self, unit: str, seq: int) -> bool:
+        """Is seq within ``limits.max_seq_jump`` of the highest seq known for the unit? The reference
+        is what cartd has received or been told by the unit's own health (which, under the broker
+        ACL, only the unit can publish); a unit cartd knows nothing about yet has none (any seq)."""
+        if unit not in self._seq_refs:
+            ref: int | None = None
+            row = self.store.q1("SELECT contiguous_seq, max_seq, health_last_seq FROM units WHERE unit_id=?", (unit,))
+            if row is not None:
+                known = [v for v in (row[0] if row[0] is not None and row[0] >= 0 else None,
+                                     row[1] if row[1] else None, row[2]) if v is not None]
+                ref = max(known) if known else None
+            h = self._unit_health.get(unit)
+            if h is not None and h[1] is not None:
+                ref = max(ref or 0, h[1])
+            self._seq_refs[unit] = ref
+        ref = self._seq_refs[unit]
+        return ref is None or seq <= ref + self.cfg.limits.max_seq_jump
 
     def _new_event(self, topic: str, ev: ItemEvent, payload: bytes, now: float, lo_all: float) -> None:
         self.counters["events"] += 1
@@ -530,9 +667,7 @@ class Engine:
         lo_hi = self._unit_seqs.get(ev.unit_id)
         self._unit_seqs[ev.unit_id] = (min(lo_hi[0], ev.seq), max(lo_hi[1], ev.seq)) if lo_hi else (ev.seq, ev.seq)
         reason = None
-        if ev.store_id != self.cfg.store_id:
-            reason, detail = "wrong_store", f"event for store {ev.store_id!r}, this is {self.cfg.store_id!r}"
-        elif self.units_cfg and ev.unit_id not in self.units_cfg:
+        if self.units_cfg and ev.unit_id not in self.units_cfg:
             reason, detail = "unknown_unit", f"unit {ev.unit_id} is not in cartd's units list"
         elif self.units_cfg.get(ev.unit_id) and ev.shelf not in self.units_cfg[ev.unit_id]:
             reason, detail = "unknown_shelf", f"unit {ev.unit_id} has no shelf {ev.shelf!r} in cartd's config"
@@ -540,10 +675,6 @@ class Engine:
             self.store.ex("UPDATE events SET state='deadletter' WHERE event_id=?", (ev.event_id,))
             self._deadletter(reason, topic, detail, payload, event_id=ev.event_id, unit_id=ev.unit_id)
             return
-        if ev.t_end > now + self.cfg.association.max_clock_skew_s:
-            self._deadletter("clock_skew", topic,
-                             f"unit {ev.unit_id} event t_end {fmt_ts(ev.t_end)} is {ev.t_end - now:.1f} s ahead of cartd's clock",
-                             payload, action="applied", event_id=ev.event_id, unit_id=ev.unit_id)
         if self._tracking_ready(ev.t_end, now, now):
             self._associate(ev.event_id, ev.unit_id, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end, topic,
                             from_memory=True, lo_hint=lo_all)
@@ -719,7 +850,9 @@ class Engine:
                 "SELECT unit_id, contiguous_seq, contig_t_end, health_last_seq, gap_since, resend_at, resend_attempts"
                 " FROM units WHERE contiguous_seq >= 0 ORDER BY unit_id"):
             seqs = self.store.q("SELECT seq, t_end FROM events WHERE unit_id=? AND seq > ? ORDER BY seq LIMIT 20000", (unit, contig))
-            lost = self.store.q("SELECT from_seq, to_seq FROM lost WHERE unit_id=? AND to_seq > ? ORDER BY from_seq", (unit, contig))
+            # Seqs that need no event: recorded lost, or accounted for by a refused/conflicting one.
+            lost = sorted(self.store.q("SELECT from_seq, to_seq FROM lost WHERE unit_id=? AND to_seq > ?", (unit, contig))
+                          + self.store.q("SELECT seq, seq FROM seq_notes WHERE unit_id=? AND seq > ?", (unit, contig)))
             new_contig, new_t = contig, contig_t
             li = 0
             i = 0
@@ -739,7 +872,8 @@ class Engine:
                 break
             # The first seq we are missing, and the end of the hole: the next seq we hold, or the
             # unit's own last_seq (from its health) when nothing newer has arrived.
-            hole_end = seqs[i][0] - 1 if i < len(seqs) else (health_last if health_last and health_last > new_contig else None)
+            held = ([seqs[i][0]] if i < len(seqs) else []) + ([lost[li][0]] if li < len(lost) else [])
+            hole_end = min(held) - 1 if held else (health_last if health_last and health_last > new_contig else None)
             if hole_end is None:
                 if new_contig != contig or gap_since is not None:
                     self.store.ex("UPDATE units SET contiguous_seq=?, contig_t_end=?, gap_since=NULL, resend_at=NULL,"

@@ -72,6 +72,10 @@ CREATE TABLE IF NOT EXISTS lost (
   unit_id TEXT NOT NULL, from_seq {INT} NOT NULL, to_seq {INT} NOT NULL,
   recorded_at {REAL} NOT NULL, PRIMARY KEY (unit_id, from_seq)
 );
+CREATE TABLE IF NOT EXISTS seq_notes (        -- seqs accounted for without an event row (refused, conflicting)
+  unit_id TEXT NOT NULL, seq {INT} NOT NULL, reason TEXT NOT NULL,
+  recorded_at {REAL} NOT NULL, PRIMARY KEY (unit_id, seq)
+);
 CREATE TABLE IF NOT EXISTS receipts (
   receipt_id TEXT PRIMARY KEY,
   session_id TEXT NOT NULL, n {INT} NOT NULL, kind TEXT NOT NULL,
