@@ -3,7 +3,9 @@
 Config is intent; calibration is measured state, written by ``shelfcal`` (and by the simulator for
 its factory calibration). grams = (counts - offset) / scale, scale in counts per gram, kept as a
 float. Writes are atomic (temporary file, fsync, rename, fsync of the directory) and the previous
-version is kept as ``calibration.prev.json`` so a bad calibration can be rolled back.
+version is kept as ``calibration.prev.json`` so a bad calibration can be rolled back. Every version
+replaced is also archived in ``calibration.history/`` (the last ``KEEP_VERSIONS``), so no request —
+two forced tares in a row, say — can leave the unit without the calibration it had before.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 
 FILENAME = "calibration.json"
 PREVIOUS = "calibration.prev.json"
+HISTORY = "calibration.history"
+KEEP_VERSIONS = 5
 SCHEMA = "gondola.calibration/1"
 
 
@@ -97,10 +101,39 @@ def save(state_dir: Path, state: CalibrationState) -> Path:
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / FILENAME
+    _archive(state_dir, path)
     # keeps calibration.prev.json complete at every instant (see daemon.atomicfile)
     atomic_write(path, json.dumps(state.to_json(), indent=2, sort_keys=True), previous=state_dir / PREVIOUS)
     log.info("calibration %s written to %s", state.calibration_id, path)
     return path
+
+
+def _archive(state_dir: Path, path: Path, keep: int = KEEP_VERSIONS) -> None:
+    """Copy the version about to be replaced into calibration.history/ (oldest beyond ``keep``
+    removed). Names sort by archiving time: ``<UTC stamp>-<calibration_id>.json``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    try:
+        cal_id = str(json.loads(data).get("calibration_id") or "unknown")
+    except (ValueError, AttributeError):
+        cal_id = "unreadable"  # a corrupt file is archived too: it is evidence
+    cal_id = "".join(c for c in cal_id if c.isalnum() or c in "-_")[:40] or "unknown"
+    hist = state_dir / HISTORY
+    hist.mkdir(exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    atomic_write(hist / f"{stamp}-{cal_id}.json", data)
+    versions = sorted(hist.glob("*.json"))
+    for old in versions[:max(0, len(versions) - keep)]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def history(state_dir: Path) -> list[Path]:
+    """Archived calibration versions, oldest first."""
+    hist = Path(state_dir) / HISTORY
+    return sorted(hist.glob("*.json")) if hist.is_dir() else []
 
 
 @contextlib.contextmanager
@@ -113,7 +146,7 @@ def locked(state_dir: Path):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         # temporary files of writers killed mid-write (SIGKILL, power cut) are garbage
-        for stale in state_dir.glob(".calibration.*.tmp*"):
+        for stale in [*state_dir.glob(".calibration.*.tmp*"), *(state_dir / HISTORY).glob(".*.tmp*")]:
             with contextlib.suppress(OSError):
                 stale.unlink()
         yield
