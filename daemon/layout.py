@@ -37,6 +37,9 @@ class Placement:
     unit_weight_sd_g: float
     name: str | None = None
     stock: int | None = None
+    # the unit weight was weighed (the planogram gives its spread), not taken from a catalogue:
+    # its mean is trusted to ~1 % instead of ~3 % until the unit has learned it (unit_weights.py)
+    weighed: bool = False
 
 
 @dataclass
@@ -75,7 +78,8 @@ class Layout:
                 plates.append(Plate(shelf.id, pc.id, len(plates), chans, pc.capacity_g))
         placements = [
             Placement(p.sku, p.shelf, tuple(p.plates), p.unit_weight_g,
-                      p.unit_weight_sd_g or default_unit_sd(p.unit_weight_g), p.name, p.stock)
+                      p.unit_weight_sd_g or default_unit_sd(p.unit_weight_g), p.name, p.stock,
+                      weighed=p.unit_weight_sd_g is not None)
             for p in cfg.planogram
         ]
         return cls(plates, placements)

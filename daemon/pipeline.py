@@ -20,7 +20,7 @@ from .events.item_event import build_event, rfc3339
 from .layout import Layout
 from .sensing.base import SampleBlock, SampleSource
 from .signal.condition import Conditioner
-from .signal.detector import INIT, REST, Detector, DetectorParams, WeightChange
+from .signal.detector import REST, Detector, DetectorParams, WeightChange
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,7 @@ class Pipeline:
         for pl in self.layout.plates:
             if old is None or any(old.channels.get(c) != calibration.channels.get(c) for c in pl.channels):
                 # back to INIT (as after a data gap): it adopts a new baseline once quiet
-                self.detector._drop_from_group(pl.index)
-                self.detector.state[pl.index] = INIT
+                self.detector.rebaseline(pl.index)
                 changed.append(pl.key)
         return changed
 

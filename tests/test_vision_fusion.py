@@ -120,7 +120,7 @@ def test_camera_decides_between_equal_weights_but_cannot_overrule_weight():
     # 410 g taken: the camera's certainty that it was A (250 g) cannot beat the weight
     sure_a = VisionEvidence(result({A: 0.999999, B: 1e-7, C: 1e-7, H: 1e-7}), -410.0)
     f2 = ident.identify("1", [2], -410.0, 1.0, [sure_a])
-    assert f2.best.sku == C and f2.confidence > 0.8     # less sure: the evidence conflicts
+    assert f2.best.sku == C and f2.confidence > 0.7     # less sure: the evidence conflicts
     # the camera's weight on any hypothesis is bounded by tau * ln(1/floor)
     bound = 0.9 * math.log(1e5)
     assert sure_a(A, 1) - sure_a(C, 1) <= bound + 1e-9

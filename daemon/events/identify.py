@@ -9,9 +9,19 @@ score(sku, q) ∝ prior_planogram(sku | plates) · prior_quantity(q) · N(|Δ|; 
   confused with 600 g of one 600 g product unless the weights really overlap.
 - A flat "none of these" hypothesis competes with the products: a change that fits nothing is
   published as ``unknown_change`` with its Δ, instead of being forced onto the nearest SKU.
-- Per plate, not only in total: a product on its facing explains the Δ of the facing's plates;
-  what the other moved plates show must then be flex residue (a few grams), so a 13 g residue on
-  the plate next to a 50 g candy bar does not turn it into a 37 g candy bar of the neighbour.
+- Arrangement first: where the weight left names the product before its weight does. A product
+  on its facing explains the Δ of the facing's plates; what the other moved plates show must then
+  be flex residue (a few grams), so a 13 g residue on the plate next to a 50 g candy bar does not
+  turn it into a 37 g candy bar of the neighbour. An item may lie over its facing's edge onto the
+  next plate, but most of it rests on its own facing: a straddle reading costs a little prior, and
+  a reading whose own facing carries less than half of the item costs a steep share penalty. So of
+  two near-twins side by side, the one whose plates lost most of the weight wins.
+- A product whose facing did not move at all cannot be a pick when some product's facing did
+  (a misplaced unit is taken only when nothing planogrammed there explains the change, when the
+  camera says so, or when a misplaced return was seen on those plates: a known stray).
+- Weight decides the quantity and separates products that really differ. Its uncertainty is
+  realistic: one unit's spread, plus the uncertainty of the mean unit weight itself (a catalogue
+  value is good to a few percent; ``unit_weights.WeightBook`` learns it from confident events).
 - Memory of this unit's recent picks: a put-back is most often something just taken, so a
   product picked here in the last minutes (and not yet returned) is a likelier put-back, at that
   quantity, than five units of a light product that happen to weigh the same.
@@ -26,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..layout import Layout, Placement
+from .unit_weights import WeightBook
 
 # log prior weights of where a SKU sits relative to the moved plates
 ON_PLATE, SAME_SHELF, ELSEWHERE = 0.0, math.log(0.03), math.log(0.003)
@@ -41,7 +52,12 @@ FLEX_SD_G = 3.0                    # residue on a moved plate that the item is n
 # a measured Δ is never better than about a gram: load-cell creep and hysteresis after a hand's
 # push, and the level of a plate read through low-frequency noise, outlast the settle window
 DELTA_FLOOR_G = 1.0
-STRADDLE = math.log(0.1)           # an item lying over its facing's edge onto the next plate
+STRADDLE = math.log(0.15)          # an item lying over its facing's edge onto the next plate
+# an item's centre lies on its own facing: below half of it there, each 10 % less costs ½ nat·k²
+OWN_SHARE_MIN, OWN_SHARE_SCALE = 0.5, 0.1
+# a known stray (a misplaced return seen on these plates) is taken back about as often as not
+STRAY_PRIOR = math.log(0.5)
+STRAY_WINDOW_S = 4 * 3600.0
 
 
 class Evidence(Protocol):
@@ -57,6 +73,8 @@ class Hypothesis:
     log_score: float
     misplaced: bool = False
     score: float = 0.0
+    measured_g: float = 0.0              # |Δ| this hypothesis says the item(s) account for
+    arrangement: str = ""                # facing | straddle | stray | misplaced | none
 
 
 @dataclass
@@ -75,24 +93,43 @@ def _log_normal(x: float, mu: float, sd: float) -> float:
 
 class Identifier:
     def __init__(self, layout: Layout, max_quantity: int = 12, quantity_decay: float = 0.35,
-                 capacity_g: float = 20000.0):
+                 capacity_g: float = 20000.0, weights: WeightBook | None = None):
         self.layout = layout
         self.max_q = max_quantity
         self.q_decay = quantity_decay
         self.log_flat = -math.log(capacity_g)
         self._skus: dict[str, Placement] = layout.skus
+        self.weights = weights if weights is not None else book_for(layout)
         # (time, sku, quantity) of this unit's picks not yet matched by a put-back
         self._picked: deque[list] = deque()
+        # known strays: (shelf, plate) → {sku: (units, time)} from misplaced returns seen there
+        self._strays: dict[tuple[str, int], dict[str, list]] = {}
+        self._facings: dict[str, list[tuple[str, frozenset[int]]]] = {}
+        for fc in layout.placements:
+            self._facings.setdefault(fc.sku, []).append((fc.shelf, frozenset(fc.plates)))
 
     def observe(self, event: dict, now: float | None = None) -> None:
-        """Remember picks (and cancel them with put-backs) for the put-back prior."""
+        """Remember picks (and cancel them with put-backs) for the put-back prior, and misplaced
+        returns as known strays on their plates."""
         now = time.time() if now is None else now
         sku, q = event.get("sku"), int(event.get("quantity") or 0)
         if sku is None or q <= 0:
             return
+        keys = [(str(event.get("shelf")), int(p)) for p in event.get("plates") or ()]
         if event.get("type") == "pick":
             self._picked.append([now, sku, q])
+            for k in keys:   # a stray taken back off these plates
+                st = self._strays.get(k, {}).get(sku)
+                if st is not None:
+                    st[0] -= q
+                    if st[0] <= 0:
+                        del self._strays[k][sku]
         elif event.get("type") == "put_back":
+            if event.get("misplaced"):
+                for k in keys:
+                    st = self._strays.setdefault(k, {}).setdefault(sku, [0, now])
+                    st[0] += q
+                    st[1] = now
             for entry in reversed(self._picked):
                 if entry[1] == sku and q > 0:
                     take = min(q, entry[2])
@@ -110,55 +147,63 @@ class Identifier:
                 out[sku] = out.get(sku, 0) + q
         return out
 
+    def _stray_plates(self, sku: str, shelf: str, now: float) -> frozenset[int]:
+        return frozenset(p for (sh, p), d in self._strays.items() if sh == shelf and sku in d
+                         and d[sku][0] > 0 and now - d[sku][1] <= STRAY_WINDOW_S)
+
     def identify(self, shelf: str, plates: list[int], delta_g: float, noise_g: float,
                  evidence: list[Evidence] | None = None, *,
                  plate_deltas: dict[int, float] | None = None, now: float | None = None) -> Identification:
+        now = time.time() if now is None else now
         put_back = delta_g > 0
         sign = 1.0 if put_back else -1.0
-        moved = set(plates)
-        outstanding = self.outstanding(time.time() if now is None else now) if put_back else {}
+        deltas = {int(k): float(v) for k, v in (plate_deltas or {}).items()} or \
+            {p: delta_g / max(1, len(plates)) for p in plates}
+        moved = set(deltas)
+        outstanding = self.outstanding(now) if put_back else {}
         hyps: list[Hypothesis] = []
-        for sku, fc in self._skus.items():
+        # 1. products on their own facing (or a known stray on these plates): where it left
+        placed: dict[str, list[tuple[float, float, str]]] = {}
+        for sku, facings in self._facings.items():
+            readings: list[tuple[float, float, str]] = []
+            for sh, facing in facings:
+                if sh == shelf and facing & moved:
+                    readings += self._arrangements(deltas, facing, sign, delta_g)
+            stray = self._stray_plates(sku, shelf, now) & moved
+            if stray and not put_back:
+                x, r = self._explain(deltas, stray, sign, delta_g)
+                readings.append((x, r + STRAY_PRIOR, "stray"))
+            readings = [rd for rd in readings if rd[0] > 0]
+            if readings:
+                placed[sku] = readings
+        # 2. misplaced: a return to the wrong place is common; taking a unit from a facing that
+        # is not its own is not, and never beats a product whose facing moved unless the camera
+        # says so (its evidence is in the sum) or nothing planogrammed there explains the change
+        allow_misplaced = put_back or not placed or bool(evidence)
+        for sku in self._facings:
+            if sku in placed:
+                continue
+            if not allow_misplaced:
+                continue
             where = self._where(sku, shelf, moved)
             if where is None:
                 continue  # a pick of a product that is not on this shelf cannot happen
-            prior, misplaced = where
-            if misplaced and not put_back:
-                # taking a misplaced unit happens, but far less often than putting one back wrong
-                prior += math.log(0.1)
-            elif misplaced:
+            prior = where
+            if put_back:
                 prior = PUT_BACK_SAME_SHELF if prior == SAME_SHELF else PUT_BACK_ELSEWHERE
-            readings = [(x * sign, r) for x, r in self._splits(sku, shelf, plate_deltas, misplaced, delta_g, sign)
-                        if x * sign > 0]  # its own plates moving the other way: not this product
-            if not readings:
-                continue
-            mu, sd_u = fc.unit_weight_g, fc.unit_weight_sd_g
-            n_out = outstanding.get(sku, 0)
-            q_ranges = []
-            for mag, _ in readings:
-                # only quantities whose total weight is near the change are worth scoring
-                q_hi = min(self.max_q, int(mag / mu + 3 * max(1.0, sd_u / mu * mag / mu)) + 1)
-                q_lo = max(1, int((mag - 4 * sd_u * math.sqrt(max(1.0, mag / mu)) - 4 * noise_g) / mu))
-                q_ranges.append((q_lo, q_hi))
-            for q in range(min(a for a, _ in q_ranges), max(b for _, b in q_ranges) + 1):
-                ls = -math.inf
-                for mag, resid in readings:
-                    sd = math.sqrt(q * sd_u ** 2 + noise_g ** 2 + DELTA_FLOOR_G ** 2 + (0.002 * mag) ** 2)
-                    ls = max(ls, _log_normal(mag, q * mu, sd) + resid)
-                ls += prior - self.q_decay * (q - 1)
-                if q <= n_out:
-                    ls += RECENT_PICK_BONUS
-                elif put_back:
-                    # several units coming back that nobody took from here: a restock, rarer still
-                    ls -= self.q_decay * (q - 1 - n_out if n_out else q - 1)
-                for ev in evidence or ():
-                    ls += ev(sku, q)
-                hyps.append(Hypothesis(sku, q, ls, misplaced))
+            else:
+                prior += math.log(0.1)
+            same_way = {p for p, d in deltas.items() if d * sign > 0}
+            x, r = self._explain(deltas, same_way, sign, delta_g)
+            if x > 0:
+                placed_m = [(x, r + prior, "misplaced")]
+                self._score(sku, placed_m, noise_g, outstanding, put_back, evidence, hyps, misplaced=True)
+        for sku, readings in placed.items():
+            self._score(sku, readings, noise_g, outstanding, put_back, evidence, hyps, misplaced=False)
         none_ls = NONE_OF_THESE + self.log_flat
         for ev in evidence or ():
-            ls_none = ev(None, 0)
-            none_ls += ls_none
-        hyps.append(Hypothesis(None, 0, none_ls))
+            none_ls += ev(None, 0)
+        hyps.append(Hypothesis(None, 0, none_ls, arrangement="none"))
         m = max(h.log_score for h in hyps)
         z = sum(math.exp(h.log_score - m) for h in hyps)
         for h in hyps:
@@ -166,51 +211,89 @@ class Identifier:
         hyps.sort(key=lambda h: h.score, reverse=True)
         return Identification(hyps[0], [h for h in hyps[1:4] if h.score >= 1e-4])
 
-    def _splits(self, sku: str, shelf: str, plate_deltas: dict[int, float] | None, misplaced: bool,
-                delta_g: float, sign: float) -> list[tuple[float, float]]:
-        """Readings of the change for this product: [(Δ the item accounts for, log-penalty)].
+    def _score(self, sku: str, readings: list[tuple[float, float, str]], noise_g: float,
+               outstanding: dict[str, int], put_back: bool, evidence, hyps: list, misplaced: bool) -> None:
+        w = self.weights.get(sku)
+        fc = self._skus[sku]
+        mu = w.mean_g if w else fc.unit_weight_g
+        sd_u = w.unit_sd_g if w else fc.unit_weight_sd_g
+        sd_m = w.mean_sd_g if w else 0.03 * mu
+        n_out = outstanding.get(sku, 0)
+        q_lo, q_hi = self.max_q, 1
+        for mag, _, _ in readings:
+            spread = 4 * math.sqrt(max(1.0, mag / mu) * sd_u ** 2 + (mag / mu * sd_m) ** 2) + 4 * noise_g
+            q_hi = max(q_hi, min(self.max_q, int((mag + spread) / mu) + 1))
+            q_lo = min(q_lo, max(1, int((mag - spread) / mu)))
+        for q in range(q_lo, q_hi + 1):
+            best = (-math.inf, 0.0, "")
+            for mag, resid, how in readings:
+                sd = math.sqrt(q * sd_u ** 2 + (q * sd_m) ** 2 + noise_g ** 2 + DELTA_FLOOR_G ** 2
+                               + (0.002 * mag) ** 2)
+                ll = _log_normal(mag, q * mu, sd) + resid
+                if ll > best[0]:
+                    best = (ll, mag, how)
+            ls = best[0] - self.q_decay * (q - 1)
+            if q <= n_out:
+                ls += RECENT_PICK_BONUS
+            elif put_back:
+                # several units coming back that nobody took from here: a restock, rarer still
+                ls -= self.q_decay * (q - 1 - n_out if n_out else q - 1)
+            for ev in evidence or ():
+                ls += ev(sku, q)
+            hyps.append(Hypothesis(sku, q, ls, misplaced, measured_g=best[1], arrangement=best[2]))
 
-        On its facing, the item accounts for the facing's plates; a misplaced item for the moved
-        plates that went the change's way. Whatever else moved must be flex residue around zero.
-        An item may also straddle its facing's edge onto the next plate (planograms are not that
-        exact): that reading costs a little prior; the hypothesis keeps the better reading.
-        """
-        if not plate_deltas or len(plate_deltas) < 2:
-            return [(delta_g, 0.0)]
-        same_way = {p for p, d in plate_deltas.items() if d * sign > 0}
-        if misplaced:
-            return [self._explain(plate_deltas, same_way, delta_g)]
-        facing = {p for fc in self.layout.placements if fc.sku == sku and fc.shelf == shelf
-                  for p in fc.plates} & set(plate_deltas)
-        out = [self._explain(plate_deltas, facing, delta_g)]
-        # a real straddle puts a real share on the next plate; a hand's flex residue is a few grams
-        edge = {p for p in same_way - facing if any(abs(p - f) == 1 for f in facing)
-                and abs(plate_deltas[p]) >= max(6.0, 0.2 * abs(delta_g))}
-        if edge:
-            x, r = self._explain(plate_deltas, facing | edge, delta_g)
-            out.append((x, r + STRADDLE))
+    def _arrangements(self, deltas: dict[int, float], facing: frozenset[int], sign: float,
+                      delta_g: float) -> list[tuple[float, float, str]]:
+        """Readings of a change for a product on ``facing``: [(magnitude it accounts for,
+        log-penalty of residue and arrangement, name)].
+
+        Wholly on its facing: the facing's plates moved by the item, the rest is flex residue.
+        Over an edge: also the moved plate just outside each edge, at the straddle prior, and a
+        share penalty when less than half of the item lies on its own facing."""
+        own = {p for p in facing if p in deltas}
+        out = []
+        x, r = self._explain(deltas, own, sign, delta_g)
+        out.append((x, r, "facing"))
+        lo, hi = min(facing), max(facing)
+        edge = {p for p in (lo - 1, hi + 1) if p in deltas and deltas[p] * sign > 0}
+        if edge and x > 0:
+            x2, r2 = self._explain(deltas, own | edge, sign, delta_g)
+            share = x / x2 if x2 > 0 else 0.0
+            pen = STRADDLE
+            if share < OWN_SHARE_MIN:
+                pen -= 0.5 * ((OWN_SHARE_MIN - share) / OWN_SHARE_SCALE) ** 2
+            out.append((x2, r2 + pen, "straddle"))
         return out
 
     @staticmethod
-    def _explain(plate_deltas: dict[int, float], own: set[int], delta_g: float) -> tuple[float, float]:
-        x = sum(d for p, d in plate_deltas.items() if p in own)
+    def _explain(deltas: dict[int, float], own: set[int] | frozenset[int], sign: float,
+                 delta_g: float) -> tuple[float, float]:
+        """(magnitude on ``own`` in the change's direction, log-likelihood of the rest as flex)."""
+        x = sum(d for p, d in deltas.items() if p in own) * sign
         sd = math.sqrt(FLEX_SD_G ** 2 + (0.03 * abs(delta_g)) ** 2)
-        resid = sum(-0.5 * (d / sd) ** 2 for p, d in plate_deltas.items() if p not in own)
+        resid = sum(-0.5 * (d / sd) ** 2 for p, d in deltas.items() if p not in own)
         return x, resid
 
-    def _where(self, sku: str, shelf: str, moved: set[int]) -> tuple[float, bool] | None:
-        """(log prior, misplaced) of ``sku`` for a change on ``moved`` plates of ``shelf``."""
-        best: tuple[float, bool] | None = None
-        for fc in self.layout.placements:
-            if fc.sku != sku:
-                continue
-            if fc.shelf == shelf and moved & set(fc.plates):
-                return ON_PLATE, False
-            if fc.shelf == shelf:
-                near = min(abs(a - b) for a in fc.plates for b in moved) <= 1
-                cand = (SAME_SHELF if near else ELSEWHERE, True)
+    def _where(self, sku: str, shelf: str, moved: set[int]) -> float | None:
+        """Log prior of ``sku`` for a change on ``moved`` plates of ``shelf`` where its facing
+        did not move: near on the same shelf, elsewhere on the shelf, or on another shelf."""
+        best: float | None = None
+        for sh, facing in self._facings.get(sku, ()):
+            if sh == shelf:
+                near = min(abs(a - b) for a in facing for b in moved) <= 1
+                cand = SAME_SHELF if near else ELSEWHERE
             else:
-                cand = (ELSEWHERE, True)
-            if best is None or cand[0] > best[0]:
+                cand = ELSEWHERE
+            if best is None or cand > best:
                 best = cand
         return best
+
+
+def book_for(layout: Layout, path=None) -> WeightBook:
+    """A unit-weight book seeded with the planogram: a given ``unit_weight_sd_g`` marks a weighed
+    entry (its mean known to ~1 %), otherwise a catalogue weight (~3 %)."""
+    cat: dict[str, tuple[float, float, bool]] = {}
+    for fc in layout.placements:
+        if fc.sku not in cat:
+            cat[fc.sku] = (fc.unit_weight_g, fc.unit_weight_sd_g, fc.weighed)
+    return WeightBook(cat, path)

@@ -59,9 +59,14 @@ class DetectorParams:
     vib_cap_min_g: float = 10.0
     level_tol_sigma: float = 2.0
     level_tol_min_g: float = 2.5
+    level_tol_rel: float = 0.02
     # a plate held this far off its resting level is under a hand (a push is 150-600 g; a plate
     # next to it swings 50-230 g): the plates within REACH of it are held back from resolving
     hand_g: float = 40.0
+    # Decisions (baseline updates, settle scans, group resolution) are taken once per *tick* of
+    # this many seconds of samples, counted from the first sample, whatever blocks the driver
+    # hands over: the same samples then give the same events live, replayed, paced or not.
+    tick_s: float = 0.2
 
 
 @dataclass
@@ -101,10 +106,14 @@ class Detector:
         self.sigma = np.full(P, params.noise_floor_g)
         self.sigma_known = np.zeros(P, dtype=bool)
         self.trig_at = np.zeros(P, dtype=np.int64)  # absolute sample index of the trigger
+        self.init_at = np.zeros(P, dtype=np.int64)  # absolute sample index its data (re)started
         self.t_trig = np.zeros(P)                   # time the plate left rest
         self.pre = np.zeros(P)                      # level before the trigger
         self.H = np.empty((0, P))
         self.HT = np.empty(0)
+        self.tick = max(1, int(round(params.tick_s * params.rate_hz)))
+        # samples received but not yet processed: less than one tick
+        self._pend = (np.empty(0), np.empty((0, P)), np.empty((0, P), dtype=bool))
         self.N = 0                                  # samples processed so far
         self.shelf_of = [pl.shelf for pl in layout.plates]
         self.plate_id = [pl.id for pl in layout.plates]
@@ -156,9 +165,26 @@ class Detector:
     # ------------------------------------------------------------------ main entry
 
     def process(self, t: np.ndarray, x: np.ndarray, available: np.ndarray) -> list[WeightChange]:
-        n = len(t)
-        if n == 0:
+        """Feed samples (any block size); changes come out once the tick that completes them."""
+        if len(t) == 0:
             return []
+        pt, px, pa = self._pend
+        if len(pt):
+            t, x, available = np.concatenate([pt, t]), np.vstack([px, x]), np.vstack([pa, available])
+        k = self.tick
+        full = len(t) - len(t) % k
+        out: list[WeightChange] = []
+        for a in range(0, full, k):
+            out.extend(self._tick(t[a:a + k], x[a:a + k], available[a:a + k]))
+        self._pend = (t[full:], x[full:], available[full:])
+        return out
+
+    @property
+    def pending_samples(self) -> int:
+        return len(self._pend[0])
+
+    def _tick(self, t: np.ndarray, x: np.ndarray, available: np.ndarray) -> list[WeightChange]:
+        n = len(t)
         out: list[WeightChange] = []
         Z = np.vstack([self.H, x])
         TZ = np.concatenate([self.HT, t])
@@ -175,6 +201,7 @@ class Detector:
         back = (self.state == UNAVAILABLE) & available[-1]
         if back.any():
             self.state[back] = INIT
+            self.init_at[back] = self.N + np.argmax(available[:, back], axis=0)
             self.counters["rebaselined_after_gap"] += int(back.sum())
 
         # INIT: adopt a baseline once a settle window looks quiet
@@ -197,6 +224,9 @@ class Detector:
             self.sigma_known[j] = True
             self.base[j] = win[:, ok].mean(axis=0)
             self.state[j] = REST
+            init = init[~ok]
+        for j in init:
+            self._early_touch(int(j), Z, TZ, first_abs)
 
         # REST: vectorised check for a trigger; quiet plates track baseline and noise
         rest = np.nonzero(self.state == REST)[0]
@@ -304,13 +334,34 @@ class Detector:
         return out
 
     def flush(self) -> list[WeightChange]:
-        """End of stream (recording over, daemon stopping). An activity still open has no
-        after-level, so it yields no event; it is logged so a technician can see it was there."""
+        """End of stream (recording over, daemon stopping). An activity still open is resolved
+        when every plate still moving holds a steady level over its last samples (the hand has
+        gone; only the settle window was cut short); one still under a hand has no after-level
+        and yields no event: it is logged so a technician can see it was there."""
+        pt, px, pa = self._pend
+        out = self._tick(pt, px, pa) if len(pt) else []
+        self._pend = (pt[:0], px[:0], pa[:0])
+        W = self.W
         for shelf, g in self.groups.items():
+            steady = True
+            for j in g.members:
+                if self.state[j] != ACTIVE:
+                    continue
+                since = int(self.N - self.trig_at[j])
+                w = self.H[-min(W, max(1, since)):, j]
+                if since < W // 2 or float(w.std()) > self.vib_cap_g()[j]:
+                    steady = False
+                    break
+                self.base[j] = float(np.median(w))
+            if steady and g.members and not self._lean_like(shelf, g.members):
+                log.info("stream ended while shelf %s was settling (plates %s): resolved on its last samples",
+                         shelf, sorted(self.plate_id[j] for j in g.members))
+                out.extend(self._resolve(g))
+                continue
             log.info("stream ended while shelf %s was still active (plates %s); no event",
                      shelf, sorted(self.plate_id[j] for j in g.members))
         self.groups.clear()
-        return []
+        return out
 
     # ------------------------------------------------------------------ internals
 
@@ -331,6 +382,38 @@ class Detector:
         self.pre[j] = pre
         self.t_trig[j] = t0
         self._join(j, t0)
+
+    def _early_touch(self, j: int, Z, TZ, first_abs: int) -> None:
+        """A plate touched before it ever found a rest (a unit just started, a plate back from a
+        gap) still had a level before the hand: the first half settle window of its data, if that
+        was calm. A clear departure from it within the first double window is a trigger."""
+        # (the spike median's first outputs after a gap still mix in the fill value: skip them)
+        start = max(0, int(self.init_at[j] - first_abs) + 2)
+        h = self.W // 2
+        col = Z[start:start + 2 * self.W, j]
+        if len(col) <= h or self.N + len(Z) - len(self.H) - self.init_at[j] > 2 * self.W + self.tick:
+            return
+        ref = col[:h]
+        sd = float(ref.std())
+        if sd > self.p.vib_cap_min_g:
+            return
+        med = float(np.median(ref))
+        thr = max(self.p.min_trigger_g, self.p.min_event_g, self.p.trigger_sigma * max(self.p.noise_floor_g, sd))
+        dev = np.abs(col[h:] - med) > thr
+        if not dev.any():
+            return
+        self.base[j] = med
+        self.sigma[j] = max(self.p.noise_floor_g, sd)
+        self.sigma_known[j] = True
+        self._trigger(j, start + h + int(np.argmax(dev)), Z, TZ, first_abs)
+        self.pre[j] = med
+
+    def rebaseline(self, j: int) -> None:
+        """Forget plate ``j``'s level (its calibration changed): it re-learns a baseline once
+        quiet, without an event, as after a data gap."""
+        self._drop_from_group(j)
+        self.state[j] = INIT
+        self.init_at[j] = self.N + self.pending_samples
 
     def _join(self, j: int, t0: float) -> None:
         shelf = self.shelf_of[j]
@@ -360,7 +443,11 @@ class Detector:
                 sd = np.lib.stride_tricks.sliding_window_view(col, 2 * W)[e2 - 2 * W + 1].std(axis=1)
                 # the level of a shaken plate is known to about a third of its σ over half a
                 # second of oscillation; allow that on top of the quiet-plate tolerance
-                vib[ok2] = (np.abs(second - first) <= tol + 0.35 * sd) & (sd <= cap)
+                # ... and a level that is stable to a small fraction of the change it shows: a
+                # 370 g pick read while the gondola shakes needs its level to ~2 %, not to the
+                # quiet plate's 2σ (which a 1-2 Hz sway of a few grams never meets)
+                rel = self.p.level_tol_rel * np.abs(second - self.pre[j])
+                vib[ok2] = (np.abs(second - first) <= tol + 0.35 * sd + rel) & (sd <= cap)
             hits = np.nonzero(quiet | vib)[0]
             if not len(hits):
                 return
