@@ -56,6 +56,7 @@ STATES = ("online", "degraded", "stopped", "offline")
 _STABLE_CONNECTION_S = 10.0  # a connection shorter than this counts as flapping (back off)
 MAX_RESEND = 1000  # events per resend request; a consumer asks again for the rest
 MAX_RESEND_BACKLOG = 5000    # seqs waiting to be republished, all requests together
+RESEND_RECENT_S = 10.0       # seqs republished this recently are not queued again
 RESEND_RATE = 200.0          # republished events a second
 RESEND_INFLIGHT = 20         # republished events awaiting PUBACK
 MAX_PENDING_REQUESTS = 256   # requests received but not yet looked at by the sender thread
@@ -88,6 +89,38 @@ def configure_auth(client: paho.Client, m: BrokerConnection) -> None:
                        keyfile=str(m.tls.key_file) if m.tls.key_file else None)
         if m.tls.insecure:
             client.tls_insecure_set(True)
+
+
+def publish_status_once(cfg: Config, state: str, reason: str, timeout: float = 3.0) -> bool:
+    """Publish the retained ``status`` once, from a unit that will not run (e.g. exit 73), so the
+    store sees why it is dark. True when the broker acknowledged it within ``timeout``; never
+    raises (no broker, bad credentials: the log line is all there is)."""
+    c = None
+    try:
+        c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True,
+                        protocol=paho.MQTTv311)
+        configure_auth(c, cfg.mqtt)
+        c.connect_timeout = min(timeout, 5.0)  # type: ignore[attr-defined]
+        connected = threading.Event()
+        c.on_connect = lambda _c, _u, _f, rc, _p: (not rc.is_failure) and connected.set()
+        c.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=max(5, int(timeout) + 5))
+        c.loop_start()
+        if not connected.wait(timeout):
+            return False
+        doc = {"state": state, "since": rfc3339(time.time()), "reason": reason, "version": __version__}
+        info = c.publish(f"{cfg.topic_base}/status", json.dumps(doc), qos=1, retain=True)
+        info.wait_for_publish(timeout)
+        return info.is_published()
+    except Exception as exc:  # noqa: BLE001 - best effort by design
+        log.debug("could not publish status %s: %s", state, exc)
+        return False
+    finally:
+        if c is not None:
+            try:
+                c.disconnect()
+                c.loop_stop()
+            except Exception:  # noqa: BLE001
+                pass
 
 
 class Publisher:
@@ -139,6 +172,8 @@ class Publisher:
         self._error_replies = TokenBucket(*ERROR_REPLIES_PER_S)
         # resend backlog: sorted, disjoint, inclusive [lo, hi] ranges (sender thread only)
         self._resend_ranges: list[list[int]] = []
+        self._resend_recent: list[list[int]] = []  # republished lately (cleared RESEND_RECENT_S after the last)
+        self._resend_recent_until = 0.0
         self._resend_inflight: set[int] = set()
         self._resend_bucket = TokenBucket(RESEND_RATE, int(RESEND_INFLIGHT))
 
@@ -410,6 +445,9 @@ class Publisher:
         outbox.update({"depth": self._outbox.depth(),
                        "oldest_pending_age_s": None if age is None else round(age, 3),
                        "last_seq": self._outbox.last_seq()})
+        lost = getattr(self._outbox, "lost", None)
+        if lost:
+            outbox["lost"] = dict(lost)
         doc["outbox"] = outbox
         doc.setdefault("t", rfc3339(self._clock()))
         doc.setdefault("version", __version__)
@@ -546,16 +584,20 @@ class Publisher:
         found = self._outbox.seqs_between(lo, hi) if hi >= lo else []
         sent = [s for s, acked in found if acked]
         pending = len(found) - len(sent)
-        already = sum(1 for s in sent if _covered(self._resend_ranges, s))
+        if self._resend_recent and time.monotonic() >= self._resend_recent_until:
+            self._resend_recent = []
+        # what is queued or was republished moments ago is not queued again
+        pieces = _subtract(self._resend_recent, lo, hi) if hi >= lo else []
+        already = sum(1 for s in sent if _covered(self._resend_ranges, s) or _covered(self._resend_recent, s))
         backlog = sum(b - a_ + 1 for a_, b in self._resend_ranges)
-        new = _span_outside(self._resend_ranges, lo, hi) if hi >= lo else 0
+        new = sum(_span_outside(self._resend_ranges, a_, b) for a_, b in pieces)
         if backlog + new > MAX_RESEND_BACKLOG:
             with self._req_lock:
                 self._req_stats["resend_refused_backlog"] += 1
             raise CommandError(f"resend backlog full ({backlog} seqs queued, at most {MAX_RESEND_BACKLOG}); "
                                f"ask again later")
-        if hi >= lo:
-            _merge(self._resend_ranges, lo, hi)
+        for a_, b in pieces:
+            _merge(self._resend_ranges, a_, b)
         with self._req_lock:
             self._req_stats["resend_requested"] += len(sent)
             self._req_stats["resend_coalesced"] += already
@@ -601,6 +643,9 @@ class Publisher:
                 self._resend_inflight.add(info.mid)
                 budget -= 1
                 done += 1
+            if upto >= lo:
+                _merge(self._resend_recent, lo, min(upto, hi))
+                self._resend_recent_until = time.monotonic() + RESEND_RECENT_S
             if upto >= hi:
                 self._resend_ranges.pop(0)
             elif upto >= lo:
@@ -657,6 +702,23 @@ def _span_outside(ranges: list[list[int]], lo: int, hi: int) -> int:
     for a, b in ranges:
         n -= max(0, min(b, hi) - max(a, lo) + 1)
     return n
+
+
+def _subtract(ranges: list[list[int]], lo: int, hi: int) -> list[list[int]]:
+    """The parts of lo..hi that no range covers."""
+    out: list[list[int]] = []
+    cur = lo
+    for a, b in ranges:
+        if b < cur or a > hi:
+            continue
+        if a > cur:
+            out.append([cur, a - 1])
+        cur = max(cur, b + 1)
+        if cur > hi:
+            break
+    if cur <= hi:
+        out.append([cur, hi])
+    return out
 
 
 def _merge(ranges: list[list[int]], lo: int, hi: int) -> None:
