@@ -293,6 +293,7 @@ class Config(_Strict):
         needs_layout = not (isinstance(self.sensing, ReplaySensing) and self.sensing.format == "aifi")
         if needs_layout and not self.shelves:
             problems.append(("shelves", "at least one shelf with plates is required"))
+        problems += _wiring_problems(self.sensing)
         declared = self.sensing.channel_names()
         used: dict[str, str] = {}
         shelf_ids: set[str] = set()
@@ -373,6 +374,50 @@ class Config(_Strict):
 
 
 _JOIN = "\x1e"  # separates cross-check problems inside one pydantic error
+
+
+def _wiring_problems(sensing: Any) -> list[tuple[str, str]]:
+    """What the drivers would refuse at ``run``, found by ``check``: duplicate channel names, and
+    for GPIO chips any pin used twice (shared DOUT or SCK, a DOUT on another chip's SCK, a chip's
+    DOUT on its own SCK). Each reader thread owns its two pins; shared pins corrupt both words."""
+    problems: list[tuple[str, str]] = []
+    if isinstance(sensing, Hx711Sensing):
+        names: dict[str, int] = {}
+        for i, chip in enumerate(sensing.chips):
+            if chip.name in names:
+                problems.append((f"sensing.chips[{i}].name",
+                                 f"duplicate chip name {chip.name!r} (also chips[{names[chip.name]}])"))
+            names.setdefault(chip.name, i)
+        owner: dict[int, tuple[int, str]] = {}
+        for i, chip in enumerate(sensing.chips):
+            for role, pin in (("dout", chip.dout), ("sck", chip.sck)):
+                if pin in owner:
+                    j, other = owner[pin]
+                    if j == i:
+                        what = f"GPIO {pin} is also this chip's {other}: DOUT and SCK need two pins"
+                    elif other == role:
+                        what = (f"GPIO {pin} is already chips[{j}].{other} ({sensing.chips[j].name!r}): "
+                                f"every chip needs its own {role.upper()}")
+                    else:
+                        what = (f"GPIO {pin} is already chips[{j}].{other} ({sensing.chips[j].name!r}): "
+                                f"a {role.upper()} wired to another chip's {other.upper()}")
+                    problems.append((f"sensing.chips[{i}].{role}", what))
+                else:
+                    owner[pin] = (i, role)
+    elif isinstance(sensing, IioSensing):
+        seen: dict[str, int] = {}
+        wired: dict[tuple[str, str], int] = {}
+        for i, ch in enumerate(sensing.channels):
+            if ch.name in seen:
+                problems.append((f"sensing.channels[{i}].name",
+                                 f"duplicate channel name {ch.name!r} (also channels[{seen[ch.name]}])"))
+            seen.setdefault(ch.name, i)
+            key = (ch.device, ch.channel)
+            if key in wired:
+                problems.append((f"sensing.channels[{i}].channel",
+                                 f"{ch.device} {ch.channel} is already channels[{wired[key]}]"))
+            wired.setdefault(key, i)
+    return problems
 
 
 def _readable(path: Path) -> bool:

@@ -4,16 +4,26 @@ One thread reads the sensing backend and runs the pipeline; every event is writt
 outbox *before* anything is sent; the publisher thread drains the outbox over MQTT. The systemd
 watchdog is fed only while samples flow, never by the broker connection, so a broker outage
 cannot restart-loop the unit.
+
+A ``state_dir`` the unit cannot write (read-only file system, a path under a file, full disk at
+start) is exit 73 (EX_CANTCREAT) with one line naming the path; when the broker is reachable the
+unit first publishes its retained status as ``stopped`` with that reason, so the store sees why
+the shelf is dark. An outbox found missing, empty or corrupt keeps the status ``degraded``
+(reason ``outbox_lost: ...``) for as long as this process runs; the ERROR line is in the journal.
 """
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from . import calstate
+import sqlite3
+
 from .config import EX_CONFIG, Config, SimSensing
 from .control import Commands
 from .pipeline import Pipeline
@@ -25,7 +35,26 @@ from .signal.condition import UncalibratedError
 
 log = logging.getLogger(__name__)
 
-EX_OK, EX_SOFTWARE, EX_UNAVAILABLE = 0, 70, 69
+EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, EX_CANTCREAT = 0, 70, 69, 73
+
+
+class StateDirError(Exception):
+    """state_dir cannot be written: one line naming the path."""
+
+
+def check_state_dir(state_dir: Path) -> None:
+    """Create ``state_dir`` if needed and prove a file can be created and synced in it."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=state_dir)
+        try:
+            os.write(fd, b"x")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        raise StateDirError(f"state_dir {state_dir} is not writable: {exc.strerror or exc}") from None
 
 
 class Service:
@@ -50,19 +79,41 @@ class Service:
         cfg = self.cfg
         state_dir = Path(cfg.state_dir)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            log.error("state_dir: cannot create %s: %s", state_dir, exc.strerror)
-            return EX_CONFIG
+            check_state_dir(state_dir)
+        except StateDirError as exc:
+            return self._cannot_create(str(exc))
+        try:
+            return self._run(state_dir)
+        except StateDirError as exc:
+            return self._cannot_create(str(exc))
+
+    def _cannot_create(self, line: str) -> int:
+        """Exit 73 with one line; the retained status says why first when the broker answers."""
+        log.error("%s; the unit cannot keep events, calibration or seq: not starting", line)
+        from .publish.mqtt import publish_status_once
+        if publish_status_once(self.cfg, "stopped", f"cannot start: {line}"):
+            log.debug("retained status 'stopped' published with the reason")
+        self.notifier.status(f"cannot start: {line}")
+        return EX_CANTCREAT
+
+    def _run(self, state_dir: Path) -> int:
+        cfg = self.cfg
         # the load cells belong to one process; shelfcal opening them itself holds this lock
         from .control_socket import acquire_drivers_lock, drivers_lock_holder
-        self._drivers_lock = acquire_drivers_lock(state_dir)
+        try:
+            self._drivers_lock = acquire_drivers_lock(state_dir)
+        except OSError as exc:
+            raise StateDirError(f"state_dir {state_dir} is not writable: {exc.strerror or exc}") from None
         if self._drivers_lock is None:
             log.error("the load cells are open in shelfcal (pid %s holds %s/.drivers.lock): finish the "
                       "calibration, then start shelfd", drivers_lock_holder(state_dir), state_dir)
             return 75  # EX_TEMPFAIL: systemd retries after RestartSec
         layout = layout_for(cfg)
-        source = make_source(cfg, layout)
+        try:
+            source = make_source(cfg, layout)
+        except (ValueError, RuntimeError) as exc:  # wiring `check` could not see, a missing GPIO module
+            log.error("sensing: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return EX_CONFIG
         try:
             calibration = calstate.load(state_dir, cfg.unit_id)
         except calstate.CalibrationError as exc:
@@ -71,7 +122,10 @@ class Service:
         if calibration is None and source.units == "counts" and isinstance(cfg.sensing, SimSensing) \
                 and cfg.sensing.factory_calibration:
             calibration = source.factory_calibration()
-            calstate.save(state_dir, calibration)
+            try:
+                calstate.save(state_dir, calibration)
+            except OSError as exc:
+                raise StateDirError(f"state_dir {state_dir} is not writable: {exc.strerror or exc}") from None
         # camera (optional): models that cannot load are configuration errors, a camera that is
         # missing or failing is not (the runner retries; events go weight-only meanwhile)
         from .vision.setup import VisionConfigError, build_vision
@@ -94,8 +148,17 @@ class Service:
         self.control = UnitControl(cfg, layout, list(source.channels), source.rate_hz, state_dir, pipe, source)
         self.control.register(self.commands)
         control_sock = ControlSocket(socket_path(state_dir), self.commands)
-        outbox = Outbox(state_dir / "outbox.sqlite3")
+        try:
+            outbox = Outbox(state_dir / "outbox.sqlite3")
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise StateDirError(f"state_dir {state_dir}: cannot open the outbox: "
+                                f"{getattr(exc, 'strerror', None) or exc}") from None
+        self._outbox_lost = outbox.lost_reason
         publisher = Publisher(cfg, outbox, commands=self.commands)
+        if self._outbox_lost:
+            # degraded from the first status on, not a second later
+            self._status = ("degraded", self._outbox_lost)
+            publisher.set_status("degraded", self._outbox_lost)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self.request_stop)
         publisher.start()
@@ -107,8 +170,14 @@ class Service:
         try:
             if self.vision is not None:
                 self.vision.start()
-            source.start()
-            self.notifier.ready(f"running: {len(layout.plates)} plates, outbox {outbox.depth()}")
+            try:
+                source.start()
+            except RuntimeError as exc:  # e.g. RPi.GPIO missing: one line, not a traceback
+                log.error("sensing: %s", str(exc).splitlines()[0])
+                self.stop_event.set()
+                rc = EX_CONFIG
+            if rc == EX_OK:
+                self.notifier.ready(f"running: {len(layout.plates)} plates, outbox {outbox.depth()}")
             while not self.stop_event.is_set():
                 block = source.read(0.5)
                 if block is None:
@@ -169,6 +238,8 @@ class Service:
 
     def _check(self, pipe: Pipeline, source, dt: float | None) -> None:
         reasons = list(pipe.degraded_reasons())
+        if getattr(self, "_outbox_lost", None):
+            reasons.insert(0, self._outbox_lost)
         if getattr(self, "vision", None) is not None:
             reasons += self.vision.degraded_reasons()
         self._rates = {}

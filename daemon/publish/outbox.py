@@ -10,8 +10,16 @@ Durability choices:
 * WAL journal + ``synchronous=FULL``: a commit is on stable storage when ``add()`` returns.
 * ``seq`` is kept in a ``meta`` row, not derived from ``max(seq)``, because pruning deletes rows.
 * A small sidecar file ``<db>.seq`` holds a *reservation*: a ceiling no issued ``seq`` exceeds,
-  advanced in blocks (hi/lo allocation). If the database is ever unreadable, numbering restarts
-  above that ceiling, so a consumer sees a gap (the honest signal) rather than reused numbers.
+  advanced in blocks (hi/lo allocation) and written only when an event is added, so its presence
+  says events were issued. If the database is ever unreadable, numbering restarts above that
+  ceiling, so a consumer sees a gap (the honest signal) rather than reused numbers.
+
+An outbox that knows it lost something: when the database is missing, empty (0 bytes, or no
+tables) or corrupt while the ceiling says events were issued, the unsent events in it are gone.
+That is one ERROR line, :attr:`Outbox.lost` says what happened (the service turns it into status
+``degraded``, reason ``outbox_lost: ...``), numbering continues above the ceiling, and a corrupt
+file (or a WAL left without its database) is moved aside as ``*.corrupt-<stamp>`` / ``*.orphan-<stamp>``
+for forensics, never deleted.
 """
 from __future__ import annotations
 
@@ -88,12 +96,44 @@ class Outbox:
         self._seq_file = self.path.with_name(self.path.name + ".seq")
         self._lock = threading.RLock()
         self._last_ulid: ULID | None = None
+        #: None, or what was lost at open: {"reason", "detail", "ceiling", "aside"} (see module doc)
+        self.lost: dict[str, Any] | None = None
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        ceiling = self._read_ceiling()
+        state = self._file_state()
+        self._fresh = False
         self._db = self._open_checked()
         self._ceiling = self._read_ceiling()
-        # Make sure the reservation covers the next seq before anything is issued.
-        self._reserve(self._last_seq() + 1)
+        if self.lost is None and self._fresh and ceiling > 0:
+            self._declare_lost(state, ceiling)
         self.prune()
+
+    # ------------------------------------------------------------ a lost outbox
+
+    @property
+    def lost_reason(self) -> str | None:
+        """The one-line ``degraded`` reason for a lost outbox, else None."""
+        if self.lost is None:
+            return None
+        return f"outbox_lost: {self.lost['detail']}"
+
+    def _file_state(self) -> str:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return "missing"
+        return "empty (0 bytes)" if size == 0 else "present"
+
+    def _declare_lost(self, state: str, ceiling: int) -> None:
+        """A new database where events had been issued: continue above the ceiling, say so."""
+        if state == "present":
+            state = "without its tables"
+        with self._lock:
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'last_seq' AND value < ?", (ceiling, ceiling))
+        detail = (f"{self.path.name} was {state} although seq up to {ceiling} may have been issued; "
+                  f"unsent events in it are lost, numbering continues at {self.last_seq() + 1}")
+        self.lost = {"reason": "outbox_lost", "detail": detail, "ceiling": ceiling, "aside": None}
+        log.error("outbox %s: %s", self.path, detail)
 
     # ------------------------------------------------------------ opening and recovery
 
@@ -108,11 +148,19 @@ class Outbox:
 
     def _open_checked(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = None
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            # A WAL without its database would be replayed into the new file: keep it aside.
+            for suffix in ("-wal", "-shm"):
+                orphan = Path(str(self.path) + suffix)
+                if orphan.exists():
+                    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+                    os.replace(orphan, orphan.with_name(f"{orphan.name}.orphan-{stamp}"))
         try:
             db = self._connect()
             row = db.execute("PRAGMA quick_check").fetchone()
             if not row or row[0] != "ok":
                 raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
+            self._fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0)")
             return db
@@ -127,13 +175,15 @@ class Outbox:
             if db is not None:
                 db.close()
             aside = self._move_aside()
-            log.error("outbox %s is corrupt (%s); moved it to %s and started a new one",
-                      self.path, exc, aside.name)
             db = self._connect()
             db.executescript(_SCHEMA)
             # Continue above anything the broken file or the reservation says was issued.
             start = max(recovered, self._read_ceiling())
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (start,))
+            detail = (f"{self.path.name} was corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}), "
+                      f"moved to {aside.name}; unsent events in it are lost, numbering continues at {start + 1}")
+            self.lost = {"reason": "outbox_lost", "detail": detail, "ceiling": start, "aside": aside.name}
+            log.error("outbox %s: %s", self.path, detail)
             return db
 
     def _move_aside(self) -> Path:
