@@ -383,3 +383,77 @@ def test_the_backend_tares_a_real_unit_and_another_unit_cannot(acl_broker, tmp_p
         rc = cartd.stop()
     assert rc == 0, cartd.logtext()[-3000:]
     assert "Traceback" not in log.read_text()
+
+
+def test_tls_client_certificates_are_the_identities(tmp_path):
+    """--client-certs: a TLS listener that wants a client certificate signed by the store CA and
+    takes its CN as the identity; the same ACL then applies (no password involved)."""
+    import shutil
+    import ssl
+    if shutil.which("openssl") is None:
+        _skip_or_fail("openssl missing (Debian package openssl)")
+    binary = _find_mosquitto()
+    if binary is None:
+        _skip_or_fail("mosquitto not installed (Debian: apt-get install mosquitto)")
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True, cwd=tmp_path)  # noqa: E731
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=Gondola test store CA")
+    (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name, ext in (("server", ["-extfile", "san.ext"]), ("unit-a", []), ("unit-b", []), ("backend", [])):
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={'127.0.0.1' if name == 'server' else name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.pem", "-days", "2", *ext)
+    port = _free_port()
+    out = tmp_path / "broker"
+    r = broker_config(out, port, "unit-a,unit-b", "--tls-ca", str(tmp_path / "ca.pem"), "--tls-cert",
+                      str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"), "--client-certs")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "run").mkdir()
+    b = Broker(binary, tmp_path / "run")
+    b.port, b.conf = port, out / "mosquitto.conf"
+    b.start()
+    clients = []
+
+    def connect(cert: str | None) -> tuple[paho.Client, list, list]:
+        got, acks = [], []
+        c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=f"tls-{cert}-{time.monotonic_ns()}")
+        c.tls_set(ca_certs=str(tmp_path / "ca.pem"),
+                  certfile=str(tmp_path / f"{cert}.pem") if cert else None,
+                  keyfile=str(tmp_path / f"{cert}.key") if cert else None)
+        c.on_connect = lambda cl, _u, _f, rc, _p: (acks.append(str(rc)), cl.subscribe(f"{BASE}/#", qos=1))
+        c.on_subscribe = lambda *_: acks.append("subscribed")
+        c.on_disconnect = lambda *_: acks.append("disconnected")
+        c.on_message = lambda _c, _u, m: got.append(m.topic)
+        clients.append(c)
+        try:
+            c.connect(b.host, b.port, keepalive=10)
+        except (OSError, ssl.SSLError):
+            return c, got, ["refused"]
+        c.loop_start()
+        return c, got, acks
+
+    try:
+        backend, seen, a1 = connect("backend")
+        unit_a, _, a2 = connect("unit-a")
+        wait_until(lambda: "subscribed" in a1 and "subscribed" in a2, 15, "both TLS clients connected and subscribed")
+        assert a1[0] == "Success" and a2[0] == "Success"
+        forged = unit_a.publish(f"{BASE}/unit-b/events", json.dumps(item_event("unit-b", 1, "1", "pick", "A", 1, time.time())), qos=1)
+        own = unit_a.publish(f"{BASE}/unit-a/events", json.dumps(item_event("unit-a", 1, "1", "pick", "A", 1, time.time())), qos=1)
+        own.wait_for_publish(10)
+        forged.wait_for_publish(10)
+        wait_until(lambda: f"{BASE}/unit-a/events" in seen, 15, "unit-a's own event over TLS at the back-end")
+        assert f"{BASE}/unit-b/events" not in seen
+        # no certificate: the handshake (or, with TLS 1.3, the first read) fails; never a session
+        _, _, a3 = connect(None)
+        if a3 != ["refused"]:
+            wait_until(lambda: a3, 10, "the certificate-less client to be turned away")
+            assert a3[0] == "disconnected", a3
+    finally:
+        for c in clients:
+            try:
+                c.disconnect()
+                c.loop_stop()
+            except Exception:
+                pass
+        b.stop()
