@@ -457,3 +457,51 @@ def test_tls_client_certificates_are_the_identities(tmp_path):
             except Exception:
                 pass
         b.stop()
+
+
+def test_taking_over_another_clients_session_gains_nothing(acl_broker):
+    """Mosquitto's password/ACL files do not bind client ids to users: unit-b can connect with
+    unit-a's client id and resume its persistent session. The requests queued for unit-a must
+    still not reach unit-b (the read ACL follows the username)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    b = acl_broker
+    got_b: list = []
+    session: list = []
+
+    def make(ident: str, on_connect):
+        c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id="gondola-unit-a")
+        d = creds(b, ident)
+        c.username_pw_set(d["username"], d["password"])
+        c.on_connect = on_connect
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 600
+        c.connect(b.host, b.port, keepalive=10, clean_start=False, properties=props)
+        return c
+
+    subscribed = threading.Event()
+    a = make("unit-a", lambda cl, *_: cl.subscribe(f"{BASE}/unit-a/req/#", qos=1))
+    a.on_subscribe = lambda *_: subscribed.set()
+    a.loop_start()
+    assert subscribed.wait(10)
+    a.disconnect()  # gone for now; its session (and subscription) stays for 600 s
+    a.loop_stop()
+    backend = Client(b, "backend")
+    try:
+        assert backend.wait_connack() == "Success"
+        assert backend.publish(f"{BASE}/unit-a/req/maintenance", {"txid": "queued", "plates": ["1/1"]}) == "Success"
+        c = make("unit-b", lambda cl, _u, flags, rc, _p: session.append((str(rc), flags.session_present)))
+        c.on_message = lambda _c, _u, m: got_b.append(m.topic)
+        c.loop_start()
+        wait_until(lambda: session, 10, "unit-b's CONNACK")
+        assert session[0] == ("Success", True)  # it did take the session over ...
+        # ... but not the message queued in it. Mosquitto writes a resumed session's queue right
+        # after the CONNACK, so it would be in front of the PUBACK of unit-b's own next publish.
+        info = c.publish(f"{BASE}/unit-b/health", "{}", qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published()
+        assert got_b == []
+        c.disconnect()
+        c.loop_stop()
+    finally:
+        backend.close()
