@@ -1,7 +1,7 @@
 """``shelfd``: the shelf-unit daemon's command line.
 
 Exit codes follow sysexits(3): 0 ok, 64 usage, 65 bad recording data, 66 input missing,
-69 service unavailable, 70 internal fault, 78 configuration error.
+69 service unavailable, 70 internal fault, 73 state_dir not writable, 78 configuration error.
 """
 from __future__ import annotations
 
