@@ -45,3 +45,15 @@ def test_unreachable_postgres_exits_69(tmp_path):
     r = cartd("run", "--config", str(cfg))
     assert r.returncode == 69, r.stderr
     assert "cannot open storage postgres" in r.stderr
+
+
+def test_limits_are_checked(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store_id: s\nstorage: {{type: sqlite, path: {tmp_path}/x.db}}\n"
+                   "limits: {max_payload_bytes: 10, max_seq_jump: 5, bogus: 1}\n")
+    r = cartd("check", "--config", str(cfg))
+    assert r.returncode == 78
+    lines = r.stderr.strip().splitlines()
+    assert any(l.startswith(f"{cfg}: limits.max_payload_bytes: ") and "1024" in l for l in lines), lines
+    assert any(l.startswith(f"{cfg}: limits.max_seq_jump: ") and "1000" in l for l in lines), lines
+    assert f"{cfg}: limits.bogus: unknown key" in lines
