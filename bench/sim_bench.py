@@ -308,6 +308,10 @@ def score(truth_rows: list[dict], events: list[dict]) -> dict:
                 on[ne["type"]] += 1
                 break
     res["misidentified"] = len(loose) - right
+    for p in phantoms:
+        log.info("phantom: shelf %s plates %s %s %s x%s Δ=%s g conf %s at %.2f..%.2f", p.get("shelf"),
+                 p.get("plates"), p.get("type"), p.get("sku"), p.get("quantity"), p.get("delta_g"),
+                 p.get("confidence"), p["_a"], p["_b"])
     res["phantoms"] = {"total": len(phantoms), "on_lean": on["lean"], "on_press": on["press"],
                        "on_glitch": on["glitch"], "other_event_types": dict(other_types)}
     res["non_events"] = dict(Counter(g["type"] for g in non_events))

@@ -9,13 +9,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from .calstate import CalibrationState
 from .config import DetectionConfig
-from .events.identify import Evidence, Identifier
+from .events.identify import Evidence, Identifier, book_for
+from .events.unit_weights import FILE_NAME as WEIGHTS_FILE
 from .events.item_event import build_event, rfc3339
 from .layout import Layout
 from .sensing.base import SampleBlock, SampleSource
@@ -52,7 +54,7 @@ class Pipeline:
                  detection: DetectionConfig | None = None,
                  evidence: EvidenceProvider | None = None, vision=None,
                  fusion: tuple[float, float] = (0.9, 1e-5), vision_deadline_s: float = 0.4,
-                 capture=None):
+                 capture=None, state_dir=None, learn_confidence: float = 0.9):
         det = detection or DetectionConfig()
         self.store_id, self.unit_id = store_id, unit_id
         self.layout = layout
@@ -66,7 +68,11 @@ class Pipeline:
             rate_hz=rate_hz, settle_s=det.settle_s, trigger_sigma=det.trigger_sigma,
             min_trigger_g=det.min_trigger_g, min_event_g=det.min_event_g,
             max_active_s=det.max_active_s, noise_floor_g=det.noise_floor_g))
-        self.identifier = Identifier(layout, max_quantity=det.max_quantity)
+        # unit weights learned from confident events: kept in state_dir by a running unit, in
+        # memory only for a replay (a replay must never change the unit's state)
+        self.weights = book_for(layout, None if state_dir is None else Path(state_dir) / WEIGHTS_FILE)
+        self.learn_confidence = learn_confidence
+        self.identifier = Identifier(layout, max_quantity=det.max_quantity, weights=self.weights)
         self.evidence = evidence
         # Camera (optional): a daemon.vision.engine.VisionEngine. Each change is handed to it on
         # its worker thread; the event waits at most vision_deadline_s (wall clock) for the answer,
@@ -192,10 +198,26 @@ class Pipeline:
         self.stats.by_type[event["type"]] = self.stats.by_type.get(event["type"], 0) + 1
         self._apply_inventory(event)
         self.identifier.observe(event, now=change.t_end)
+        self._learn(ident, event, change)
         log.info("%s shelf %s plates %s Δ=%+.1f g → %s ×%s (confidence %.2f)", event["type"],
                  event["shelf"], event["plates"], event["delta_g"], event["sku"], event["quantity"],
                  event["confidence"])
         return event
+
+    def _learn(self, ident, event: dict, change: WeightChange) -> None:
+        """A confident event of a product on its own facing is a weighing of its unit weight."""
+        if ident is None or event["type"] not in ("pick", "put_back") or event.get("misplaced"):
+            return
+        best = ident.best
+        if best.sku is None or best.score < self.learn_confidence or best.arrangement not in ("facing", "straddle"):
+            return
+        if self.weights.learn(best.sku, best.measured_g, best.quantity, change.noise_g) is not None:
+            self.weights.save()
+            self.state_changed = True
+
+    def weight_report(self) -> dict:
+        """Learned unit weights (SKUs with at least one learning event), for ``state``."""
+        return self.weights.snapshot()
 
     # ------------------------------------------------------------------ inventory
 
@@ -243,6 +265,7 @@ class Pipeline:
             "plates": plates,
             "facings": [{"sku": f.sku, "shelf": f.shelf, "plates": list(f.plates), "units": f.units,
                          "source": f.source} for f in self.facings],
+            "unit_weights": self.weight_report(),
         }
 
     def plate_health(self) -> dict:
@@ -269,8 +292,11 @@ class Pipeline:
         bad = [pl.key for pl in self.layout.plates if states[pl.index] == "unavailable"]
         now = time.monotonic()
         held = [k for k, until in self.maintenance.items() if until > now]
+        drift = [f"unit weight of {sku} drifts beyond ±{100 * self.weights.drift_limit:.0f} % of the planogram "
+                 f"({self.weights.w[sku].mean_g:.1f} g vs {self.weights.w[sku].catalogue_g:.1f} g): check the entry"
+                 for sku in self.weights.drifting()]
         return [f"plate {k} has no data" for k in bad] + \
-            ([f"plate(s) {', '.join(sorted(held))} in maintenance (shelfcal): no events"] if held else [])
+            ([f"plate(s) {', '.join(sorted(held))} in maintenance (shelfcal): no events"] if held else []) + drift
 
     # ------------------------------------------------------------------ maintenance (shelfcal)
 

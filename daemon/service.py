@@ -137,7 +137,7 @@ class Service:
             return EX_CONFIG
         try:
             pipe = Pipeline(cfg.store_id, cfg.unit_id, layout, list(source.channels), source.units,
-                            source.rate_hz, calibration, cfg.detection,
+                            source.rate_hz, calibration, cfg.detection, state_dir=state_dir,
                             **(self.vision.pipeline_kwargs() if self.vision else {}))
         except (UncalibratedError, ValueError) as exc:
             log.error("cannot start: %s", exc)

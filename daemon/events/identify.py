@@ -172,7 +172,7 @@ class Identifier:
             stray = self._stray_plates(sku, shelf, now) & moved
             if stray and not put_back:
                 x, r = self._explain(deltas, stray, sign, delta_g)
-                readings.append((x, r + STRAY_PRIOR, "stray"))
+                readings.append((x, r - _spread(stray, deltas, sign, x) + STRAY_PRIOR, "stray"))
             readings = [rd for rd in readings if rd[0] > 0]
             if readings:
                 placed[sku] = readings
@@ -195,12 +195,15 @@ class Identifier:
                 prior += math.log(0.1)
             same_way = {p for p, d in deltas.items() if d * sign > 0}
             x, r = self._explain(deltas, same_way, sign, delta_g)
+            r -= _spread(same_way, deltas, sign, x)
             if x > 0:
                 placed_m = [(x, r + prior, "misplaced")]
                 self._score(sku, placed_m, noise_g, outstanding, put_back, evidence, hyps, misplaced=True)
         for sku, readings in placed.items():
             self._score(sku, readings, noise_g, outstanding, put_back, evidence, hyps, misplaced=False)
-        none_ls = NONE_OF_THESE + self.log_flat
+        # "none of these": a change of unknown origin, flat in its total and spread any way over
+        # the plates that moved (the same share densities the products pay)
+        none_ls = NONE_OF_THESE + self.log_flat - max(0, len(deltas) - 1) * math.log(max(abs(delta_g), 1.0))
         for ev in evidence or ():
             none_ls += ev(None, 0)
         hyps.append(Hypothesis(None, 0, none_ls, arrangement="none"))
@@ -245,21 +248,26 @@ class Identifier:
     def _arrangements(self, deltas: dict[int, float], facing: frozenset[int], sign: float,
                       delta_g: float) -> list[tuple[float, float, str]]:
         """Readings of a change for a product on ``facing``: [(magnitude it accounts for,
-        log-penalty of residue and arrangement, name)].
+        log-likelihood of how it lies and of the rest as flex residue, name)].
 
         Wholly on its facing: the facing's plates moved by the item, the rest is flex residue.
         Over an edge: also the moved plate just outside each edge, at the straddle prior, and a
-        share penalty when less than half of the item lies on its own facing."""
+        share penalty when less than half of the item lies on its own facing.
+
+        Every moved plate is accounted for by a density in grams, so arrangements with different
+        plates compare fairly: a residue plate by the flex Gaussian, each plate an item spreads
+        over beyond its first by the density of its share (uniform over the item's weight; over
+        half of it for the part over an edge)."""
         own = {p for p in facing if p in deltas}
         out = []
         x, r = self._explain(deltas, own, sign, delta_g)
-        out.append((x, r, "facing"))
+        out.append((x, r - _spread(own, deltas, sign, x), "facing"))
         lo, hi = min(facing), max(facing)
         edge = {p for p in (lo - 1, hi + 1) if p in deltas and deltas[p] * sign > 0}
         if edge and x > 0:
             x2, r2 = self._explain(deltas, own | edge, sign, delta_g)
             share = x / x2 if x2 > 0 else 0.0
-            pen = STRADDLE
+            pen = STRADDLE - _spread(own, deltas, sign, x2) - len(edge) * math.log(0.5 * x2)
             if share < OWN_SHARE_MIN:
                 pen -= 0.5 * ((OWN_SHARE_MIN - share) / OWN_SHARE_SCALE) ** 2
             out.append((x2, r2 + pen, "straddle"))
@@ -268,10 +276,10 @@ class Identifier:
     @staticmethod
     def _explain(deltas: dict[int, float], own: set[int] | frozenset[int], sign: float,
                  delta_g: float) -> tuple[float, float]:
-        """(magnitude on ``own`` in the change's direction, log-likelihood of the rest as flex)."""
+        """(magnitude on ``own`` in the change's direction, log-density of the rest as flex)."""
         x = sum(d for p, d in deltas.items() if p in own) * sign
         sd = math.sqrt(FLEX_SD_G ** 2 + (0.03 * abs(delta_g)) ** 2)
-        resid = sum(-0.5 * (d / sd) ** 2 for p, d in deltas.items() if p not in own)
+        resid = sum(_log_normal(d, 0.0, sd) for p, d in deltas.items() if p not in own)
         return x, resid
 
     def _where(self, sku: str, shelf: str, moved: set[int]) -> float | None:
@@ -287,6 +295,13 @@ class Identifier:
             if best is None or cand > best:
                 best = cand
         return best
+
+
+def _spread(own, deltas: dict[int, float], sign: float, x: float) -> float:
+    """Log-density cost of an item spread over several moved plates of its own: each plate
+    beyond the first holds a share uniform over the item's weight."""
+    k = sum(1 for p in own if deltas.get(p, 0.0) * sign > 0)
+    return max(0, k - 1) * math.log(max(x, 1.0))
 
 
 def book_for(layout: Layout, path=None) -> WeightBook:

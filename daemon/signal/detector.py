@@ -60,6 +60,8 @@ class DetectorParams:
     level_tol_sigma: float = 2.0
     level_tol_min_g: float = 2.5
     level_tol_rel: float = 0.02
+    # a plate that settled lower in its group this long ago and only shakes since is done
+    shaken_settle_s: float = 2.0
     # a plate held this far off its resting level is under a hand (a push is 150-600 g; a plate
     # next to it swings 50-230 g): the plates within REACH of it are held back from resolving
     hand_g: float = 40.0
@@ -107,6 +109,9 @@ class Detector:
         self.sigma_known = np.zeros(P, dtype=bool)
         self.trig_at = np.zeros(P, dtype=np.int64)  # absolute sample index of the trigger
         self.init_at = np.zeros(P, dtype=np.int64)  # absolute sample index its data (re)started
+        self.settled = np.zeros(P, dtype=bool)      # came to rest at least once in its group
+        self.carried = np.zeros(P, dtype=bool)      # its group resolved while it still shook
+        self.settled_t = np.zeros(P)                # when it first came to rest in its group
         self.t_trig = np.zeros(P)                   # time the plate left rest
         self.pre = np.zeros(P)                      # level before the trigger
         self.H = np.empty((0, P))
@@ -289,7 +294,19 @@ class Detector:
                 # that plate leave the group, splitting the item into two unknown changes
                 tol = max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd
                 at_level = sd <= self.vib_cap_g()[j] and abs(lvl - self.pre[j]) <= tol
-                (shaking if at_level else blocking).add(j)
+                if at_level:
+                    shaking.add(j)
+                elif self.settled[j] and TZ[-1] - self.settled_t[j] >= self.p.shaken_settle_s \
+                        and self.pre[j] - self.base[j] >= max(self.trigger_g()[j], 2 * self.p.min_event_g) \
+                        and sd <= self.vib_cap_g()[j] \
+                        and abs(lvl - self.base[j]) <= tol + self.p.level_tol_rel * (self.pre[j] - self.base[j]):
+                    # it came to rest at a new, *lower* level in this group a while ago (longer
+                    # than a hand's contact) and now only shakes around it (a crowded gondola):
+                    # its change is known; it does not hold the group. Only lower: a body leaning on the shelf adds load and can hold a
+                    # plate steady above its level for seconds; nothing holds one below it.
+                    continue
+                else:
+                    blocking.add(j)
             g.members -= shaking
             if not blocking and g.members and TZ[-1] - g.t_start <= self.p.max_active_s \
                     and self._lean_like(g.shelf, g.members):
@@ -420,6 +437,8 @@ class Detector:
         g = self.groups.get(shelf)
         if g is None:
             g = self.groups[shelf] = _Group(shelf, t_start=t0)
+        if j not in g.members:
+            self.settled[j] = False
         g.members.add(j)
         g.t_start = min(g.t_start, t0)
 
@@ -446,7 +465,9 @@ class Detector:
                 # ... and a level that is stable to a small fraction of the change it shows: a
                 # 370 g pick read while the gondola shakes needs its level to ~2 %, not to the
                 # quiet plate's 2σ (which a 1-2 Hz sway of a few grams never meets)
-                rel = self.p.level_tol_rel * np.abs(second - self.pre[j])
+                # (only below the old level: a leaning body sways in proportion to its load, so
+                # above it a relative tolerance would take a swaying lean for a put-back)
+                rel = self.p.level_tol_rel * np.maximum(0.0, self.pre[j] - second)
                 vib[ok2] = (np.abs(second - first) <= tol + 0.35 * sd + rel) & (sd <= cap)
             hits = np.nonzero(quiet | vib)[0]
             if not len(hits):
@@ -461,11 +482,18 @@ class Detector:
             g = self.groups.get(self.shelf_of[j])
             if g is None or j not in g.members:
                 # it left its group while shaking at level; judged on its own now
-                if abs(after - self.pre[j]) >= self.p.min_event_g / 3.0:
+                # (one whose change was already reported while it shook around its new level
+                # only re-reads that level now: within its own noise that is no new change)
+                floor = self.trigger_g()[j] if self.carried[j] else self.p.min_event_g / 3.0
+                if abs(after - self.pre[j]) >= floor:
                     self._join(j, float(self.t_trig[j]))
                     g = self.groups[self.shelf_of[j]]
+            self.carried[j] = False
             if g is not None and j in g.members:
                 g.t_last = max(g.t_last, t_settle)
+                if not self.settled[j]:
+                    self.settled_t[j] = t_settle
+                self.settled[j] = True
             # a new touch later in this same block re-triggers the plate
             rest_dev = np.abs(col[e + 1:] - after) > trig
             if not rest_dev.any():
@@ -538,6 +566,11 @@ class Detector:
 
     def _resolve(self, g: _Group) -> list[WeightChange]:
         deltas = {j: float(self.base[j] - self.pre[j]) for j in g.members}
+        # a member still shaking around its new level is judged from that level from now on
+        for j in g.members:
+            self.pre[j] = self.base[j]
+            self.settled[j] = False
+            self.carried[j] = self.state[j] == ACTIVE
         noise = {j: self._delta_noise(j) for j in deltas}
         sig = {j for j, d in deltas.items()
                if abs(d) >= max(self.p.min_event_g / 3.0, 4.0 * noise[j], 2.0)}
