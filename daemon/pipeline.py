@@ -137,6 +137,7 @@ class Pipeline:
     def _route(self, changes: list[WeightChange], wait: bool = False) -> list[dict]:
         """Events in detection order: without a camera at once; with one, each after its vision
         answer or its deadline, whichever comes first."""
+        changes = [part for c in changes for part in self._split(c)]
         if self.vision is None:
             return [self._event(c) for c in changes]
         now = time.monotonic()
@@ -162,6 +163,48 @@ class Pipeline:
             self._waiting.pop(0)
             out.append(self._event(c, job))
         return out
+
+    def _split(self, change: WeightChange, depth: int = 0) -> list[WeightChange]:
+        """One change over several plates that no product explains may be two: two hands on
+        adjacent facings at once, or a restock beside a pick (opposite signs). Split it where
+        every part is then a product of its own (by sign first, else at the cut between adjacent
+        plates that explains best); otherwise keep it whole (an ``unknown_change``)."""
+        deltas = change.plate_deltas
+        if change.kind != "change" or len(deltas) < 2 or depth > 2:
+            return [change]
+        whole = self.identifier.identify(change.shelf, change.plates, change.delta_g, change.noise_g,
+                                         plate_deltas=deltas, now=change.t_end)
+        if whole.best.sku is not None:
+            return [change]
+        plates = sorted(deltas)
+        signs = {p: deltas[p] > 0 for p in plates}
+        if len(set(signs.values())) > 1:
+            options = [[[p for p in plates if signs[p]], [p for p in plates if not signs[p]]]]
+        else:
+            options = [[plates[:k], plates[k:]] for k in range(1, len(plates))]
+        best, best_ls = None, -math.inf
+        for option in options:
+            parts = [self._part(change, ps) for ps in option]
+            if any(abs(pt.delta_g) < self.detector.p.min_event_g for pt in parts):
+                continue
+            ids = [self.identifier.identify(pt.shelf, pt.plates, pt.delta_g, pt.noise_g,
+                                            plate_deltas=pt.plate_deltas, now=pt.t_end) for pt in parts]
+            if len(set(signs.values())) == 1 and any(i.best.sku is None for i in ids):
+                continue
+            ls = sum(i.best.log_score for i in ids)
+            if ls > best_ls:
+                best, best_ls = parts, ls
+        if best is None:
+            return [change]
+        self.stats.by_type["split_changes"] = self.stats.by_type.get("split_changes", 0) + 1
+        return [q for pt in best for q in self._split(pt, depth + 1)]
+
+    @staticmethod
+    def _part(change: WeightChange, plates: list[int]) -> WeightChange:
+        d = {p: change.plate_deltas[p] for p in plates}
+        share = math.sqrt(len(plates) / max(1, len(change.plate_deltas)))
+        return WeightChange(change.shelf, sorted(plates), d, float(sum(d.values())), change.t_start,
+                            change.t_end, change.noise_g * share, change.kind)
 
     @property
     def vision_pending(self) -> int:

@@ -147,9 +147,11 @@ class Identifier:
                 out[sku] = out.get(sku, 0) + q
         return out
 
-    def _stray_plates(self, sku: str, shelf: str, now: float) -> frozenset[int]:
-        return frozenset(p for (sh, p), d in self._strays.items() if sh == shelf and sku in d
-                         and d[sku][0] > 0 and now - d[sku][1] <= STRAY_WINDOW_S)
+    def _stray_plates(self, sku: str, shelf: str, now: float) -> tuple[frozenset[int], int]:
+        """Plates of ``shelf`` where units of ``sku`` were put back misplaced, and how many."""
+        hits = {p: d[sku][0] for (sh, p), d in self._strays.items() if sh == shelf and sku in d
+                and d[sku][0] > 0 and now - d[sku][1] <= STRAY_WINDOW_S}
+        return frozenset(hits), max(hits.values(), default=0)
 
     def identify(self, shelf: str, plates: list[int], delta_g: float, noise_g: float,
                  evidence: list[Evidence] | None = None, *,
@@ -163,16 +165,18 @@ class Identifier:
         outstanding = self.outstanding(now) if put_back else {}
         hyps: list[Hypothesis] = []
         # 1. products on their own facing (or a known stray on these plates): where it left
-        placed: dict[str, list[tuple[float, float, str]]] = {}
+        placed: dict[str, list[tuple[float, float, str, int]]] = {}
         for sku, facings in self._facings.items():
-            readings: list[tuple[float, float, str]] = []
+            readings: list[tuple[float, float, str, int]] = []
             for sh, facing in facings:
                 if sh == shelf and facing & moved:
                     readings += self._arrangements(deltas, facing, sign, delta_g)
-            stray = self._stray_plates(sku, shelf, now) & moved
+            stray, n_stray = self._stray_plates(sku, shelf, now)
+            stray &= moved
             if stray and not put_back:
                 x, r = self._explain(deltas, stray, sign, delta_g)
-                readings.append((x, r - _spread(stray, deltas, sign, x) + STRAY_PRIOR, "stray"))
+                # no more units can be taken back than were put there
+                readings.append((x, r - _spread(stray, deltas, sign, x) + STRAY_PRIOR, "stray", n_stray))
             readings = [rd for rd in readings if rd[0] > 0]
             if readings:
                 placed[sku] = readings
@@ -197,7 +201,7 @@ class Identifier:
             x, r = self._explain(deltas, same_way, sign, delta_g)
             r -= _spread(same_way, deltas, sign, x)
             if x > 0:
-                placed_m = [(x, r + prior, "misplaced")]
+                placed_m = [(x, r + prior, "misplaced", self.max_q)]
                 self._score(sku, placed_m, noise_g, outstanding, put_back, evidence, hyps, misplaced=True)
         for sku, readings in placed.items():
             self._score(sku, readings, noise_g, outstanding, put_back, evidence, hyps, misplaced=False)
@@ -214,7 +218,7 @@ class Identifier:
         hyps.sort(key=lambda h: h.score, reverse=True)
         return Identification(hyps[0], [h for h in hyps[1:4] if h.score >= 1e-4])
 
-    def _score(self, sku: str, readings: list[tuple[float, float, str]], noise_g: float,
+    def _score(self, sku: str, readings: list[tuple[float, float, str, int]], noise_g: float,
                outstanding: dict[str, int], put_back: bool, evidence, hyps: list, misplaced: bool) -> None:
         w = self.weights.get(sku)
         fc = self._skus[sku]
@@ -223,18 +227,22 @@ class Identifier:
         sd_m = w.mean_sd_g if w else 0.03 * mu
         n_out = outstanding.get(sku, 0)
         q_lo, q_hi = self.max_q, 1
-        for mag, _, _ in readings:
+        for mag, _, _, _ in readings:
             spread = 4 * math.sqrt(max(1.0, mag / mu) * sd_u ** 2 + (mag / mu * sd_m) ** 2) + 4 * noise_g
             q_hi = max(q_hi, min(self.max_q, int((mag + spread) / mu) + 1))
             q_lo = min(q_lo, max(1, int((mag - spread) / mu)))
         for q in range(q_lo, q_hi + 1):
             best = (-math.inf, 0.0, "")
-            for mag, resid, how in readings:
+            for mag, resid, how, cap in readings:
+                if q > cap:
+                    continue
                 sd = math.sqrt(q * sd_u ** 2 + (q * sd_m) ** 2 + noise_g ** 2 + DELTA_FLOOR_G ** 2
                                + (0.002 * mag) ** 2)
                 ll = _log_normal(mag, q * mu, sd) + resid
                 if ll > best[0]:
                     best = (ll, mag, how)
+            if best[0] == -math.inf:
+                continue
             ls = best[0] - self.q_decay * (q - 1)
             if q <= n_out:
                 ls += RECENT_PICK_BONUS
@@ -246,7 +254,7 @@ class Identifier:
             hyps.append(Hypothesis(sku, q, ls, misplaced, measured_g=best[1], arrangement=best[2]))
 
     def _arrangements(self, deltas: dict[int, float], facing: frozenset[int], sign: float,
-                      delta_g: float) -> list[tuple[float, float, str]]:
+                      delta_g: float) -> list[tuple[float, float, str, int]]:
         """Readings of a change for a product on ``facing``: [(magnitude it accounts for,
         log-likelihood of how it lies and of the rest as flex residue, name)].
 
@@ -261,7 +269,7 @@ class Identifier:
         own = {p for p in facing if p in deltas}
         out = []
         x, r = self._explain(deltas, own, sign, delta_g)
-        out.append((x, r - _spread(own, deltas, sign, x), "facing"))
+        out.append((x, r - _spread(own, deltas, sign, x), "facing", self.max_q))
         lo, hi = min(facing), max(facing)
         edge = {p for p in (lo - 1, hi + 1) if p in deltas and deltas[p] * sign > 0}
         if edge and x > 0:
@@ -270,16 +278,20 @@ class Identifier:
             pen = STRADDLE - _spread(own, deltas, sign, x2) - len(edge) * math.log(0.5 * x2)
             if share < OWN_SHARE_MIN:
                 pen -= 0.5 * ((OWN_SHARE_MIN - share) / OWN_SHARE_SCALE) ** 2
-            out.append((x2, r2 + pen, "straddle"))
+            out.append((x2, r2 + pen, "straddle", self.max_q))
         return out
 
     @staticmethod
     def _explain(deltas: dict[int, float], own: set[int] | frozenset[int], sign: float,
                  delta_g: float) -> tuple[float, float]:
-        """(magnitude on ``own`` in the change's direction, log-density of the rest as flex)."""
-        x = sum(d for p, d in deltas.items() if p in own) * sign
+        """(magnitude on ``own`` in the change's direction, log-density of the rest as flex).
+
+        A plate of ``own`` that went the other way is not the item's (taking an item never adds
+        weight to its own plates): it is residue like any other."""
+        mine = {p for p in own if deltas.get(p, 0.0) * sign > 0}
+        x = sum(d for p, d in deltas.items() if p in mine) * sign
         sd = math.sqrt(FLEX_SD_G ** 2 + (0.03 * abs(delta_g)) ** 2)
-        resid = sum(_log_normal(d, 0.0, sd) for p, d in deltas.items() if p not in own)
+        resid = sum(_log_normal(d, 0.0, sd) for p, d in deltas.items() if p not in mine)
         return x, resid
 
     def _where(self, sku: str, shelf: str, moved: set[int]) -> float | None:

@@ -62,6 +62,7 @@ class DetectorParams:
     level_tol_rel: float = 0.02
     # a plate that settled lower in its group this long ago and only shakes since is done
     shaken_settle_s: float = 2.0
+    shaken_cap_x: float = 3.0
     # a plate held this far off its resting level is under a hand (a push is 150-600 g; a plate
     # next to it swings 50-230 g): the plates within REACH of it are held back from resolving
     hand_g: float = 40.0
@@ -293,11 +294,15 @@ class Detector:
                 # range would call the 10-15 g share of a straddling candy bar "at level" and let
                 # that plate leave the group, splitting the item into two unknown changes
                 tol = max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd
-                at_level = sd <= self.vib_cap_g()[j] and abs(lvl - self.pre[j]) <= tol
+                # (a plate swinging symmetrically around its old level, even hard, while a shopper
+                # works elsewhere on the gondola is shaken, not held: a hand shifts its median
+                # — once it has shaken for longer than a hand's contact lasts)
+                cap = self.vib_cap_g()[j] * (self.p.shaken_cap_x if TZ[-1] - self.t_trig[j] >= self.p.shaken_settle_s else 1.0)
+                at_level = sd <= cap and abs(lvl - self.pre[j]) <= tol
                 if at_level:
                     shaking.add(j)
                 elif self.settled[j] and TZ[-1] - self.settled_t[j] >= self.p.shaken_settle_s \
-                        and self.pre[j] - self.base[j] >= max(self.trigger_g()[j], 2 * self.p.min_event_g) \
+                        and self.pre[j] - self.base[j] >= max(self.trigger_g()[j], self.p.min_event_g) \
                         and sd <= self.vib_cap_g()[j] \
                         and abs(lvl - self.base[j]) <= tol + self.p.level_tol_rel * (self.pre[j] - self.base[j]):
                     # it came to rest at a new, *lower* level in this group a while ago (longer
@@ -366,10 +371,15 @@ class Detector:
                     continue
                 since = int(self.N - self.trig_at[j])
                 w = self.H[-min(W, max(1, since)):, j]
-                if since < W // 2 or float(w.std()) > self.vib_cap_g()[j]:
+                lvl, sd = float(np.median(w)), float(w.std())
+                if since >= W // 2 and sd <= self.p.shaken_cap_x * self.vib_cap_g()[j] and \
+                        abs(lvl - self.pre[j]) <= max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd:
+                    self.base[j] = self.pre[j]      # shaken at its old level: unchanged
+                    continue
+                if since < W // 2 or sd > self.vib_cap_g()[j]:
                     steady = False
                     break
-                self.base[j] = float(np.median(w))
+                self.base[j] = lvl
             if steady and g.members and not self._lean_like(shelf, g.members):
                 log.info("stream ended while shelf %s was settling (plates %s): resolved on its last samples",
                          shelf, sorted(self.plate_id[j] for j in g.members))
