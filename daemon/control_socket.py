@@ -17,7 +17,7 @@ import socket
 import threading
 from pathlib import Path
 
-from .control import CommandError, Commands, parse_request
+from .control import CommandError, Commands, RequestRefused, decode_limited, parse_request
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +106,10 @@ class ControlSocket:
 
     def _answer(self, line: bytes) -> dict:
         try:
-            doc = json.loads(line)
-        except ValueError as exc:
-            return {"txid": None, "command": None, "ok": False, "error": f"request is not JSON: {exc}"}
+            # the same depth limit as MQTT requests: a deep line must not raise RecursionError here
+            doc = decode_limited(line, max_bytes=MAX_LINE)
+        except RequestRefused as exc:
+            return {"txid": exc.txid, "command": None, "ok": False, "error": f"request refused: {exc}"}
         command = doc.get("command") if isinstance(doc, dict) else None
         if not isinstance(command, str) or not command:
             return {"txid": doc.get("txid") if isinstance(doc, dict) else None, "command": None, "ok": False,

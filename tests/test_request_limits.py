@@ -241,3 +241,10 @@ def test_resend_is_paced_after_live_events(running, mosquitto):
     # later identical requests joined the backlog or were just served: nothing went out twice
     assert len(hist) == n and all(d["result"]["coalesced"] == n for d in docs[1:])
     assert pub.request_stats()["resend_republished"] == n
+
+
+def test_the_local_socket_refuses_a_deep_line_in_one_line(tmp_path):
+    from daemon.control_socket import ControlSocket
+    sock = ControlSocket(tmp_path / "c.sock", Commands())
+    doc = sock._answer(b'{"txid": "s1", "command": "info", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    assert doc["ok"] is False and doc["txid"] == "s1" and "levels deep" in doc["error"] and "\n" not in doc["error"]

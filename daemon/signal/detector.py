@@ -588,7 +588,9 @@ class Detector:
         for comp in self._runs(sig):
             total = sum(deltas[k] for k in comp)
             nz = float(np.sqrt(sum(noise[k] ** 2 for k in comp)))
-            if abs(total) < max(self.p.min_event_g, 4.0 * nz):
+            # plates still shaking (their level read through the sway) alone: twice the bar
+            floor = self.p.min_event_g * (2.0 if all(self.state[k] == ACTIVE for k in comp) else 1.0)
+            if abs(total) < max(floor, 4.0 * nz):
                 self.counters["returned_to_level"] += 1
                 continue
             self.counters["changes"] += 1
