@@ -54,7 +54,7 @@ class Pipeline:
                  detection: DetectionConfig | None = None,
                  evidence: EvidenceProvider | None = None, vision=None,
                  fusion: tuple[float, float] = (0.9, 1e-5), vision_deadline_s: float = 0.4,
-                 capture=None, state_dir=None, learn_confidence: float = 0.9):
+                 capture=None, state_dir=None, learn_confidence: float = 0.9, press_hold_s: float = 2.0):
         det = detection or DetectionConfig()
         self.store_id, self.unit_id = store_id, unit_id
         self.layout = layout
@@ -82,6 +82,8 @@ class Pipeline:
         self.vision_deadline_s = vision_deadline_s
         self.capture = capture
         self._waiting: list[tuple[WeightChange, object, float]] = []  # (change, future|None, deadline)
+        self._held: list[WeightChange] = []   # put-backs waiting out the press hold
+        self.press_hold_s = press_hold_s
         # benches: observer(change, weight-only identification, fused identification, vision result, event)
         self.observer: Callable | None = None
         self.stats = PipelineStats()
@@ -137,7 +139,7 @@ class Pipeline:
     def _route(self, changes: list[WeightChange], wait: bool = False) -> list[dict]:
         """Events in detection order: without a camera at once; with one, each after its vision
         answer or its deadline, whichever comes first."""
-        changes = [part for c in changes for part in self._split(c)]
+        changes = self._hold([part for c in changes for part in self._split(c)], final=wait)
         if self.vision is None:
             return [self._event(c) for c in changes]
         now = time.monotonic()
@@ -162,6 +164,39 @@ class Pipeline:
                     break
             self._waiting.pop(0)
             out.append(self._event(c, job))
+        return out
+
+    def _hold(self, changes: list[WeightChange], final: bool = False) -> list[WeightChange]:
+        """Hold each put-back for ``press_hold_s`` of data time: a plate pressed steadily by a hand
+        (or an item set down and taken straight back) comes back up by the same weight within
+        that time. The pair nets zero for the shopper, so both are dropped (counted as
+        ``press_cancelled``) instead of reaching the cart as a put-back and a pick.
+
+        Decided on the detector's data clock (the tick each change was decided at), so the
+        result never depends on how samples were cut into blocks."""
+        out: list[WeightChange] = []
+
+        def release(until: float | None) -> None:
+            while self._held and (until is None or self._held[0].t_detect + self.press_hold_s <= until):
+                out.append(self._held.pop(0))
+
+        for c in sorted(changes, key=lambda c: c.t_detect):
+            release(c.t_detect)
+            if c.kind == "change" and c.delta_g < 0:
+                twin = next((h for h in self._held if h.shelf == c.shelf and set(h.plates) & set(c.plates)
+                             and abs(h.delta_g + c.delta_g) <= max(5.0, 0.02 * abs(c.delta_g),
+                                                                    3 * math.hypot(h.noise_g, c.noise_g))), None)
+                if twin is not None:
+                    self._held.remove(twin)
+                    self.stats.by_type["press_cancelled"] = self.stats.by_type.get("press_cancelled", 0) + 1
+                    log.info("shelf %s plates %s: %+.1f g then %+.1f g within %.1f s: a press, not an item",
+                             c.shelf, c.plates, twin.delta_g, c.delta_g, self.press_hold_s)
+                    continue
+            if c.kind == "change" and c.delta_g > 0 and self.press_hold_s > 0:
+                self._held.append(c)
+                continue
+            out.append(c)
+        release(None if final else self.detector.processed_t)
         return out
 
     def _split(self, change: WeightChange, depth: int = 0) -> list[WeightChange]:

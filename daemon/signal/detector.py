@@ -84,6 +84,7 @@ class WeightChange:
     t_end: float
     noise_g: float                  # σ of the Δ estimate
     kind: str = "change"            # change | unresolved
+    t_detect: float = 0.0           # data time at which it was decided (the end of its tick)
 
 
 @dataclass
@@ -353,7 +354,14 @@ class Detector:
         keep = min(self.L, len(Z))
         self.H = Z[-keep:]
         self.HT = TZ[-keep:]
+        for c in out:
+            c.t_detect = float(TZ[-1])
         return out
+
+    @property
+    def processed_t(self) -> float | None:
+        """Data time of the last sample decided on (the end of the last whole tick)."""
+        return float(self.HT[-1]) if len(self.HT) else None
 
     def flush(self) -> list[WeightChange]:
         """End of stream (recording over, daemon stopping). An activity still open is resolved
@@ -383,7 +391,9 @@ class Detector:
             if steady and g.members and not self._lean_like(shelf, g.members):
                 log.info("stream ended while shelf %s was settling (plates %s): resolved on its last samples",
                          shelf, sorted(self.plate_id[j] for j in g.members))
-                out.extend(self._resolve(g))
+                for c in self._resolve(g):
+                    c.t_detect = self.processed_t or c.t_end
+                    out.append(c)
                 continue
             log.info("stream ended while shelf %s was still active (plates %s); no event",
                      shelf, sorted(self.plate_id[j] for j in g.members))
