@@ -35,6 +35,9 @@ from daemon.config import Config, parse_config  # noqa: E402
 from daemon.layout import Layout  # noqa: E402
 from daemon.sensing.sim import SimSource, expected_real_events  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+import reliability  # noqa: E402
+
 log = logging.getLogger("sim_bench")
 
 TOL_S = 3.0
@@ -308,6 +311,20 @@ def score(truth_rows: list[dict], events: list[dict]) -> dict:
                 on[ne["type"]] += 1
                 break
     res["misidentified"] = len(loose) - right
+    # confidence against being right (matched, same SKU and quantity); events with nothing real
+    # behind them count as wrong
+    by_pred = {pi: gi for gi, pi in loose.items()}
+    pairs = []
+    for pi, p in enumerate(preds):
+        if p.get("type") not in ("pick", "put_back"):
+            continue
+        gi = by_pred.get(pi)
+        ok = gi is not None and str(p.get("sku")) == str(truths[gi]["sku"]) \
+            and int(p.get("quantity") or 1) == int(truths[gi]["quantity"])
+        pairs.append((float(p.get("confidence") or 0.0), ok))
+    res["reliability"] = reliability.table(pairs)
+    misplaced = [g for g in truths if g["kind"] == "misplaced"]
+    res["misplaced_share"] = round(len(misplaced) / len(truths), 4) if truths else 0.0
     for p in phantoms:
         log.info("phantom: shelf %s plates %s %s %s x%s Δ=%s g conf %s at %.2f..%.2f", p.get("shelf"),
                  p.get("plates"), p.get("type"), p.get("sku"), p.get("quantity"), p.get("delta_g"),
@@ -337,6 +354,9 @@ def print_table(res: dict, meta: dict) -> None:
     print(f"  {'kind':<14}{'found':>7}{'total':>7}{'recall':>9}")
     for k, v in res["per_kind"].items():
         print(f"  {k:<14}{v['found']:>7}{v['total']:>7}{v['recall']:>9.3f}")
+    print(f"  misplaced returns are {100 * res['misplaced_share']:.1f} % of real events "
+          f"(weight alone cannot name one that weighs what the plate's own units weigh)")
+    reliability.print_table(res["reliability"], "simulator, weight only")
 
 
 def plot(path: Path, res: dict, tap: Tap, src: SimSource, layout: Layout, events: list[dict], truth: list[dict]) -> None:
@@ -423,9 +443,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "sim_bench.json").write_text(json.dumps({"summary": res, "meta": meta, "pipeline": stats},
                                                         indent=1, default=str))
     plot(args.out / "sim_bench.png", res, tap, src, layout, events, truth)
+    reliability.plot(res["reliability"], args.out / "sim_reliability.png", f"simulator seed {args.seed}, weight only")
     summary = {"bench": "sim", "seed": args.seed, "detector": detector, "events": res["events"],
                "item_accuracy": res["item_accuracy"]["accuracy"], "phantoms": res["phantoms"]["total"],
-               "per_kind_recall": {k: v["recall"] for k, v in res["per_kind"].items()}}
+               "per_kind_recall": {k: v["recall"] for k, v in res["per_kind"].items()},
+               "ece": res["reliability"]["ece"], "at_0.9": res["reliability"]["at_0.9"],
+               "misplaced_share": res["misplaced_share"]}
     print(json.dumps(summary))
     return 0
 

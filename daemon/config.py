@@ -192,6 +192,8 @@ class DetectionConfig(_Strict):
     min_event_g: float = Field(8.0, gt=0)  # net changes smaller than this are not events
     max_active_s: float = Field(20.0, ge=2.0)  # open longer than this → unknown_change
     max_quantity: int = Field(12, ge=1, le=1000)
+    # events less sure than this carry "review": true (their candidates say what else it may be)
+    review_below: float = Field(0.8, ge=0.0, le=1.0)
     noise_floor_g: float = Field(0.5, gt=0)  # assumed minimum plate noise σ
     degraded_after_s: float = Field(2.0, gt=0)  # channel silent this long → status degraded
 

@@ -73,6 +73,7 @@ class Pipeline:
         self.weights = book_for(layout, None if state_dir is None else Path(state_dir) / WEIGHTS_FILE)
         self.learn_confidence = learn_confidence
         self.identifier = Identifier(layout, max_quantity=det.max_quantity, weights=self.weights)
+        self.review_below = det.review_below
         self.evidence = evidence
         # Camera (optional): a daemon.vision.engine.VisionEngine. Each change is handed to it on
         # its worker thread; the event waits at most vision_deadline_s (wall clock) for the answer,
@@ -263,7 +264,7 @@ class Pipeline:
                 ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
                                                  change.noise_g, ev,
                                                  plate_deltas=change.plate_deltas, now=change.t_end)
-        event = build_event(self.store_id, self.unit_id, change, ident)
+        event = build_event(self.store_id, self.unit_id, change, ident, self.review_below)
         if vres is not None:
             from .events.fusion import vision_block
             event["vision"] = vision_block(vres)

@@ -20,7 +20,7 @@ def rfc3339(t: float) -> str:
 
 
 def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identification | None,
-                ) -> dict:
+                review_below: float = 0.8) -> dict:
     base = {
         "schema": SCHEMA,
         "store_id": store_id,
@@ -44,6 +44,10 @@ def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identi
     base.update(type="pick" if change.delta_g < 0 else "put_back", sku=best.sku,
                 quantity=best.quantity, confidence=round(best.score, 4),
                 candidates=_cands(ident.candidates), misplaced=best.misplaced)
+    if best.arrangement:
+        base["arrangement"] = best.arrangement
+    if best.score < review_below:
+        base["review"] = True
     return base
 
 
