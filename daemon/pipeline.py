@@ -54,7 +54,7 @@ class Pipeline:
                  detection: DetectionConfig | None = None,
                  evidence: EvidenceProvider | None = None, vision=None,
                  fusion: tuple[float, float] = (0.9, 1e-5), vision_deadline_s: float = 0.4,
-                 capture=None, state_dir=None, learn_confidence: float = 0.9, press_hold_s: float = 2.0):
+                 capture=None, state_dir=None, learn_confidence: float = 0.9, press_hold_s: float = 1.0):
         det = detection or DetectionConfig()
         self.store_id, self.unit_id = store_id, unit_id
         self.layout = layout
@@ -168,37 +168,53 @@ class Pipeline:
         return out
 
     def _hold(self, changes: list[WeightChange], final: bool = False) -> list[WeightChange]:
-        """Hold each put-back for ``press_hold_s`` of data time: a plate pressed steadily by a hand
-        (or an item set down and taken straight back) comes back up by the same weight within
-        that time. The pair nets zero for the shopper, so both are dropped (counted as
-        ``press_cancelled``) instead of reaching the cart as a put-back and a pick.
+        """Hold each put-back for ``press_hold_s`` of data time after it settled: a plate pressed
+        steadily by a hand (or an item set down and taken straight back) goes back down by the
+        same weight within that time. The pair nets zero for the shopper, so both are dropped
+        (counted as ``press_cancelled``) instead of reaching the cart as a put-back and a pick.
 
-        Decided on the detector's data clock (the tick each change was decided at), so the
-        result never depends on how samples were cut into blocks."""
+        Decided at the detector's tick ends (its data clock), so the result never depends on how
+        samples were cut into blocks."""
         out: list[WeightChange] = []
-
-        def release(until: float | None) -> None:
-            while self._held and (until is None or self._held[0].t_detect + self.press_hold_s <= until):
-                out.append(self._held.pop(0))
-
-        for c in sorted(changes, key=lambda c: c.t_detect):
-            release(c.t_detect)
-            if c.kind == "change" and c.delta_g < 0:
-                twin = next((h for h in self._held if h.shelf == c.shelf and set(h.plates) & set(c.plates)
-                             and abs(h.delta_g + c.delta_g) <= max(5.0, 0.02 * abs(c.delta_g),
-                                                                    3 * math.hypot(h.noise_g, c.noise_g))), None)
-                if twin is not None:
-                    self._held.remove(twin)
-                    self.stats.by_type["press_cancelled"] = self.stats.by_type.get("press_cancelled", 0) + 1
-                    log.info("shelf %s plates %s: %+.1f g then %+.1f g within %.1f s: a press, not an item",
-                             c.shelf, c.plates, twin.delta_g, c.delta_g, self.press_hold_s)
+        by_tick: dict[float, list[WeightChange]] = {}
+        for c in changes:
+            by_tick.setdefault(c.t_detect, []).append(c)
+        ticks = list(self.detector.tick_log)
+        known = {t for t, _ in ticks}
+        ticks += [(t, {}) for t in by_tick if t not in known]
+        for t_tick, open_since in sorted(ticks, key=lambda x: x[0]):
+            for c in by_tick.get(t_tick, ()):
+                if c.kind == "change" and c.delta_g < 0 and self._cancels(c):
                     continue
-            if c.kind == "change" and c.delta_g > 0 and self.press_hold_s > 0:
-                self._held.append(c)
-                continue
-            out.append(c)
-        release(None if final else self.detector.processed_t)
+                if c.kind == "change" and c.delta_g > 0 and self.press_hold_s > 0:
+                    self._held.append(c)
+                else:
+                    out.append(c)
+            for h in list(self._held):
+                until = h.t_end + self.press_hold_s
+                busy = open_since.get(h.shelf)
+                if final or (t_tick >= until and (busy is None or busy > until)):
+                    self._held.remove(h)
+                    out.append(h)
+        if final:
+            out.extend(self._held)
+            self._held.clear()
         return out
+
+    def _cancels(self, pick: WeightChange) -> bool:
+        """A pick that takes back, on the same plates and within the hold, what a held put-back
+        added: a press. Drops the pair."""
+        for h in self._held:
+            if h.shelf == pick.shelf and set(h.plates) & set(pick.plates) \
+                    and pick.t_start <= h.t_end + self.press_hold_s \
+                    and abs(h.delta_g + pick.delta_g) <= max(5.0, 0.02 * abs(pick.delta_g),
+                                                             3 * math.hypot(h.noise_g, pick.noise_g)):
+                self._held.remove(h)
+                self.stats.by_type["press_cancelled"] = self.stats.by_type.get("press_cancelled", 0) + 1
+                log.info("shelf %s plates %s: %+.1f g then %+.1f g within %.1f s: a press, not an item",
+                         pick.shelf, pick.plates, h.delta_g, pick.delta_g, self.press_hold_s)
+                return True
+        return False
 
     def _split(self, change: WeightChange, depth: int = 0) -> list[WeightChange]:
         """One change over several plates that no product explains may be two: two hands on

@@ -119,6 +119,7 @@ class Detector:
         self.H = np.empty((0, P))
         self.HT = np.empty(0)
         self.tick = max(1, int(round(params.tick_s * params.rate_hz)))
+        self.tick_log: list[tuple[float, dict[str, float]]] = []   # ticks of the last process()
         # samples received but not yet processed: less than one tick
         self._pend = (np.empty(0), np.empty((0, P)), np.empty((0, P), dtype=bool))
         self.N = 0                                  # samples processed so far
@@ -180,6 +181,7 @@ class Detector:
             t, x, available = np.concatenate([pt, t]), np.vstack([px, x]), np.vstack([pa, available])
         k = self.tick
         full = len(t) - len(t) % k
+        self.tick_log = []
         out: list[WeightChange] = []
         for a in range(0, full, k):
             out.extend(self._tick(t[a:a + k], x[a:a + k], available[a:a + k]))
@@ -356,6 +358,9 @@ class Detector:
         self.HT = TZ[-keep:]
         for c in out:
             c.t_detect = float(TZ[-1])
+        # per tick: when each shelf's open activity began (a later stage holding a change back
+        # decides on exactly these tick ends, whatever blocks the samples came in)
+        self.tick_log.append((float(TZ[-1]), {sh: g.t_start for sh, g in self.groups.items()}))
         return out
 
     @property
@@ -369,6 +374,7 @@ class Detector:
         gone; only the settle window was cut short); one still under a hand has no after-level
         and yields no event: it is logged so a technician can see it was there."""
         pt, px, pa = self._pend
+        self.tick_log = []
         out = self._tick(pt, px, pa) if len(pt) else []
         self._pend = (pt[:0], px[:0], pa[:0])
         W = self.W
