@@ -80,19 +80,41 @@ def planogram() -> None:
 @click.pass_obj
 def show(obj: Ctx, as_json: bool) -> None:
     cfg = obj.cfg
+    learned = _learned(Path(cfg.state_dir))
     rows = [p.model_dump(mode="json", exclude_none=True) for p in cfg.planogram]
+    for r in rows:
+        u = learned.get(r["sku"])
+        # what the unit has learned counts only while it started from this entry's weight
+        if u and abs(float(u.get("catalogue_g", 0)) - r["unit_weight_g"]) < 1e-6 * r["unit_weight_g"]:
+            r["learned"] = {k: u[k] for k in ("mean_g", "mean_sd_g", "n", "drift") if k in u}
     if as_json:
         click.echo(json.dumps(rows))
         return
     from rich.table import Table
     t = Table(title=f"planogram of unit {cfg.unit_id} ({obj.config_path})")
-    for col in ("shelf", "plates", "sku", "name", "unit g", "sd g", "stock"):
-        t.add_column(col, justify="right" if col in ("unit g", "sd g", "stock") else "left")
-    for p in sorted(cfg.planogram, key=lambda p: (p.shelf, p.plates)):
-        t.add_row(p.shelf, ",".join(map(str, p.plates)), p.sku, p.name or "", f"{p.unit_weight_g:g}",
-                  "" if p.unit_weight_sd_g is None else f"{p.unit_weight_sd_g:g}",
-                  "" if p.stock is None else str(p.stock))
+    for col in ("shelf", "plates", "sku", "name", "unit g", "sd g", "learned g", "events", "stock"):
+        t.add_column(col, justify="right" if col in ("unit g", "sd g", "learned g", "events", "stock") else "left")
+    for r in sorted(rows, key=lambda r: (r["shelf"], r["plates"])):
+        lu = r.get("learned")
+        t.add_row(r["shelf"], ",".join(map(str, r["plates"])), r["sku"], r.get("name") or "", f"{r['unit_weight_g']:g}",
+                  "" if r.get("unit_weight_sd_g") is None else f"{r['unit_weight_sd_g']:g}",
+                  "" if not lu else f"{lu['mean_g']:.1f} ± {lu['mean_sd_g']:.1f}" + (" DRIFT" if lu.get("drift") else ""),
+                  "" if not lu else str(lu["n"]),
+                  "" if r.get("stock") is None else str(r["stock"]))
     _console().print(t)
+    if any(r.get("learned", {}).get("drift") for r in rows):
+        click.echo("DRIFT: the unit's events say a product weighs more than 12 % off its planogram entry; "
+                   "weigh it with `shelfcal planogram measure` and fix the entry")
+
+
+def _learned(state_dir: Path) -> dict:
+    """Unit weights the running unit learned (``state_dir/unit_weights.json``), if any."""
+    from daemon.events.unit_weights import FILE_NAME
+    try:
+        doc = json.loads((state_dir / FILE_NAME).read_text())
+        return {k: v for k, v in doc.get("skus", {}).items() if isinstance(v, dict) and v.get("n")}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _plates(text: str) -> list[int]:

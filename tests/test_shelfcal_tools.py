@@ -56,6 +56,28 @@ def test_measure_unit_weight_writes_it_to_the_planogram(tmp_path):
     ok(shelfcal(cfg, "planogram", "measure", "--plate", "1/1", "--count", "2", "--sku", "ZZ", "--yes"), 64)
 
 
+def test_planogram_show_reports_what_the_unit_learned_and_a_drift(tmp_path):
+    from daemon.events.unit_weights import WeightBook
+
+    cfg = make_unit(tmp_path, factory=True)
+    entry = yaml.safe_load(cfg.read_text())["planogram"][0]
+    state = (cfg.parent / yaml.safe_load(cfg.read_text())["state_dir"]).resolve()  # relative to the config
+    state.mkdir(parents=True, exist_ok=True)
+    book = WeightBook({entry["sku"]: (float(entry["unit_weight_g"]), 1.5, False)}, state / "unit_weights.json")
+    for _ in range(300):   # the unit's events say it weighs 30 % more: held at the limit, flagged
+        book.learn(entry["sku"], 1.3 * entry["unit_weight_g"], 1, 0.5)
+    book.save()
+    shown = json.loads(ok(shelfcal(cfg, "planogram", "show", "--json")).stdout)
+    learned = shown[0]["learned"]
+    assert learned["n"] == 300 and learned["drift"] is True
+    assert abs(learned["mean_g"] - 1.12 * entry["unit_weight_g"]) < 0.01
+    assert "DRIFT" in ok(shelfcal(cfg, "planogram", "show")).stdout
+    # a weighed entry replaces the catalogue value: what was learned from the old one no longer shows
+    ok(shelfcal(cfg, "planogram", "set", "--sku", entry["sku"], "--shelf", str(entry["shelf"]),
+                "--plates", ",".join(map(str, entry["plates"])), "--unit-weight-g", "77"))
+    assert "learned" not in json.loads(ok(shelfcal(cfg, "planogram", "show", "--json")).stdout)[0]
+
+
 # ---------------------------------------------------------------- report and camera
 
 
