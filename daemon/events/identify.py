@@ -30,7 +30,6 @@ Everything is computed in log space.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -102,6 +101,7 @@ class Identifier:
         self.weights = weights if weights is not None else book_for(layout)
         # (time, sku, quantity) of this unit's picks not yet matched by a put-back
         self._picked: deque[list] = deque()
+        self._now = 0.0   # latest data time seen (when a caller gives none)
         # known strays: (shelf, plate) → {sku: (units, time)} from misplaced returns seen there
         self._strays: dict[tuple[str, int], dict[str, list]] = {}
         self._facings: dict[str, list[tuple[str, frozenset[int]]]] = {}
@@ -111,7 +111,8 @@ class Identifier:
     def observe(self, event: dict, now: float | None = None) -> None:
         """Remember picks (and cancel them with put-backs) for the put-back prior, and misplaced
         returns as known strays on their plates."""
-        now = time.time() if now is None else now
+        now = self._now if now is None else now
+        self._now = max(self._now, now)
         sku, q = event.get("sku"), int(event.get("quantity") or 0)
         if sku is None or q <= 0:
             return
@@ -156,7 +157,9 @@ class Identifier:
     def identify(self, shelf: str, plates: list[int], delta_g: float, noise_g: float,
                  evidence: list[Evidence] | None = None, *,
                  plate_deltas: dict[int, float] | None = None, now: float | None = None) -> Identification:
-        now = time.time() if now is None else now
+        # data time, never the wall clock: the same samples must give the same answer
+        now = self._now if now is None else now
+        self._now = max(self._now, now)
         put_back = delta_g > 0
         sign = 1.0 if put_back else -1.0
         deltas = {int(k): float(v) for k, v in (plate_deltas or {}).items()} or \
