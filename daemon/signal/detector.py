@@ -288,7 +288,15 @@ class Detector:
                 # (Since it first left rest in this group: a plate re-triggering while it shakes
                 # at level, as on a crowded AiFi gondola, is still judged.)
                 if TZ[-1] - self.t_trig[j] < 2 * W / self.p.rate_hz:
-                    blocking.add(j)
+                    # ... unless, a settle window after its trigger, it has only twitched: a
+                    # neighbour's ringing flexes a plate by a few grams. If a hand or an item
+                    # follows, it rejoins (pushed off its level, or settled at a new one).
+                    since = Z[max(0, int(self.trig_at[j] - first_abs)):, j]
+                    if TZ[-1] - self.t_trig[j] >= W / self.p.rate_hz and \
+                            float(np.max(np.abs(since - self.pre[j]))) <= max(2 * self.trigger_g()[j], self.p.min_event_g):
+                        shaking.add(j)
+                    else:
+                        blocking.add(j)
                     continue
                 w2 = Z[-2 * W:, j]
                 sd = float(w2.std())
@@ -384,16 +392,20 @@ class Detector:
                 if self.state[j] != ACTIVE:
                     continue
                 since = int(self.N - self.trig_at[j])
-                w = self.H[-min(W, max(1, since)):, j]
+                w = self.H[-W:, j]
                 lvl, sd = float(np.median(w)), float(w.std())
-                if since >= W // 2 and sd <= self.p.shaken_cap_x * self.vib_cap_g()[j] and \
-                        abs(lvl - self.pre[j]) <= max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd:
+                tol = max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd
+                if sd <= self.p.shaken_cap_x * self.vib_cap_g()[j] and abs(lvl - self.pre[j]) <= tol:
                     self.base[j] = self.pre[j]      # shaken at its old level: unchanged
                     continue
-                if since < W // 2 or sd > self.vib_cap_g()[j]:
+                if self.settled[j] and sd <= self.p.shaken_cap_x * self.vib_cap_g()[j] and \
+                        abs(lvl - self.base[j]) <= tol + self.p.level_tol_rel * abs(self.base[j] - self.pre[j]):
+                    continue                        # shaken around the level it settled at
+                w = w[-min(W, max(1, since)):]
+                if since < W // 2 or float(w.std()) > self.vib_cap_g()[j]:
                     steady = False
                     break
-                self.base[j] = lvl
+                self.base[j] = float(np.median(w))
             if steady and g.members and not self._lean_like(shelf, g.members):
                 log.info("stream ended while shelf %s was settling (plates %s): resolved on its last samples",
                          shelf, sorted(self.plate_id[j] for j in g.members))
