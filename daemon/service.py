@@ -28,7 +28,8 @@ from .config import EX_CONFIG, Config, SimSensing
 from .control import Commands
 from .pipeline import Pipeline
 from .publish.mqtt import Publisher
-from .publish.outbox import Outbox
+from .publish.outbox import Outbox, OutboxTooNew
+from .publish.outbox import check_version as check_outbox_version
 from .sdnotify import Notifier
 from .sensing.factory import layout_for, make_source
 from .signal.condition import UncalibratedError
@@ -36,6 +37,9 @@ from .signal.condition import UncalibratedError
 log = logging.getLogger(__name__)
 
 EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, EX_CANTCREAT = 0, 70, 69, 73
+
+
+OUTBOX_FILE = "outbox.sqlite3"
 
 
 class StateDirError(Exception):
@@ -96,8 +100,18 @@ class Service:
         self.notifier.status(f"cannot start: {line}")
         return EX_CANTCREAT
 
+    def _too_new(self, exc: OutboxTooNew) -> int:
+        """A downgrade: the newer outbox is kept untouched and this code does not run on it (exit 78)."""
+        log.error("%s", exc)
+        self.notifier.status(f"cannot start: {exc}")
+        return EX_CONFIG
+
     def _run(self, state_dir: Path) -> int:
         cfg = self.cfg
+        try:  # before anything is opened or written: a downgraded unit stops here, in one line
+            check_outbox_version(state_dir / OUTBOX_FILE)
+        except OutboxTooNew as exc:
+            return self._too_new(exc)
         # the load cells belong to one process; shelfcal opening them itself holds this lock
         from .control_socket import acquire_drivers_lock, drivers_lock_holder
         try:
@@ -149,7 +163,9 @@ class Service:
         self.control.register(self.commands)
         control_sock = ControlSocket(socket_path(state_dir), self.commands)
         try:
-            outbox = Outbox(state_dir / "outbox.sqlite3")
+            outbox = Outbox(state_dir / OUTBOX_FILE)
+        except OutboxTooNew as exc:
+            return self._too_new(exc)
         except (OSError, sqlite3.OperationalError) as exc:
             raise StateDirError(f"state_dir {state_dir}: cannot open the outbox: "
                                 f"{getattr(exc, 'strerror', None) or exc}") from None

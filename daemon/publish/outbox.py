@@ -20,6 +20,11 @@ That is one ERROR line, :attr:`Outbox.lost` says what happened (the service turn
 ``degraded``, reason ``outbox_lost: ...``), numbering continues above the ceiling, and a corrupt
 file (or a WAL left without its database) is moved aside as ``*.corrupt-<stamp>`` / ``*.orphan-<stamp>``
 for forensics, never deleted.
+
+The schema is versioned (``PRAGMA user_version``, numbered :data:`MIGRATIONS` applied at open);
+``install.sh`` keeps the outbox across upgrades, so a unit's unsent events survive a schema
+change. A file written by newer code is refused with :class:`OutboxTooNew` (``shelfd run``: exit
+78, one line) and left as it is.
 """
 from __future__ import annotations
 
@@ -40,22 +45,91 @@ from daemon.atomicfile import atomic_write
 
 log = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    seq       INTEGER PRIMARY KEY,
-    event_id  TEXT NOT NULL UNIQUE,
-    stored_at REAL NOT NULL,
-    sent_at   REAL,
-    body      TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE sent_at IS NULL;
-CREATE INDEX IF NOT EXISTS events_sent_at ON events (sent_at) WHERE sent_at IS NOT NULL;
-"""
+# Numbered schema migrations; the database's ``PRAGMA user_version`` says how many are applied.
+# Append, never edit: migration N brings a version N-1 database to version N, and every unit runs
+# the ones it has not seen at start, each in its own transaction with the version bump. Units
+# installed before the schema was versioned carry migration 1's tables at user_version 0: the
+# statements are idempotent (IF NOT EXISTS, OR IGNORE), so running migration 1 on such a file
+# adopts it as version 1 without touching its rows. A database newer than the code is refused
+# (:class:`OutboxTooNew`): an older shelfd must not guess at columns it does not know.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: events with seq and event_id, the seq counter in meta
+    """
+    CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS events (
+        seq       INTEGER PRIMARY KEY,
+        event_id  TEXT NOT NULL UNIQUE,
+        stored_at REAL NOT NULL,
+        sent_at   REAL,
+        body      TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS events_pending ON events (seq) WHERE sent_at IS NULL;
+    CREATE INDEX IF NOT EXISTS events_sent_at ON events (sent_at) WHERE sent_at IS NOT NULL;
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def check_version(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`OutboxTooNew` when the outbox at ``path`` was written by newer code.
+
+    A cheap look before a service starts anything; a missing, empty or unreadable file passes (the
+    full open in :class:`Outbox` deals with those, and checks the version again).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return
+        db = sqlite3.connect(path, timeout=10.0)
+    except (OSError, sqlite3.Error):
+        return
+    try:
+        found = schema_version(db)
+    except sqlite3.Error:
+        return
+    finally:
+        db.close()
+    if found > SCHEMA_VERSION:
+        raise OutboxTooNew(path, found)
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> int:
+    """Apply the migrations ``db`` has not seen; return the version it started at.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``). Raises :class:`OutboxTooNew`
+    for a database written by newer code, before changing anything.
+    """
+    found = schema_version(db)
+    if found > SCHEMA_VERSION:
+        raise OutboxTooNew(path, found)
+    for n in range(found + 1, SCHEMA_VERSION + 1):
+        try:
+            db.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[n - 1]}\nPRAGMA user_version = {n};\nCOMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if n > 1 or found > 0:
+            log.info("outbox %s: schema migrated to version %d", path, n)
+    return found
 
 
 class OutboxError(Exception):
     """The outbox cannot store an event (disk full, duplicate seq, ...)."""
+
+
+class OutboxTooNew(OutboxError):
+    """The outbox's schema version is newer than this code knows (a downgrade): refused, untouched."""
+
+    def __init__(self, path: Path, found: int) -> None:
+        super().__init__(f"outbox {path} has schema version {found}, newer than this shelfd's {SCHEMA_VERSION}: "
+                         f"install the newer shelfd again (the file is left untouched)")
+        self.path, self.found, self.known = path, found, SCHEMA_VERSION
 
 
 @dataclass(frozen=True)
@@ -161,9 +235,11 @@ class Outbox:
             if not row or row[0] != "ok":
                 raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
             self._fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None
-            db.executescript(_SCHEMA)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0)")
+            migrate(db, self.path)
             return db
+        except OutboxTooNew:
+            db.close()
+            raise
         except sqlite3.DatabaseError as exc:
             # "locked", "unable to open", "disk I/O error" are not corruption: moving a healthy
             # file aside would lose events, so those propagate.
@@ -176,7 +252,7 @@ class Outbox:
                 db.close()
             aside = self._move_aside()
             db = self._connect()
-            db.executescript(_SCHEMA)
+            migrate(db, self.path)
             # Continue above anything the broken file or the reservation says was issued.
             start = max(recovered, self._read_ceiling())
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (start,))
