@@ -9,10 +9,24 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .registry import StrictModel as _Strict
+# Importing the two lists registers every sensing backend and camera type. Their models live
+# beside their factories; they are re-exported (``X as X``) as callers know them: daemon.config.X.
+from .sensing.backends import SENSING, SensingSettings
+from .sensing.backends.hx711 import Hx711Chip as Hx711Chip, Hx711Sensing as Hx711Sensing
+from .sensing.backends.iio import IioChannel as IioChannel, IioSensing as IioSensing
+from .sensing.backends.replay import ReplaySensing as ReplaySensing
+from .sensing.backends.sim import SimSensing as SimSensing
+from .vision.cameras import CAMERAS, CameraSettings
+from .vision.cameras.picamera2 import Picamera2Camera as Picamera2Camera
+from .vision.cameras.replay import ReplayCamera as ReplayCamera
+from .vision.cameras.sim import SimCamera as SimCamera
+from .vision.cameras.v4l2 import V4l2Camera as V4l2Camera
 
 EX_CONFIG = 78  # sysexits.h
 
@@ -24,10 +38,6 @@ class ConfigError(Exception):
         self.problems = problems
         self.source = source
         super().__init__("\n".join(problems))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
 
 
 # ---------------------------------------------------------------- MQTT
@@ -74,85 +84,13 @@ class MqttConfig(BrokerConnection):
 
 
 # ---------------------------------------------------------------- sensing backends
+# Each backend's model lives with its factory in daemon/sensing/backends/<name>.py; the union and
+# the ``sensing.backend`` error texts are built from what registered there.
 
-
-class Hx711Chip(_Strict):
-    name: str
-    dout: int = Field(ge=0, le=53)  # BCM pin numbers
-    sck: int = Field(ge=0, le=53)
-    gain: Literal[128, 64, 32] = 128  # 128/64 = channel A, 32 = channel B
-
-
-class Hx711Sensing(_Strict):
-    backend: Literal["hx711"]
-    rate_hz: Literal[10, 80] = 10  # the chip's RATE pin
-    read_deadline_ms: int = Field(300, ge=20, le=5000)
-    chips: list[Hx711Chip] = Field(min_length=1)
-
-    def channel_names(self) -> list[str]:
-        return [c.name for c in self.chips]
-
-
-class IioChannel(_Strict):
-    name: str
-    device: str  # "label:<label>" (the overlay's label=, stable), "iio:device0", or an absolute sysfs path
-    channel: str = "in_voltage0"  # attribute prefix; reads <channel>_raw
-
-
-class IioSensing(_Strict):
-    backend: Literal["iio"]
-    rate_hz: float = Field(10.0, gt=0, le=100)
-    sysfs_root: Path = Path("/sys/bus/iio/devices")
-    channels: list[IioChannel] = Field(min_length=1)
-
-    def channel_names(self) -> list[str]:
-        return [c.name for c in self.channels]
-
-
-class SimSensing(_Strict):
-    backend: Literal["sim"]
-    seed: int = 1
-    rate_hz: float = Field(60.0, gt=0, le=200)
-    duration_s: float | None = Field(None, gt=0)  # None: run until stopped
-    speed: float = Field(1.0, ge=0)  # 1 real time, 0 as fast as possible
-    events_per_min: float = Field(20.0, gt=0)
-    noise_g: float = Field(0.7, ge=0)
-    ground_truth: Path | None = None  # where the simulator writes what really happened
-    dead_channels: list[str] = Field(default_factory=list)
-    glitch_rate: float = Field(0.0005, ge=0, le=0.1)  # per sample per channel
-    # Technician scenarios (shelfcal tests, the README walk-through); see docs/simulator.md.
-    shoppers: bool = True           # False: nobody touches the shelves (an installation or service visit)
-    stocked: bool = True            # False: every plate starts empty
-    factory_calibration: bool = True  # False: the unit starts uncalibrated (shelfd refuses to run)
-    scale_error: dict[str, float] = Field(default_factory=dict)  # channel → relative error of the factory scale
-    plate_noise_g: dict[str, float] = Field(default_factory=dict)  # "shelf/plate" → white-noise σ
-    # Sim-only hook: a JSON file {"shelf/plate": grams} of test masses "placed" on plates; the
-    # simulator polls it, so a subprocess (shelfcal, a test) can load a plate of a running sim.
-    load_file: Path | None = None
-    drift_g_per_min: float = Field(3.0, ge=0)  # steepest temperature drift of a cell
-    # Store simulation (aggregator/sim): perform exactly the interactions listed in this JSONL
-    # file (daemon/sensing/sim_script.py) instead of random shoppers, and start sample 0 at epoch
-    # `t0` (paced on the wall clock from there), so every unit of a simulated store shares one clock.
-    script: Path | None = None
-    t0: float | None = Field(None, gt=0)
-
-    def channel_names(self) -> list[str]:  # sim channels come from the shelves' plates
-        return []
-
-
-class ReplaySensing(_Strict):
-    backend: Literal["replay"]
-    format: Literal["aifi", "shelfd"] = "shelfd"
-    path: Path
-    speed: float = Field(1.0, ge=0)
-
-    def channel_names(self) -> list[str]:
-        return []
-
-
-SensingConfig = Annotated[
-    Union[Hx711Sensing, IioSensing, SimSensing, ReplaySensing], Field(discriminator="backend")
-]
+if TYPE_CHECKING:  # what every backend's model offers; pydantic gets the real union
+    SensingConfig = SensingSettings
+else:
+    SensingConfig = SENSING.union()
 
 
 # ---------------------------------------------------------------- shelves, plates, planogram
@@ -201,41 +139,11 @@ class DetectionConfig(_Strict):
 # ---------------------------------------------------------------- camera and vision (optional)
 
 
-class _CameraBase(_Strict):
-    """Frames kept in the ring buffer: width × height × 3 bytes each, fps × buffer_s of them
-    (640×480 at 5 fps for 8 s ≈ 37 MB); see docs/vision.md."""
-
-    width: int = Field(640, ge=64, le=4096)
-    height: int = Field(480, ge=48, le=4096)
-    fps: float = Field(5.0, gt=0, le=60)
-    buffer_s: float = Field(8.0, ge=1.0, le=60.0)  # pre-roll: an event's "before" frame must still be here
-    stall_s: float = Field(3.0, gt=0, le=60)       # no frame this long → the source is restarted
-
-
-class SimCamera(_CameraBase):
-    type: Literal["sim"]
-    seed: int | None = None  # default: sensing.seed
-
-
-class ReplayCamera(_CameraBase):
-    type: Literal["replay"]
-    path: Path               # frames file written by `shelfd record` (<recording>.frames)
-
-
-class V4l2Camera(_CameraBase):
-    type: Literal["v4l2"]
-    device: str = "/dev/video0"
-    pixel_format: Literal["MJPG", "YUYV"] = "MJPG"
-
-
-class Picamera2Camera(_CameraBase):
-    type: Literal["picamera2"]
-    camera_num: int = Field(0, ge=0, le=7)
-
-
-CameraConfig = Annotated[
-    Union[SimCamera, ReplayCamera, V4l2Camera, Picamera2Camera], Field(discriminator="type")
-]
+# Each camera type's model lives with its factory in daemon/vision/cameras/<name>.py.
+if TYPE_CHECKING:
+    CameraConfig = CameraSettings
+else:
+    CameraConfig = CAMERAS.union()
 
 
 class CaptureConfig(_Strict):
@@ -292,10 +200,9 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         problems: list[tuple[str, str]] = []
-        needs_layout = not (isinstance(self.sensing, ReplaySensing) and self.sensing.format == "aifi")
-        if needs_layout and not self.shelves:
+        if not self.sensing.brings_layout() and not self.shelves:
             problems.append(("shelves", "at least one shelf with plates is required"))
-        problems += _wiring_problems(self.sensing)
+        problems += self.sensing.problems(self)  # wiring, files: what its driver would refuse
         declared = self.sensing.channel_names()
         used: dict[str, str] = {}
         shelf_ids: set[str] = set()
@@ -310,7 +217,7 @@ class Config(_Strict):
                 if plate.id in seen:
                     problems.append((f"{at}.id", f"duplicate plate id {plate.id} on shelf {shelf.id!r}"))
                 seen.add(plate.id)
-                if not plate.channels and not isinstance(self.sensing, (SimSensing, ReplaySensing)):
+                if not plate.channels and not self.sensing.names_plate_channels:
                     problems.append((f"{at}.channels", "plate has no load-cell channel"))
                 for ch in plate.channels:
                     if declared and ch not in declared:
@@ -343,18 +250,10 @@ class Config(_Strict):
                 problems.append((key, f"file not found or not readable: {path}"))
         if self.mqtt.tls and bool(self.mqtt.tls.cert_file) != bool(self.mqtt.tls.key_file):
             problems.append(("mqtt.tls", "cert_file and key_file go together"))
-        if isinstance(self.sensing, SimSensing) and self.sensing.script is not None:
-            from .sensing.sim_script import script_problems
-            problems += [("sensing.script", m) for m in script_problems(
-                self.sensing.script, plates_of, {p.sku: p.unit_weight_g for p in self.planogram})]
-        if isinstance(self.sensing, ReplaySensing) and not self.sensing.path.exists():
-            problems.append(("sensing.path", f"recording not found: {self.sensing.path}"))
         if self.vision is not None and self.camera is None:
-            problems.append(("vision", "needs a camera section (camera.type: sim, replay, v4l2 or picamera2)"))
-        if isinstance(self.camera, SimCamera) and not isinstance(self.sensing, SimSensing):
-            problems.append(("camera.type", "sim renders the simulated shelf: it needs sensing.backend: sim"))
-        if isinstance(self.camera, ReplayCamera) and not self.camera.path.exists():
-            problems.append(("camera.path", f"frames file not found: {self.camera.path}"))
+            problems.append(("vision", f"needs a camera section (camera.type: {CAMERAS.choices()})"))
+        if self.camera is not None:
+            problems += self.camera.problems(self)
         if self.vision is not None:
             for key in ("action_model", "product_model", "product_sidecar"):
                 path = getattr(self.vision, key)
@@ -378,55 +277,12 @@ class Config(_Strict):
 _JOIN = "\x1e"  # separates cross-check problems inside one pydantic error
 
 
-def _wiring_problems(sensing: Any) -> list[tuple[str, str]]:
-    """What the drivers would refuse at ``run``, found by ``check``: duplicate channel names, and
-    for GPIO chips any pin used twice (shared DOUT or SCK, a DOUT on another chip's SCK, a chip's
-    DOUT on its own SCK). Each reader thread owns its two pins; shared pins corrupt both words."""
-    problems: list[tuple[str, str]] = []
-    if isinstance(sensing, Hx711Sensing):
-        names: dict[str, int] = {}
-        for i, chip in enumerate(sensing.chips):
-            if chip.name in names:
-                problems.append((f"sensing.chips[{i}].name",
-                                 f"duplicate chip name {chip.name!r} (also chips[{names[chip.name]}])"))
-            names.setdefault(chip.name, i)
-        owner: dict[int, tuple[int, str]] = {}
-        for i, chip in enumerate(sensing.chips):
-            for role, pin in (("dout", chip.dout), ("sck", chip.sck)):
-                if pin in owner:
-                    j, other = owner[pin]
-                    if j == i:
-                        what = f"GPIO {pin} is also this chip's {other}: DOUT and SCK need two pins"
-                    elif other == role:
-                        what = (f"GPIO {pin} is already chips[{j}].{other} ({sensing.chips[j].name!r}): "
-                                f"every chip needs its own {role.upper()}")
-                    else:
-                        what = (f"GPIO {pin} is already chips[{j}].{other} ({sensing.chips[j].name!r}): "
-                                f"a {role.upper()} wired to another chip's {other.upper()}")
-                    problems.append((f"sensing.chips[{i}].{role}", what))
-                else:
-                    owner[pin] = (i, role)
-    elif isinstance(sensing, IioSensing):
-        seen: dict[str, int] = {}
-        wired: dict[tuple[str, str], int] = {}
-        for i, ch in enumerate(sensing.channels):
-            if ch.name in seen:
-                problems.append((f"sensing.channels[{i}].name",
-                                 f"duplicate channel name {ch.name!r} (also channels[{seen[ch.name]}])"))
-            seen.setdefault(ch.name, i)
-            key = (ch.device, ch.channel)
-            if key in wired:
-                problems.append((f"sensing.channels[{i}].channel",
-                                 f"{ch.device} {ch.channel} is already channels[{wired[key]}]"))
-            wired.setdefault(key, i)
-    return problems
-
-
 def _readable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.R_OK)
 
 
-_TAGGED = {"sensing": ("hx711", "iio", "sim", "replay"), "camera": ("sim", "replay", "v4l2", "picamera2")}
+_REGISTRIES = {r.section: r for r in (SENSING, CAMERAS)}
+_TAGGED = {r.section: r.names() for r in _REGISTRIES.values()}
 
 
 def field_path(loc: tuple[Any, ...], tagged: dict[str, tuple[str, ...]]) -> str:
@@ -455,15 +311,11 @@ def _message(err: dict[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
-    if kind == "union_tag_invalid" and isinstance(err.get("input"), dict) and "type" in err["input"]:
-        return f"unknown camera type {err['input'].get('type')!r}; expected sim, replay, v4l2 or picamera2"
-    if kind == "union_tag_not_found" and err.get("loc", ("",))[0] == "camera":
-        return "required key 'type' is missing (sim, replay, v4l2 or picamera2)"
-    if kind == "union_tag_invalid":
-        return f"unknown backend {err['input'].get('backend')!r}; expected hx711, iio, sim or replay" \
-            if isinstance(err.get("input"), dict) else err["msg"]
-    if kind == "union_tag_not_found":
-        return "required key 'backend' is missing (hx711, iio, sim or replay)"
+    reg = _REGISTRIES.get(err["loc"][0]) if len(err.get("loc", ())) == 1 else None
+    if reg is not None and kind == "union_tag_invalid" and isinstance(err.get("input"), dict):
+        return reg.unknown(err["input"].get(reg.tag))
+    if reg is not None and kind == "union_tag_not_found":
+        return reg.missing()
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
@@ -536,15 +388,13 @@ def _resolve_paths(data: Any, base: Path) -> Any:
             d[key] = str(base / v)
 
     fix(data, "state_dir")
-    if isinstance(data.get("sensing"), dict):
-        data["sensing"] = dict(data["sensing"])
-        fix(data["sensing"], "path")
-        fix(data["sensing"], "ground_truth")
-        fix(data["sensing"], "load_file")
-        fix(data["sensing"], "script")
-    if isinstance(data.get("camera"), dict):
-        data["camera"] = dict(data["camera"])
-        fix(data["camera"], "path")
+    for reg in _REGISTRIES.values():  # each backend and camera type names its path keys
+        section = data.get(reg.section)
+        model = reg.model_for(section.get(reg.tag)) if isinstance(section, dict) else None
+        if model is not None:
+            data[reg.section] = dict(section)
+            for k in getattr(model, "path_keys", ()):
+                fix(data[reg.section], k)
     if isinstance(data.get("vision"), dict):
         data["vision"] = dict(data["vision"])
         for k in ("action_model", "product_model", "product_sidecar"):

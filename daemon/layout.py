@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .config import Config, ReplaySensing, SimSensing
+from .config import Config
 
 
 def default_unit_sd(unit_weight_g: float) -> float:
@@ -71,9 +71,10 @@ class Layout:
         for shelf in cfg.shelves:
             for pc in sorted(shelf.plates, key=lambda p: p.id):
                 chans = tuple(pc.channels)
-                # A recording of a simulated unit carries the simulator's channel names, so the
-                # same config (backend switched to replay) must map plates the same way.
-                if not chans and isinstance(cfg.sensing, (SimSensing, ReplaySensing)):
+                # The simulator names its own channels, and a recording of a simulated unit
+                # carries those names, so the same config (backend switched to replay) must map
+                # plates the same way: the backend says so (``names_plate_channels``).
+                if not chans and cfg.sensing.names_plate_channels:
                     chans = (sim_channel_name(shelf.id, pc.id),)
                 plates.append(Plate(shelf.id, pc.id, len(plates), chans, pc.capacity_g))
         placements = [

@@ -18,14 +18,8 @@ import pytest
 
 from daemon.config import Hx711Chip, Hx711Sensing
 from daemon.sensing.base import Flag, SampleSource
-from daemon.sensing.hx711_gpio import (
-    ChipReader,
-    Hx711Source,
-    Reading,
-    _RowAssembler,
-    classify_word,
-    to_signed,
-)
+from daemon.sensing.hx711_gpio import ChipReader, Hx711Source
+from daemon.sensing.polling import Reading, RowAssembler, classify_word, to_signed
 from tests.fakes.fake_gpio import FakeGPIO, FakeHx711, PulseClock, SimClock
 
 DOUT, SCK = 5, 6
@@ -193,7 +187,7 @@ def test_classify_word_and_sign():
 
 
 def test_row_assembler_does_not_wait_for_a_down_chip():
-    asm = _RowAssembler(2, period=0.1, startup_grace=1.0, now=0.0)
+    asm = RowAssembler(2, period=0.1, startup_grace=1.0, now=0.0)
     asm.post(0, Reading(5, Flag.OK, 5, 0.0))
     asm.post(1, Reading(None, Flag.TIMEOUT, None, 0.0))
     assert asm.due_in(0.01) == 0.0
@@ -207,7 +201,7 @@ def test_row_assembler_does_not_wait_for_a_down_chip():
 
 
 def test_row_assembler_gives_a_late_live_chip_timeout_after_1_5_periods():
-    asm = _RowAssembler(2, period=0.1, startup_grace=1.0, now=0.0)
+    asm = RowAssembler(2, period=0.1, startup_grace=1.0, now=0.0)
     asm.post(0, Reading(1, Flag.OK, 1, 0.0))
     asm.post(1, Reading(2, Flag.OK, 2, 0.0))
     asm.take(0.0)

@@ -15,11 +15,11 @@ and what that means for us (drivers/iio/adc/hx711.c):
   (an extra conversion, and the first word after a gain change is not settled). Prefer one
   channel per chip.
 - The driver does not check DOUT after the last pulse, so desyncs are invisible here; all-ones
-  and rail words are still caught by :func:`~daemon.sensing.hx711_gpio.classify_word`.
+  and rail words are still caught by :func:`~daemon.sensing.polling.classify_word`.
 
 One reader thread per configured channel: a dead chip blocks its read for ~2 s in the kernel and
 must not starve the healthy ones. Row and block semantics are those of
-:class:`~daemon.sensing.hx711_gpio.PolledSource`.
+:class:`~daemon.sensing.polling.PolledSource`.
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..config import IioChannel, IioSensing
+from .backends.iio import IioChannel, IioSensing
 from .base import Flag
-from .hx711_gpio import Clock, PolledSource, Reading, classify_word
+from .polling import Clock, PolledSource, Reading, classify_word
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,8 @@ from typing import Callable
 import numpy as np
 
 from ..calstate import CalibrationState, ChannelCal
-from ..config import Config, SimSensing
+from ..config import Config
+from .backends.sim import SimSensing
 from ..layout import Layout, Placement
 from .base import HX711_MAX, HX711_MIN, ChannelCounters, Flag, GroundTruthEvent, SampleBlock, counters_for
 from .sim_script import ScriptedInteraction, load_script

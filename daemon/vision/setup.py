@@ -12,10 +12,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .camera import CameraRunner, Picamera2Source, V4l2Source
+from .camera import CameraRunner
 from .capture import CaptureStore
 from .engine import VisionEngine
 from .frames import FrameRing
+from .registry import CAMERAS, VisionConfigError
 from .rois import RoiError, load_rois, save_rois
 
 log = logging.getLogger(__name__)
@@ -23,10 +24,8 @@ log = logging.getLogger(__name__)
 OFFLINE_DEADLINE_S = 30.0  # replay/bench: nothing is live, so wait for every answer
 
 
-class VisionConfigError(Exception):
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
+__all__ = ["VisionConfigError", "VisionSetup", "build_vision", "check_vision", "load_models",
+           "make_camera_source", "open_camera"]
 
 
 def load_models(cfg, state_dir: Path | None = None):
@@ -109,30 +108,9 @@ class VisionSetup:
 
 
 def make_camera_source(cfg, layout, sensing_source):
-    from .render import ShelfGeometry
-
-    cam = cfg.camera
-    if cam.type == "sim":
-        from .sim_camera import SimCameraSource
-
-        if not hasattr(sensing_source, "initial_facings"):
-            raise VisionConfigError(["camera.type: sim needs the sim sensing backend"])
-        geom = ShelfGeometry.from_layout(layout, cam.width, cam.height)
-        seed = cam.seed if cam.seed is not None else getattr(cfg.sensing, "seed", 0)
-        return SimCameraSource(sensing_source, geom, cam.fps, seed), geom.rois()
-    if cam.type == "replay":
-        from .framefile import ReplayCameraSource
-
-        src = ReplayCameraSource(cam.path)
-        if (src.width, src.height) != (cam.width, cam.height):
-            log.warning("camera.path %s has %d×%d frames; camera says %d×%d: using the file's size",
-                        cam.path, src.width, src.height, cam.width, cam.height)
-        return src, src.rois
-    if cam.type == "v4l2":
-        return V4l2Source(cam.device, cam.width, cam.height, cam.fps, cam.pixel_format), None
-    if cam.type == "picamera2":
-        return Picamera2Source(cam.camera_num, cam.width, cam.height, cam.fps), None
-    raise VisionConfigError([f"camera.type: unknown {cam.type!r}"])
+    """(source, the ROIs it knows or None) from ``camera.type``'s own factory
+    (:mod:`daemon.vision.cameras`)."""
+    return CAMERAS.factory_for(cfg.camera)(cfg, layout, sensing_source)
 
 
 def build_vision(cfg, layout, sensing_source, *, offline: bool = False) -> VisionSetup | None:
@@ -148,7 +126,7 @@ def build_vision(cfg, layout, sensing_source, *, offline: bool = False) -> Visio
         raise VisionConfigError([f"camera: {exc}"]) from None
     if rois is None and source_rois:
         rois = dict(source_rois)
-        if cam.type == "sim":
+        if cam.saves_source_rois:
             # the sim knows where its plates are: its "factory" ROIs, like its factory calibration
             save_rois(state_dir, rois, unit_id=cfg.unit_id, frame_size=(cam.width, cam.height), technician="sim")
     width, height = getattr(source, "width", cam.width), getattr(source, "height", cam.height)
