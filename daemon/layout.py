@@ -6,8 +6,10 @@ products). Plates are numbered in column order (``Plate.index``) so per-plate ar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from .config import Config
+if TYPE_CHECKING:
+    from .config import Config
 
 
 def default_unit_sd(unit_weight_g: float) -> float:

@@ -21,11 +21,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from .backends.hx711 import Hx711Chip, Hx711Sensing
 from .base import Flag
 from .polling import Clock, PolledSource, Reading, classify_word
+
+if TYPE_CHECKING:  # the driver reads its settings; it imports no config code
+    from .backends.hx711 import Hx711Chip, Hx711Sensing
 
 log = logging.getLogger(__name__)
 

@@ -27,11 +27,13 @@ import errno
 import logging
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from .backends.iio import IioChannel, IioSensing
 from .base import Flag
 from .polling import Clock, PolledSource, Reading, classify_word
+
+if TYPE_CHECKING:  # the driver reads its settings; it imports no config code
+    from .backends.iio import IioChannel, IioSensing
 
 log = logging.getLogger(__name__)
 

@@ -28,16 +28,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import numpy as np
 
 from ..calstate import CalibrationState, ChannelCal
-from ..config import Config
-from .backends.sim import SimSensing
 from ..layout import Layout, Placement
 from .base import HX711_MAX, HX711_MIN, ChannelCounters, Flag, GroundTruthEvent, SampleBlock, counters_for
 from .sim_script import ScriptedInteraction, load_script
+
+if TYPE_CHECKING:  # the driver needs its config, not the config module (no import cycle)
+    from ..config import Config
+    from .backends.sim import SimSensing
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +163,10 @@ class SimSource:
                  plate_noise_g: dict[str, float] | None = None,
                  drift_g_per_min: float | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        if not isinstance(cfg.sensing, SimSensing):
+        if cfg.sensing.backend != "sim":
             raise ValueError("SimSource needs sensing.backend: sim")
         self.cfg = cfg
-        self.sim: SimSensing = cfg.sensing
+        self.sim = cast("SimSensing", cfg.sensing)
         self.layout = layout
         self._clock = clock
         self._sleep = sleep
