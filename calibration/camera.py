@@ -17,8 +17,10 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .cli import Ctx, _technician, cli
-from .errors import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE, ShelfcalError
+from daemon.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_UNAVAILABLE, EX_USAGE
+
+from .context import Ctx, technician_name
+from .errors import ShelfcalError
 
 
 def _need_camera(obj: Ctx):
@@ -85,7 +87,7 @@ def draw_rois(img: np.ndarray, rois: dict, suggested: dict | None = None):
     return im
 
 
-@cli.group()
+@click.group()
 def camera() -> None:
     """Camera snapshot with the plate regions drawn on it, setting the regions, enrolling products."""
 
@@ -152,7 +154,7 @@ def set_roi(obj: Ctx, plate_name, roi, suggested, clear, technician) -> None:
     cam = obj.cfg.camera
     try:
         save_rois(obj.cfg.state_dir, rois, unit_id=obj.cfg.unit_id, frame_size=(cam.width, cam.height),
-                  technician=_technician(technician))
+                  technician=technician_name(technician))
     except RoiError as exc:
         raise ShelfcalError(str(exc), EX_USAGE) from None
     except OSError as exc:

@@ -8,106 +8,23 @@ the calibration in force is unchanged).
 """
 from __future__ import annotations
 
-import getpass
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
 
 import click
 
-from .errors import (EX_CONFIG, EX_DATAERR, EX_INTERRUPTED, EX_TEMPFAIL, EX_USAGE, ShelfcalError)
+from daemon.cli_entry import run_click
+from daemon.exitcodes import EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
+
+from . import camera, planogram, report
+from .context import (SCRIPTED_MAINTENANCE_S, Ctx, await_rest, confirm, console, is_interactive, set_maintenance,
+                      technician_name)
+from .errors import ShelfcalError
 
 DEFAULT_CONFIG = "/etc/shelfd/shelfd.yaml"
-
-
-def _console():
-    from rich.console import Console
-    con = Console(highlight=False)
-    if not con.is_terminal:
-        con = Console(highlight=False, width=120)  # logs and pipes: no wrapping of table cells
-    return con
-
-
-class Ctx:
-    def __init__(self, config: Path, via: str, timeout: float):
-        self.config_path = config
-        self.via = via
-        self.timeout = timeout
-        self._cfg = None
-        self._link = None
-        self._unit = None
-
-    @property
-    def cfg(self):
-        if self._cfg is None:
-            from daemon.config import ConfigError, load_config
-            try:
-                self._cfg = load_config(self.config_path)
-            except ConfigError as exc:
-                first = exc.problems[0] if exc.problems else "invalid"
-                more = f" (+{len(exc.problems) - 1} more: run `shelfd check --config {self.config_path}`)" \
-                    if len(exc.problems) > 1 else ""
-                raise ShelfcalError(f"{self.config_path}: {first}{more}", EX_CONFIG) from None
-        return self._cfg
-
-    def unit(self):
-        if self._unit is None:
-            from .guided import Unit
-            from .link import connect
-            self._unit = Unit(self.cfg, lambda: connect(self.cfg, self.via, self.timeout))
-        return self._unit
-
-    def close(self) -> None:
-        if self._unit is not None:
-            self._unit.close()
-
-
-def _interactive(yes: bool) -> bool:
-    return not yes and sys.stdin.isatty()
-
-
-def _technician(name: str | None) -> str:
-    if name:
-        return name
-    env = os.environ.get("SHELFCAL_TECHNICIAN")
-    if env:
-        return env
-    try:
-        return getpass.getuser()
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def _confirm(question: str, yes: bool) -> None:
-    """An explicit accept: --yes, or 'y' typed at the prompt; anything else aborts (nothing written)."""
-    if yes:
-        return
-    try:
-        ok = click.confirm(question, default=False)
-    except click.Abort:
-        ok = False
-    if not ok:
-        raise ShelfcalError("aborted: nothing written; the calibration in force is unchanged", EX_TEMPFAIL)
-
-
-def _wait(unit, plate, timeout: float, interactive: bool, what: str):
-    from .guided import wait_rest
-    if not timeout > 0:
-        raise ShelfcalError(f"--rest-timeout must be more than 0 s, got {timeout:g}", EX_USAGE)
-    con = _console()
-    if not interactive:
-        return wait_rest(unit, plate, timeout_s=timeout)
-    with con.status(f"plate {plate.key}: waiting for rest ({what})") as st:
-        def progress(r):
-            if r.get("waiting"):
-                msg = "collecting fresh samples"
-            else:
-                msg = r.get("reason") or "settling"
-            st.update(f"plate {plate.key}: waiting for rest ({what}): {msg}, {r['left_s']:.0f} s left")
-        return wait_rest(unit, plate, timeout_s=timeout, progress=progress)
 
 
 # ---------------------------------------------------------------- the group
@@ -173,11 +90,11 @@ def diag(obj: Ctx, seconds: float, as_json: bool) -> None:
                       _num(c["noise_counts"], 1), _num(c["noise_g"], 2),
                       "-" if c["offset_share"] is None else f"{c['offset_share']:.1%}",
                       f"[{style}]{v['level']}[/{style}]")
-        _console().print(t)
+        console().print(t)
         for ch, v in verdicts.items():
             click.echo(f"channel {ch} (plate {plate_of.get(ch, '-')}): {v['text']}")
     if faults:
-        sys.exit(69)
+        sys.exit(EX_UNAVAILABLE)
 
 
 def _num(x, digits):
@@ -208,7 +125,7 @@ def live(obj: Ctx, interval: float, count: int) -> None:
             t.add_row(k, _num(p["weight_g"], 1), p["state"], _num(p["noise_g"], 2))
         return t
 
-    con = _console()
+    con = console()
     n = 0
     if not con.is_terminal:
         while True:
@@ -236,20 +153,6 @@ _rest_opt = click.option("--rest-timeout", type=float, default=30.0, show_defaul
 _tech_opt = click.option("--technician", help="Name recorded with the calibration (default $SHELFCAL_TECHNICIAN or the login).")
 
 
-SCRIPTED_MAINTENANCE_S = 300.0  # a scripted step's plate stays event-free this long (test masses come off later)
-
-
-def _maintenance(unit, plate, seconds: float) -> None:
-    """Tell a running daemon that this plate is under the technician's hands (no item events)."""
-    if unit.link.kind != "daemon":
-        return
-    try:
-        unit.link.call("maintenance", plates=[plate.key], seconds=seconds)
-    except ShelfcalError as exc:
-        click.echo(f"warning: shelfd did not take plate {plate.key} out of service ({exc}); "
-                   f"test masses may show up as item events", err=True)
-
-
 def _pick_plate(unit, plate_name: str | None, interactive: bool):
     if plate_name is None:
         if not interactive:
@@ -263,13 +166,13 @@ def _zero_step(unit, plate, yes: bool, force: bool, rest_timeout: float, interac
     if interactive:
         click.prompt(f"Empty plate {plate.key} completely, keep hands off, then press Enter", default="",
                      show_default=False)
-    r = _wait(unit, plate, rest_timeout, interactive, "empty plate")
+    r = await_rest(unit, plate, rest_timeout, interactive, "empty plate")
     warns = zero_warnings(unit, plate, r["level_counts"])
     for w in warns:
         click.echo(f"warning: {w}", err=True)
     if warns and not force:
         if interactive:
-            _confirm("Use this zero anyway?", False)
+            confirm("Use this zero anyway?", False)
             force = True
         else:
             raise ShelfcalError(f"suspicious zero ({warns[0]}); empty the plate, or pass --force", EX_DATAERR)
@@ -287,9 +190,9 @@ def _zero_step(unit, plate, yes: bool, force: bool, rest_timeout: float, interac
 def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
     """Zero a plate: empty it, wait for rest, set the offset (and start a calibration session)."""
     unit = obj.unit()
-    interactive = _interactive(yes)
+    interactive = is_interactive(yes)
     plate = _pick_plate(unit, plate_name, interactive)
-    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
+    set_maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     r, force = _zero_step(unit, plate, yes, force, rest_timeout, interactive)
     cal = unit.calibration()
     if cal is None or any(c not in cal.channels for c in plate.channels):
@@ -298,13 +201,13 @@ def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
                    f"`shelfcal calibrate --plate {plate.key} --mass-g GRAMS`")
         return
     res = unit.link.call("tare", plates=[plate.key], force=True if force else False,
-                         technician=_technician(technician))
+                         technician=technician_name(technician))
     p = res["plates"][plate.key]
     unit.log({"kind": "tare", "plate": plate.key, "calibration_id": res["calibration_id"],
-              "shift_g": p["shift_g"], "technician": _technician(technician)})
+              "shift_g": p["shift_g"], "technician": technician_name(technician)})
     click.echo(f"plate {plate.key}: tared (zero moved {p['shift_g']:+.1f} g); calibration {res['calibration_id']} in force")
     if interactive:
-        _maintenance(unit, plate, 0)
+        set_maintenance(unit, plate, 0)
 
 
 @cli.command()
@@ -327,13 +230,13 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
     from .fit import duplicate_mass
     from .guided import add_point, fit_plate, session_points, write_fit
     unit = obj.unit()
-    interactive = _interactive(yes)
+    interactive = is_interactive(yes)
     plate = _pick_plate(unit, plate_name, interactive)
     unit.calibration()  # a corrupt or foreign file stops us before any work
     for m in masses:
         unit.check_mass(plate, m)
-    tech = _technician(technician)
-    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
+    tech = technician_name(technician)
+    set_maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     if interactive:
         _zero_step(unit, plate, yes, force, rest_timeout, True)
         queue = list(masses)
@@ -361,7 +264,7 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
                     click.echo(f"point refused: {dup}")
                     continue
             _place_prompt(obj, unit, plate, m)
-            r = _wait(unit, plate, rest_timeout, True, f"{m:g} g")
+            r = await_rest(unit, plate, rest_timeout, True, f"{m:g} g")
             try:
                 s = add_point(unit, plate, m, r)
             except ShelfcalError as exc:
@@ -375,7 +278,7 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
             raise ShelfcalError("scripted calibration takes exactly one --mass-g per run (the mass on the plate now)",
                                 EX_USAGE)
         s = session_points(unit, plate)
-        r = _wait(unit, plate, rest_timeout, False, f"{masses[0]:g} g")
+        r = await_rest(unit, plate, rest_timeout, False, f"{masses[0]:g} g")
         s = add_point(unit, plate, masses[0], r)
     s = session_points(unit, plate)
     if not s["points"]:
@@ -383,7 +286,7 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
     pf = fit_plate(unit, plate, s)
     if not interactive:
         _show_fit(pf)
-    _confirm(f"Write this calibration for plate {plate.key}?", yes)
+    confirm(f"Write this calibration for plate {plate.key}?", yes)
     cid = write_fit(unit, pf, tech)
     _reload(unit)
     if interactive:
@@ -415,12 +318,12 @@ def _remove_prompt(obj: Ctx, plate, rest_timeout: float = 30.0) -> None:
         click.prompt(f"Take the test mass off plate {plate.key} and press Enter", default="", show_default=False)
     if unit.link.kind == "daemon":
         try:
-            _wait(unit, plate, rest_timeout, True, "mass removed")
+            await_rest(unit, plate, rest_timeout, True, "mass removed")
         except ShelfcalError as exc:
             click.echo(f"warning: {exc}; plate {plate.key} stays out of service for "
                        f"{SCRIPTED_MAINTENANCE_S / 60:g} min", err=True)
             return
-        _maintenance(unit, plate, 0)
+        set_maintenance(unit, plate, 0)
 
 
 def _show_fit(pf) -> None:
@@ -430,7 +333,7 @@ def _show_fit(pf) -> None:
         t.add_column(col, justify="right")
     for m, r in zip(pf.masses, pf.residuals_g):
         t.add_row(f"{m:g}", f"{r:+.2f}")
-    con = _console()
+    con = console()
     con.print(t)
     for f in pf.fits:
         prev = pf.previous_scale.get(f.channel)
@@ -463,7 +366,7 @@ def _reload(unit) -> None:
 def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technician) -> None:
     """Weigh a known mass on a tared plate: pass (exit 0) or fail (exit 65) against a tolerance."""
     unit = obj.unit()
-    interactive = _interactive(yes)
+    interactive = is_interactive(yes)
     plate = _pick_plate(unit, plate_name, interactive)
     unit.check_mass(plate, mass)
     unit.link  # noqa: B018 - opened first: a simulated unit's first open writes its factory calibration
@@ -478,17 +381,17 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
     if any(abs(mass - m) < 1.0 for m in cal_masses):
         click.echo(f"warning: {mass:g} g was a calibration mass; a different mass checks the fit between points",
                    err=True)
-    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
+    set_maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     if interactive:
         _place_prompt(obj, unit, plate, mass)
-    r = _wait(unit, plate, rest_timeout, interactive, f"{mass:g} g")
+    r = await_rest(unit, plate, rest_timeout, interactive, f"{mass:g} g")
     g = r.get("grams")
     if g is None:
         raise ShelfcalError(f"plate {plate.key} has no calibrated reading; run `shelfcal calibrate`", EX_DATAERR)
     err = g - mass
     ok = abs(err) <= tol
     unit.log({"kind": "verify", "plate": plate.key, "mass_g": mass, "read_g": round(g, 2), "error_g": round(err, 2),
-              "tolerance_g": tol, "pass": ok, "calibration_id": cal.calibration_id, "technician": _technician(technician)})
+              "tolerance_g": tol, "pass": ok, "calibration_id": cal.calibration_id, "technician": technician_name(technician)})
     verdict = "PASS" if ok else "FAIL"
     click.echo(f"plate {plate.key}: {verdict}: read {g:.1f} g for {mass:g} g ({err:+.2f} g, tolerance ±{tol:g} g, "
                f"noise {r.get('sigma_g') or 0:.2f} g)")
@@ -571,36 +474,17 @@ def sim_place(obj: Ctx, plate_name: str, mass: float) -> None:
 # ---------------------------------------------------------------- entry point
 
 
-def _register_more() -> None:
-    from . import camera, planogram, report  # noqa: F401 - they add their commands to `cli`
+# every command module's commands, in one place (the load-cell commands above register themselves)
+for _group in (camera.camera, planogram.planogram, report.report):
+    cli.add_command(_group)
 
 
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    _register_more()
-    try:
-        cli.main(standalone_mode=False)
-    except ShelfcalError as exc:
-        click.echo(f"shelfcal: {exc}", err=True)
-        sys.exit(exc.code)
-    except KeyboardInterrupt:
-        click.echo("\nshelfcal: interrupted; the calibration in force is unchanged", err=True)
-        sys.exit(EX_INTERRUPTED)
-    except click.exceptions.NoArgsIsHelpError as exc:  # type: ignore[attr-defined]
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(0)
-    except click.UsageError as exc:
-        click.echo(f"shelfcal: {exc.format_message()}", err=True)
-        sys.exit(EX_USAGE)
-    except click.Abort:
-        click.echo("\nshelfcal: aborted; the calibration in force is unchanged", err=True)
-        sys.exit(EX_INTERRUPTED)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    run_click(cli, "shelfcal", errors=(ShelfcalError,),
+              interrupted="interrupted; the calibration in force is unchanged",
+              aborted="aborted; the calibration in force is unchanged")
 
 
 if __name__ == "__main__":
-    # `python -m calibration.cli`: run the importable module so the sub-command modules
-    # (planogram, camera, report) register on the same `cli` group
-    from calibration.cli import main as _main
-    _main()
+    main()

@@ -22,7 +22,10 @@ from daemon.atomicfile import atomic_write
 from daemon.calstate import CalibrationError, ChannelCal
 from daemon.control_handlers import ADC_HALF_RANGE, SUSPICIOUS_OFFSET_SHARE
 
-from .errors import EX_CANTCREAT, EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE, ShelfcalError
+from daemon.timefmt import now_iso
+from daemon.exitcodes import EX_CANTCREAT, EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
+
+from .errors import ShelfcalError
 from .fit import ChannelFit, check_point, fit_channel
 
 SESSION = "shelfcal-session.json"
@@ -30,10 +33,6 @@ SESSION_MAX_AGE_S = 3600.0  # a calibration session's zero is trusted this long
 LOG = "shelfcal-log.jsonl"
 
 Progress = Callable[[dict], None]
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 # ---------------------------------------------------------------- unit facts

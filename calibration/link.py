@@ -25,7 +25,9 @@ from daemon.control_handlers import UnitControl
 from daemon.control_socket import acquire_drivers_lock, drivers_lock_holder, socket_path
 from daemon.control_socket import call as socket_call
 
-from .errors import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, ShelfcalError
+from daemon.exitcodes import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE
+
+from .errors import ShelfcalError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,10 @@ import click
 
 from daemon.atomicfile import atomic_write
 
-from .cli import Ctx, _console, _interactive, _wait, cli
-from .errors import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE, ShelfcalError
+from daemon.exitcodes import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE
+
+from .context import SCRIPTED_MAINTENANCE_S, Ctx, await_rest, confirm, console, is_interactive, set_maintenance
+from .errors import ShelfcalError
 
 
 def _yaml():
@@ -70,7 +72,7 @@ def _flow_like(seq, item):
     return m
 
 
-@cli.group()
+@click.group()
 def planogram() -> None:
     """Show and edit which SKU sits on which plate (the config's planogram), measure unit weights."""
 
@@ -101,7 +103,7 @@ def show(obj: Ctx, as_json: bool) -> None:
                   "" if not lu else f"{lu['mean_g']:.1f} ± {lu['mean_sd_g']:.1f}" + (" DRIFT" if lu.get("drift") else ""),
                   "" if not lu else str(lu["n"]),
                   "" if r.get("stock") is None else str(r["stock"]))
-    _console().print(t)
+    console().print(t)
     if any(r.get("learned", {}).get("drift") for r in rows):
         click.echo("DRIFT: the unit's events say a product weighs more than 12 % off its planogram entry; "
                    "weigh it with `shelfcal planogram measure` and fix the entry")
@@ -210,23 +212,21 @@ def measure(obj: Ctx, plate_name, count, sku, yes, rest_timeout) -> None:
 
     Interactive: the plate's reading before and after you add N items. Scripted (--yes): the
     plate was tared empty and holds the N items now."""
-    from .cli import _confirm
     if count < 1:
         raise ShelfcalError(f"--count must be at least 1, got {count}", EX_USAGE)
     if sku is not None and sku not in {p.sku for p in obj.cfg.planogram}:
         raise ShelfcalError(f"SKU {sku!r} is not in the planogram: add it with `shelfcal planogram set`", EX_USAGE)
     unit = obj.unit()
     plate = unit.plate(plate_name)
-    interactive = _interactive(yes)
-    from .cli import SCRIPTED_MAINTENANCE_S, _maintenance
-    _maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
+    interactive = is_interactive(yes)
+    set_maintenance(unit, plate, SCRIPTED_MAINTENANCE_S)
     before = 0.0
     if interactive:
         click.prompt(f"Leave plate {plate.key} as it is (hands off) and press Enter", default="", show_default=False)
-        before = _grams(_wait(unit, plate, rest_timeout, True, "before"), plate)
+        before = _grams(await_rest(unit, plate, rest_timeout, True, "before"), plate)
         click.prompt(f"Now add {count} item(s) to plate {plate.key}, hands off, and press Enter", default="",
                      show_default=False)
-    r = _wait(unit, plate, rest_timeout, interactive, f"{count} item(s)")
+    r = await_rest(unit, plate, rest_timeout, interactive, f"{count} item(s)")
     after = _grams(r, plate)
     unit_g = (after - before) / count
     if unit_g <= 0:
@@ -236,7 +236,7 @@ def measure(obj: Ctx, plate_name, count, sku, yes, rest_timeout) -> None:
     click.echo(f"plate {plate.key}: {count} item(s) weigh {after - before:.1f} g → unit weight {unit_g:.2f} g "
                f"(± {max(sd_mean, 0.01):.2f} g from noise)")
     if sku is not None:
-        _confirm(f"Write {unit_g:.2f} g as the unit weight of {sku}?", yes)
+        confirm(f"Write {unit_g:.2f} g as the unit weight of {sku}?", yes)
         doc = load_doc(obj.config_path)
         for e in doc.get("planogram") or []:
             if str(e.get("sku")) == sku:

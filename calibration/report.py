@@ -16,8 +16,10 @@ import numpy as np
 
 from daemon.control_handlers import white_sigma
 
-from .cli import Ctx, cli
-from .errors import EX_CANTCREAT, EX_USAGE, ShelfcalError
+from daemon.exitcodes import EX_CANTCREAT, EX_USAGE
+
+from .context import Ctx
+from .errors import ShelfcalError
 from .fit import fit_channel
 from .guided import LOG
 
@@ -38,7 +40,7 @@ def _last_verifies(state_dir: Path) -> dict[str, dict]:
     return out
 
 
-@cli.command()
+@click.command()
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNGs and summary.txt.")
 @click.option("--plate", "plates", multiple=True, help="Only these plates (default: every calibrated plate).")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="Noise trace length.")

@@ -15,12 +15,12 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ulid import ULID
 
 from .atomicfile import atomic_write
+from .timefmt import file_stamp, now_iso
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class CalibrationState:
     channels: dict[str, ChannelCal]
     calibration_id: str = field(default_factory=lambda: str(ULID()))
     technician: str | None = None
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = field(default_factory=now_iso)
     source: str = "shelfcal"   # shelfcal | sim-factory
 
     def to_json(self) -> dict:
@@ -122,7 +122,7 @@ def _archive(state_dir: Path, path: Path, keep: int = KEEP_VERSIONS) -> None:
     cal_id = "".join(c for c in cal_id if c.isalnum() or c in "-_")[:40] or "unknown"
     hist = state_dir / HISTORY
     hist.mkdir(exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    stamp = file_stamp(micros=True)
     atomic_write(hist / f"{stamp}-{cal_id}.json", data)
     versions = sorted(hist.glob("*.json"))
     for old in versions[:max(0, len(versions) - keep)]:
@@ -164,7 +164,7 @@ def update(state_dir: Path, unit_id: str, channels: dict[str, ChannelCal], *, te
     with locked(state_dir):
         current = load(state_dir, unit_id)
         merged = dict(current.channels) if current else {}
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = now_iso()
         for name, cal in channels.items():
             if cal.updated is None:
                 cal.updated = now

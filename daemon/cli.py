@@ -14,8 +14,9 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .cli_entry import run_click
 
-EX_USAGE, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_CONFIG = 64, 65, 66, 70, 78
+from .exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 log = logging.getLogger("shelfd")
 
@@ -273,18 +274,7 @@ def record(config: Path, out: Path, duration: float) -> None:
 
 
 def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:  # type: ignore[attr-defined]
-        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
-        sys.exit(0)
-    except click.UsageError as exc:
-        click.echo(f"shelfd: {exc.format_message()}", err=True)
-        sys.exit(EX_USAGE)
-    except click.Abort:
-        sys.exit(130)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    run_click(cli, "shelfd")
 
 
 if __name__ == "__main__":

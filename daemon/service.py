@@ -24,7 +24,8 @@ from pathlib import Path
 from . import calstate
 import sqlite3
 
-from .config import EX_CONFIG, Config, SimSensing
+from .config import Config, SimSensing
+from .exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from .control import Commands
 from .pipeline import Pipeline
 from .publish.mqtt import Publisher
@@ -36,7 +37,6 @@ from .signal.condition import UncalibratedError
 
 log = logging.getLogger(__name__)
 
-EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, EX_CANTCREAT = 0, 70, 69, 73
 
 
 OUTBOX_FILE = "outbox.sqlite3"
@@ -121,7 +121,7 @@ class Service:
         if self._drivers_lock is None:
             log.error("the load cells are open in shelfcal (pid %s holds %s/.drivers.lock): finish the "
                       "calibration, then start shelfd", drivers_lock_holder(state_dir), state_dir)
-            return 75  # EX_TEMPFAIL: systemd retries after RestartSec
+            return EX_TEMPFAIL  # systemd retries after RestartSec
         layout = layout_for(cfg)
         try:
             source = make_source(cfg, layout)

@@ -5,18 +5,11 @@ stores the event, so they survive a crash together.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from ..signal.detector import WeightChange
+from ..timefmt import rfc3339 as rfc3339  # re-exported: callers know it as item_event.rfc3339
 from .identify import Identification
 
 SCHEMA = "gondola.item-event/1"
-
-
-def rfc3339(t: float) -> str:
-    """Epoch seconds → ``2020-04-22T05:06:49.657Z`` (UTC, milliseconds)."""
-    dt = datetime.fromtimestamp(t, tz=timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identification | None,

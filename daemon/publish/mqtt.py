@@ -37,7 +37,6 @@ import logging
 import queue
 import threading
 import time
-from datetime import datetime
 from typing import Any, Callable
 
 import paho.mqtt.client as paho
@@ -47,7 +46,7 @@ from daemon import __version__
 from daemon.config import BrokerConnection, Config
 from daemon.control import (MAX_REQUEST_BYTES, CommandError, Commands, Request, RequestRefused, TokenBucket,
                             parse_request, recover_txid)
-from daemon.events.item_event import rfc3339
+from daemon.timefmt import parse_rfc3339, rfc3339
 from daemon.publish.outbox import Outbox, OutboxRecord
 
 log = logging.getLogger(__name__)
@@ -61,18 +60,6 @@ RESEND_RATE = 200.0          # republished events a second
 RESEND_INFLIGHT = 20         # republished events awaiting PUBACK
 MAX_PENDING_REQUESTS = 256   # requests received but not yet looked at by the sender thread
 ERROR_REPLIES_PER_S = (20.0, 40)  # refusals answered a second (rate, burst); the rest only counted
-
-
-def _parse_rfc3339(s: Any) -> float | None:
-    if not isinstance(s, str):
-        return None
-    try:
-        dt = datetime.fromisoformat(s)
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        return None
-    return dt.timestamp()
 
 
 def configure_auth(client: paho.Client, m: BrokerConnection) -> None:
@@ -495,7 +482,7 @@ class Publisher:
         ev = dict(rec.event)
         limit = self._cfg.mqtt.historical_after_s
         ref = rec.stored_at
-        t_end = _parse_rfc3339(ev.get("t_end"))
+        t_end = parse_rfc3339(ev.get("t_end"))
         if t_end is not None and rec.stored_at - limit <= t_end <= rec.stored_at + 1.0:
             ref = t_end
         if self._clock() - ref > limit:

@@ -35,13 +35,13 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ulid import ULID
 
 from daemon.atomicfile import atomic_write
+from daemon.timefmt import file_stamp
 
 log = logging.getLogger(__name__)
 
@@ -227,8 +227,7 @@ class Outbox:
             for suffix in ("-wal", "-shm"):
                 orphan = Path(str(self.path) + suffix)
                 if orphan.exists():
-                    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-                    os.replace(orphan, orphan.with_name(f"{orphan.name}.orphan-{stamp}"))
+                    os.replace(orphan, orphan.with_name(f"{orphan.name}.orphan-{file_stamp()}"))
         try:
             db = self._connect()
             row = db.execute("PRAGMA quick_check").fetchone()
@@ -263,7 +262,7 @@ class Outbox:
             return db
 
     def _move_aside(self) -> Path:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = file_stamp()
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         n = 1
         while aside.exists():

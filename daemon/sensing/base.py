@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -98,16 +98,6 @@ class SampleSource(Protocol):
     def close(self) -> None: ...
 
     def counters(self) -> dict[str, ChannelCounters]: ...
-
-
-def iter_blocks(source: SampleSource, timeout: float = 1.0) -> Iterator[SampleBlock]:
-    """Yield non-empty blocks until the source ends."""
-    while True:
-        block = source.read(timeout)
-        if block is None:
-            return
-        if len(block):
-            yield block
 
 
 def counters_for(channels: list[str]) -> dict[str, ChannelCounters]:

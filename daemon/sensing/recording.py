@@ -14,12 +14,13 @@ from __future__ import annotations
 import base64
 import json
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 
+from .. import jsonlines
+from ..jsonlines import create_with_header
 from .base import ChannelCounters, CounterBank, SampleBlock
 from .pacing import Pacer
 from .replay_aifi import RecordingError
@@ -35,11 +36,9 @@ class RecordingWriter:
     def __init__(self, path: Path, channels: list[str], rate_hz: float, units: str, unit_id: str,
                  calibration: dict | None = None):
         self.path = Path(path)
-        self._fh: IO[str] = open(self.path, "w", encoding="utf-8")
-        header = {"format": FORMAT, "unit_id": unit_id, "channels": channels, "rate_hz": rate_hz,
-                  "units": units, "calibration": calibration,
-                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self._fh.write(json.dumps(header) + "\n")
+        self._fh: IO[str] = create_with_header(self.path, {
+            "format": FORMAT, "unit_id": unit_id, "channels": channels, "rate_hz": rate_hz, "units": units,
+            "calibration": calibration})
         self.rows = 0
 
     def write(self, block: SampleBlock) -> None:
@@ -55,26 +54,16 @@ class RecordingWriter:
         self._fh.close()
 
 
+def _check_header(h: dict) -> None:
+    h["channels"] = [str(c) for c in h["channels"]]
+    h["rate_hz"] = float(h["rate_hz"])
+    if h["units"] not in ("counts", "g"):
+        raise ValueError(f"units {h['units']!r}")
+
+
 def read_header(path: Path) -> dict:
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            first = fh.readline()
-    except FileNotFoundError:
-        raise RecordingError(f"{path}: not found") from None
-    except UnicodeDecodeError:
-        raise RecordingError(f"{path}:1: not a Gondola recording (binary data)") from None
-    try:
-        h = json.loads(first)
-        if h.get("format") != FORMAT:
-            raise ValueError(f"format is {h.get('format')!r}, expected {FORMAT!r}")
-        h["channels"] = [str(c) for c in h["channels"]]
-        h["rate_hz"] = float(h["rate_hz"])
-        if h["units"] not in ("counts", "g"):
-            raise ValueError(f"units {h['units']!r}")
-        return h
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise RecordingError(f"{path}:1: not a Gondola recording header ({exc})") from None
+    return jsonlines.read_header(Path(path), FORMAT, _check_header, error=RecordingError, missing="not found",
+                                 noun="recording", header_noun="recording header")
 
 
 class ShelfdReplaySource:

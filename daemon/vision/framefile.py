@@ -19,12 +19,13 @@ import base64
 import io
 import json
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterator
 
 import numpy as np
 
+from .. import jsonlines
+from ..jsonlines import create_with_header
 from .camera import CameraError
 from .frames import Frame
 
@@ -50,11 +51,9 @@ class FrameWriter:
                  rois: dict | None = None, quality: int = 90):
         self.path = Path(path)
         self.quality = quality
-        self._fh: IO[str] = open(self.path, "w", encoding="utf-8")
-        header = {"format": FORMAT, "unit_id": unit_id, "width": width, "height": height, "fps": fps,
-                  "rois": {k: list(v) for k, v in rois.items()} if rois else None,
-                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        self._fh.write(json.dumps(header) + "\n")
+        self._fh: IO[str] = create_with_header(self.path, {
+            "format": FORMAT, "unit_id": unit_id, "width": width, "height": height, "fps": fps,
+            "rois": {k: list(v) for k, v in rois.items()} if rois else None})
         self.frames = 0
 
     def write(self, frame: Frame) -> None:
@@ -67,23 +66,13 @@ class FrameWriter:
         self._fh.close()
 
 
+def _check_header(h: dict) -> None:
+    h["width"], h["height"], h["fps"] = int(h["width"]), int(h["height"]), float(h["fps"])
+
+
 def read_header(path: str | Path) -> dict:
-    path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            first = fh.readline()
-    except FileNotFoundError:
-        raise CameraError(f"{path}: frames file not found") from None
-    except UnicodeDecodeError:
-        raise CameraError(f"{path}:1: not a Gondola frames file (binary data)") from None
-    try:
-        h = json.loads(first)
-        if h.get("format") != FORMAT:
-            raise ValueError(f"format is {h.get('format')!r}, expected {FORMAT!r}")
-        h["width"], h["height"], h["fps"] = int(h["width"]), int(h["height"]), float(h["fps"])
-        return h
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise CameraError(f"{path}:1: not a Gondola frames header ({exc})") from None
+    return jsonlines.read_header(Path(path), FORMAT, _check_header, error=CameraError, missing="frames file not found",
+                                 noun="frames file", header_noun="frames header")
 
 
 class ReplayCameraSource:

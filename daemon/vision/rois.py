@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomicfile import atomic_write
+from ..timefmt import now_iso
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def save_rois(state_dir: str | Path, rois: dict[str, ROI], *, unit_id: str | Non
     path = state_dir / FILENAME
     checked = {str(k): list(_check(str(k), v, "rois")) for k, v in rois.items()}
     doc = {"schema": SCHEMA, "unit_id": unit_id, "technician": technician,
-           "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "updated": now_iso(),
            "frame": list(frame_size) if frame_size else None, "rois": checked}
     atomic_write(path, json.dumps(doc, indent=2, sort_keys=True), previous=state_dir / PREVIOUS)
     log.info("camera ROIs for %d plates written to %s", len(checked), path)

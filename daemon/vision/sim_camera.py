@@ -17,7 +17,6 @@ for frames nobody looks at.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Iterator
 
@@ -151,7 +150,3 @@ def enroll_sim_gallery(model, skus: list[str], per_sku: int = 6, seed: int = 0,
         crops = [R.product_crop(rng, sku, skus, geom=geom) for _ in range(per_sku)]
         n += model.gallery.enroll(sku, crops, replace=True)   # saves the gallery
     return n
-
-
-def seconds_of_frames(fps: float, buffer_s: float) -> int:
-    return int(math.ceil(fps * buffer_s)) + 1

@@ -1,0 +1,119 @@
+"""What every shelfcal command works with: the unit's config and link (:class:`Ctx`), the console,
+prompts, waiting for rest, and taking a plate out of service on a running shelfd.
+
+Command modules (cli.py's own load-cell commands, camera.py, planogram.py, report.py) import
+from here, never from each other; cli.py builds the group and registers them all in one place.
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from daemon.exitcodes import EX_CONFIG, EX_TEMPFAIL, EX_USAGE
+
+from .errors import ShelfcalError
+
+
+def console():
+    from rich.console import Console
+    con = Console(highlight=False)
+    if not con.is_terminal:
+        con = Console(highlight=False, width=120)  # logs and pipes: no wrapping of table cells
+    return con
+
+
+class Ctx:
+    def __init__(self, config: Path, via: str, timeout: float):
+        self.config_path = config
+        self.via = via
+        self.timeout = timeout
+        self._cfg = None
+        self._link = None
+        self._unit = None
+
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            from daemon.config import ConfigError, load_config
+            try:
+                self._cfg = load_config(self.config_path)
+            except ConfigError as exc:
+                first = exc.problems[0] if exc.problems else "invalid"
+                more = f" (+{len(exc.problems) - 1} more: run `shelfd check --config {self.config_path}`)" \
+                    if len(exc.problems) > 1 else ""
+                raise ShelfcalError(f"{self.config_path}: {first}{more}", EX_CONFIG) from None
+        return self._cfg
+
+    def unit(self):
+        if self._unit is None:
+            from .guided import Unit
+            from .link import connect
+            self._unit = Unit(self.cfg, lambda: connect(self.cfg, self.via, self.timeout))
+        return self._unit
+
+    def close(self) -> None:
+        if self._unit is not None:
+            self._unit.close()
+
+
+def is_interactive(yes: bool) -> bool:
+    return not yes and sys.stdin.isatty()
+
+
+def technician_name(name: str | None) -> str:
+    if name:
+        return name
+    env = os.environ.get("SHELFCAL_TECHNICIAN")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def confirm(question: str, yes: bool) -> None:
+    """An explicit accept: --yes, or 'y' typed at the prompt; anything else aborts (nothing written)."""
+    if yes:
+        return
+    try:
+        ok = click.confirm(question, default=False)
+    except click.Abort:
+        ok = False
+    if not ok:
+        raise ShelfcalError("aborted: nothing written; the calibration in force is unchanged", EX_TEMPFAIL)
+
+
+def await_rest(unit, plate, timeout: float, interactive: bool, what: str):
+    from .guided import wait_rest
+    if not timeout > 0:
+        raise ShelfcalError(f"--rest-timeout must be more than 0 s, got {timeout:g}", EX_USAGE)
+    con = console()
+    if not interactive:
+        return wait_rest(unit, plate, timeout_s=timeout)
+    with con.status(f"plate {plate.key}: waiting for rest ({what})") as st:
+        def progress(r):
+            if r.get("waiting"):
+                msg = "collecting fresh samples"
+            else:
+                msg = r.get("reason") or "settling"
+            st.update(f"plate {plate.key}: waiting for rest ({what}): {msg}, {r['left_s']:.0f} s left")
+        return wait_rest(unit, plate, timeout_s=timeout, progress=progress)
+
+
+SCRIPTED_MAINTENANCE_S = 300.0  # a scripted step's plate stays event-free this long (test masses come off later)
+
+
+def set_maintenance(unit, plate, seconds: float) -> None:
+    """Tell a running daemon that this plate is under the technician's hands (no item events)."""
+    if unit.link.kind != "daemon":
+        return
+    try:
+        unit.link.call("maintenance", plates=[plate.key], seconds=seconds)
+    except ShelfcalError as exc:
+        click.echo(f"warning: shelfd did not take plate {plate.key} out of service ({exc}); "
+                   f"test masses may show up as item events", err=True)
