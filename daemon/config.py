@@ -15,11 +15,14 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .registry import StrictModel as _Strict
+
 # Importing the two lists registers every sensing backend and camera type. Their models live
 # beside their factories; they are re-exported (``X as X``) as callers know them: daemon.config.X.
 from .sensing.backends import SENSING, SensingSettings
-from .sensing.backends.hx711 import Hx711Chip as Hx711Chip, Hx711Sensing as Hx711Sensing
-from .sensing.backends.iio import IioChannel as IioChannel, IioSensing as IioSensing
+from .sensing.backends.hx711 import Hx711Chip as Hx711Chip
+from .sensing.backends.hx711 import Hx711Sensing as Hx711Sensing
+from .sensing.backends.iio import IioChannel as IioChannel
+from .sensing.backends.iio import IioSensing as IioSensing
 from .sensing.backends.replay import ReplaySensing as ReplaySensing
 from .sensing.backends.sim import SimSensing as SimSensing
 from .vision.cameras import CAMERAS, CameraSettings
@@ -198,7 +201,7 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> "Config":
+    def _cross_checks(self) -> Config:
         problems: list[tuple[str, str]] = []
         if not self.sensing.brings_layout() and not self.shelves:
             problems.append(("shelves", "at least one shelf with plates is required"))

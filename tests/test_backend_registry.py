@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from daemon.config import ConfigError, parse_config
-from daemon.registry import Registry
+from daemon.registry import Registry, StrictModel
 from daemon.sensing.registry import SENSING, SensingSettings
 from daemon.vision.registry import CAMERAS, CameraSettings
 
@@ -47,11 +47,11 @@ def test_tag_errors_come_from_the_registry(over, expected):
 def test_a_registry_builds_its_union_and_refuses_a_bad_registration():
     reg: Registry = Registry("thing", "kind", "thing kind")
 
-    class A(SensingSettings):
+    class A(StrictModel):
         kind: Literal["a"]
         x: int = 1
 
-    class B(SensingSettings):
+    class B(StrictModel):
         kind: Literal["b"]
 
     reg.register("a", A, lambda cfg, layout: "made a")
@@ -73,8 +73,9 @@ def test_a_registry_builds_its_union_and_refuses_a_bad_registration():
 
 
 def test_relative_paths_follow_each_backends_path_keys(tmp_path):
-    from daemon.config import load_config
     import yaml
+
+    from daemon.config import load_config
     (tmp_path / "rec.jsonl").write_text("")
     (tmp_path / "rec.jsonl.frames").write_text("")
     p = tmp_path / "unit.yaml"

@@ -25,6 +25,8 @@ class SensingSettings(StrictModel):
     """Base of a backend's config model (the keys under ``sensing:``). A subclass declares
     ``backend: Literal["name"]`` and its own keys, and overrides what applies to it below."""
 
+    backend: str  # each backend narrows it to Literal["<name>"], the union's discriminator
+
     #: keys holding file paths; a relative one is taken relative to the config file
     path_keys: ClassVar[tuple[str, ...]] = ()
     #: a plate listing no channels gets the simulator's channel name (``sim-<shelf>-<plate>``)
@@ -36,12 +38,12 @@ class SensingSettings(StrictModel):
         """Channels declared under this section; [] when the backend names its own."""
         return []
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         """(key path, message) for each thing the driver would refuse at ``run``, found by
         ``shelfd check``: pins or channels used twice, files that are not there."""
         return []
 
-    def own_layout(self) -> "Layout | None":
+    def own_layout(self) -> Layout | None:
         """The shelves and planogram this source brings with it (an AiFi recording), else None
         (the config's ``shelves`` then describe the unit and must not be empty)."""
         return None

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import numpy as np
 
@@ -129,7 +129,7 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 class AifiReplaySource:
-    units = "g"
+    units: Literal["counts", "g"] = "g"
     rate_hz = RATE_HZ
 
     def __init__(self, folder: Path, layout: Layout, speed: float = 0.0,

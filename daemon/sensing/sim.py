@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, cast
+from typing import TYPE_CHECKING, Callable, Literal, cast
 
 import numpy as np
 
@@ -156,7 +156,7 @@ class SimSource:
     the lognormal draw}, ``drift_g_per_min`` (0 disables drift), ``sleep`` (injected for pacing).
     """
 
-    units = "counts"
+    units: Literal["counts", "g"] = "counts"
 
     def __init__(self, cfg: Config, layout: Layout, clock: Callable[[], float] = time.monotonic, *,
                  scale_error: dict[str, float] | None = None,

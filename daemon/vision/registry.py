@@ -38,6 +38,7 @@ class CameraSettings(StrictModel):
     buffer: width × height × 3 bytes each, fps × buffer_s of them (640×480 at 5 fps for 8 s ≈
     37 MB); see docs/vision.md. A subclass declares ``type: Literal["name"]`` and its own keys."""
 
+    type: str  # each camera type narrows it to Literal["<name>"], the union's discriminator
     width: int = Field(640, ge=64, le=4096)
     height: int = Field(480, ge=48, le=4096)
     fps: float = Field(5.0, gt=0, le=60)
@@ -50,7 +51,7 @@ class CameraSettings(StrictModel):
     #: simulator knows where its plates are, like its factory calibration)
     saves_source_rois: ClassVar[bool] = False
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         """(key path, message) for what ``shelfd check`` refuses for this camera."""
         return []
 

@@ -30,7 +30,7 @@ class Hx711Sensing(SensingSettings):
     def channel_names(self) -> list[str]:
         return [c.name for c in self.chips]
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         """Duplicate chip names, and any pin used twice: shared DOUT or SCK, a DOUT on another
         chip's SCK, a chip's DOUT on its own SCK. Each reader thread owns its two pins; shared
         pins corrupt both words."""
@@ -60,7 +60,7 @@ class Hx711Sensing(SensingSettings):
         return problems
 
 
-def _make(cfg: "Config", layout: "Layout") -> "SampleSource":
+def _make(cfg: Config, layout: Layout) -> SampleSource:
     from ..hx711_gpio import Hx711Source
     assert isinstance(cfg.sensing, Hx711Sensing)
     return Hx711Source(cfg.sensing)

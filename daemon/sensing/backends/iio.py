@@ -31,7 +31,7 @@ class IioSensing(SensingSettings):
     def channel_names(self) -> list[str]:
         return [c.name for c in self.channels]
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         """Duplicate channel names, and two channels on one device attribute."""
         problems: list[tuple[str, str]] = []
         seen: dict[str, int] = {}
@@ -49,7 +49,7 @@ class IioSensing(SensingSettings):
         return problems
 
 
-def _make(cfg: "Config", layout: "Layout") -> "SampleSource":
+def _make(cfg: Config, layout: Layout) -> SampleSource:
     from ..iio import IioSource
     assert isinstance(cfg.sensing, IioSensing)
     return IioSource(cfg.sensing)

@@ -26,7 +26,7 @@ class ReplaySensing(SensingSettings):
     # (backend switched to replay) maps plates the same way
     names_plate_channels: ClassVar[bool] = True
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         if not self.path.exists():
             return [("sensing.path", f"recording not found: {self.path}")]
         return []
@@ -34,14 +34,14 @@ class ReplaySensing(SensingSettings):
     def brings_layout(self) -> bool:
         return self.format == "aifi"
 
-    def own_layout(self) -> "Layout | None":
+    def own_layout(self) -> Layout | None:
         if not self.brings_layout():
             return None
         from ..replay_aifi import load_layout
         return load_layout(self.path)[0]
 
 
-def _make(cfg: "Config", layout: "Layout") -> "SampleSource":
+def _make(cfg: Config, layout: Layout) -> SampleSource:
     s = cfg.sensing
     assert isinstance(s, ReplaySensing)
     if s.format == "aifi":

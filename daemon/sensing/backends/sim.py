@@ -44,7 +44,7 @@ class SimSensing(SensingSettings):
     path_keys: ClassVar[tuple[str, ...]] = ("ground_truth", "load_file", "script")
     names_plate_channels: ClassVar[bool] = True  # sim channels come from the shelves' plates
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         if self.script is None:
             return []
         from ..sim_script import script_problems
@@ -55,7 +55,7 @@ class SimSensing(SensingSettings):
         return [("sensing.script", m) for m in script_problems(self.script, plates_of, weights)]
 
 
-def _make(cfg: "Config", layout: "Layout") -> "SampleSource":
+def _make(cfg: Config, layout: Layout) -> SampleSource:
     from ..sim import SimSource
     return SimSource(cfg, layout)
 

@@ -18,7 +18,7 @@ class Picamera2Camera(CameraSettings):
     camera_num: int = Field(0, ge=0, le=7)
 
 
-def _make(cfg: "Config", layout: "Layout", sensing_source: Any) -> "tuple[CameraSource, dict | None]":
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
     from ..camera import Picamera2Source
     cam = cfg.camera
     assert isinstance(cam, Picamera2Camera)

@@ -22,13 +22,13 @@ class ReplayCamera(CameraSettings):
 
     path_keys: ClassVar[tuple[str, ...]] = ("path",)
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         if not self.path.exists():
             return [("camera.path", f"frames file not found: {self.path}")]
         return []
 
 
-def _make(cfg: "Config", layout: "Layout", sensing_source: Any) -> "tuple[CameraSource, dict | None]":
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
     from ..framefile import ReplayCameraSource
     cam = cfg.camera
     assert isinstance(cam, ReplayCamera)

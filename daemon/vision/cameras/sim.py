@@ -18,13 +18,13 @@ class SimCamera(CameraSettings):
 
     saves_source_rois: ClassVar[bool] = True
 
-    def problems(self, cfg: "Config") -> list[tuple[str, str]]:
+    def problems(self, cfg: Config) -> list[tuple[str, str]]:
         if cfg.sensing.backend != "sim":
             return [("camera.type", "sim renders the simulated shelf: it needs sensing.backend: sim")]
         return []
 
 
-def _make(cfg: "Config", layout: "Layout", sensing_source: Any) -> "tuple[CameraSource, dict | None]":
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
     from ..render import ShelfGeometry
     from ..sim_camera import SimCameraSource
     cam = cfg.camera

@@ -17,7 +17,7 @@ class V4l2Camera(CameraSettings):
     pixel_format: Literal["MJPG", "YUYV"] = "MJPG"
 
 
-def _make(cfg: "Config", layout: "Layout", sensing_source: Any) -> "tuple[CameraSource, dict | None]":
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
     from ..camera import V4l2Source
     cam = cfg.camera
     assert isinstance(cam, V4l2Camera)
