@@ -20,9 +20,17 @@ unit) count once per (session, instant): the best weight × confidence seen then
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 UNKNOWN_SHELF_WEIGHT = 0.5  # "near the unit, shelf unknown" is weaker evidence than "at this shelf"
+
+
+class Sighting(NamedTuple):
+    """One tracking observation as association reads it (from TrackIndex or the database)."""
+    session_id: str
+    shelf: str          # the shelf it was seen at; '' = unknown
+    t: float
+    confidence: float
 
 
 @dataclass
@@ -39,7 +47,7 @@ class Decision:
     candidates: list[tuple[str, float]] = field(default_factory=list)  # (session, share), best first
 
 
-def presence(observations: Iterable[tuple[str, str, float, float]], shelf: str, *,
+def presence(observations: Iterable[Sighting], shelf: str, *,
              rounded: bool = False) -> dict[str, Presence]:
     """observations: (session_id, shelf_seen, t, confidence), shelf_seen '' = unknown; rounded:
     t is already rounded to the millisecond (the instant key), as TrackIndex.window returns it.

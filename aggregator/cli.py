@@ -1,7 +1,7 @@
 """``cartd``: the store's cart aggregator.
 
 Exit codes (sysexits): 0 ok, 64 usage, 69 storage unavailable, 70 internal fault, 73 cannot
-write (broker-config), 78 config.
+write (broker-config), 78 config (or a database written by a newer cartd).
 """
 from __future__ import annotations
 
@@ -71,9 +71,13 @@ def run(config: Path, log_level: str) -> None:
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg, cat = _load(config)
+    from .schema import SchemaTooNew
     from .service import Service
     try:
         svc = Service(cfg, cat)
+    except SchemaTooNew as exc:  # written by a newer cartd: never half understood
+        click.echo(f"cartd: {exc}", err=True)
+        sys.exit(EX_CONFIG)
     except Exception as exc:  # database unreachable, unwritable path, ...
         _storage_error(cfg, exc)
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
@@ -95,13 +99,13 @@ def receipts(config: Path, session: str | None) -> None:
     """Print stored receipts (and corrections), oldest first, one JSON document per line."""
     cfg, _ = _load(config)
     from .store import open_store
+    from .tables import receipts as receipts_t
     try:
         store = open_store(cfg.storage, readonly=True)
-        sql = "SELECT payload FROM receipts" + (" WHERE session_id=?" if session else "") + " ORDER BY issued_at, n"
-        rows = store.q(sql, (session,) if session else ())
+        payloads = receipts_t.stored(store, session)
     except Exception as exc:
         _storage_error(cfg, exc)
-    for (p,) in rows:
+    for p in payloads:
         click.echo(p)
 
 

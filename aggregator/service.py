@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any
+from typing import NamedTuple, Union
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,6 +38,38 @@ from .store import open_store
 log = logging.getLogger(__name__)
 
 
+# What paho's network thread hands the worker thread (one queue, in arrival order). ``gen`` is the
+# connection generation: a message or PUBACK of an older connection carries ids that mean nothing now.
+class Incoming(NamedTuple):
+    gen: int
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class PubAck(NamedTuple):
+    gen: int
+    mid: int
+
+
+class Connected(NamedTuple):
+    gen: int
+
+
+class Wake(NamedTuple):
+    """Only wakes the worker (stop())."""
+
+
+QueueItem = Union[Incoming, PubAck, Connected, Wake]
+
+
+class Published(NamedTuple):
+    """A receipt or dead letter in flight: marked published when its PUBACK comes."""
+    kind: str
+    ref: str
+
+
 class Service:
     def __init__(self, cfg: Config, catalogue: Catalogue, clock=time.time):
         self.cfg = cfg
@@ -47,11 +79,11 @@ class Service:
         self.engine = Engine(cfg, self.store, catalogue, clock)
         self.base = cfg.base
         # SimpleQueue: C-implemented, a fraction of queue.Queue's cost per put/get at 10k msg/s.
-        self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._q: queue.SimpleQueue[QueueItem] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._gen = 0
         self._connected = threading.Event()
-        self._inflight_pub: dict[tuple[int, int], tuple[str, str]] = {}
+        self._inflight_pub: dict[tuple[int, int], Published] = {}  # (gen, mid) →
         self._pub_lock = threading.Lock()
         self.status_topic = f"{self.base}/_store/cartd/status/{cfg.instance_id}"
         self.health_topic = f"{self.base}/_store/cartd/health/{cfg.instance_id}"
@@ -97,7 +129,7 @@ class Service:
         log.info("connected to %s:%d as %s (session present: %s)", self.cfg.mqtt.host, self.cfg.mqtt.port,
                  self.cfg.client_id, flags.session_present)
         self._connected.set()
-        self._q.put(("connected", self._gen))
+        self._q.put(Connected(self._gen))
 
     def _on_disconnect(self, _c, _u, _f, rc, _p) -> None:
         self._connected.clear()
@@ -106,10 +138,10 @@ class Service:
             log.warning("lost the broker connection (%s); reconnecting", rc)
 
     def _on_message(self, _c, _u, msg: paho.MQTTMessage) -> None:
-        self._q.put(("msg", self._gen, msg.topic, msg.payload, msg.mid, msg.qos))
+        self._q.put(Incoming(self._gen, msg.topic, msg.payload, msg.mid, msg.qos))
 
     def _on_publish(self, _c, _u, mid, _rc, _p) -> None:
-        self._q.put(("puback", self._gen, mid))
+        self._q.put(PubAck(self._gen, mid))
 
     # ------------------------------------------------------------ running
 
@@ -126,7 +158,7 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
-        self._q.put(("wake",))
+        self._q.put(Wake())
 
     def _work(self) -> None:
         b = self.cfg.batch
@@ -134,7 +166,7 @@ class Service:
         next_health = time.monotonic() + 1.0
         while not self._stop.is_set():
             timeout = max(0.0, min(next_tick, next_health) - time.monotonic())
-            items: list[tuple[Any, ...]] = []
+            items: list[QueueItem] = []
             try:
                 items.append(self._q.get(timeout=timeout))
                 deadline = time.monotonic() + b.max_wait_ms / 1000.0
@@ -147,26 +179,26 @@ class Service:
                         time.sleep(0.0005)
             except queue.Empty:
                 pass
-            msgs = [it for it in items if it[0] == "msg"]
-            acks = [it for it in items if it[0] == "puback"]
-            if any(it[0] == "connected" for it in items):
+            msgs = [it for it in items if isinstance(it, Incoming)]
+            acks = [it for it in items if isinstance(it, PubAck)]
+            if any(isinstance(it, Connected) for it in items):
                 self._publish(self.engine.unpublished())
             if msgs:
-                out = self.engine.handle_batch([(it[2], it[3]) for it in msgs])
+                out = self.engine.handle_batch([(m.topic, m.payload) for m in msgs])
                 gen = self._gen
                 # One write for the burst's PUBACKs (mqttio.FastClient); QoS 0 needs none, and
                 # acks of an older connection are meaningless (redelivered with new ids).
-                self.client.ack_many([it[4] for it in msgs if it[5] == 1 and it[1] == gen])
-                for it in msgs:
-                    if it[5] == 2 and it[1] == gen:
-                        self.client.ack(it[4], 2)
+                self.client.ack_many([m.mid for m in msgs if m.qos == 1 and m.gen == gen])
+                for m in msgs:
+                    if m.qos == 2 and m.gen == gen:
+                        self.client.ack(m.mid, 2)
                 self.engine.counters["batches"] += 1
                 self._publish(out)
             if acks:
                 done = []
                 with self._pub_lock:
-                    for it in acks:
-                        ref = self._inflight_pub.pop((it[1], it[2]), None)
+                    for a in acks:
+                        ref = self._inflight_pub.pop((a.gen, a.mid), None)
                         if ref:
                             done.append(ref)
                 self.engine.mark_published(done)
@@ -183,7 +215,7 @@ class Service:
             with self._pub_lock:
                 info = self.client.publish(o.topic, o.payload, qos=o.qos, retain=o.retain)
                 if o.kind and info.rc == paho.MQTT_ERR_SUCCESS:
-                    self._inflight_pub[(self._gen, info.mid)] = (o.kind, o.ref or "")
+                    self._inflight_pub[(self._gen, info.mid)] = Published(o.kind, o.ref or "")
 
     def _publish_health(self) -> None:
         try:

@@ -14,19 +14,23 @@ message, a batch retried after a deadlock) changes nothing.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from typing import Iterable
+
+from .associate import Sighting
 
 
 class TrackIndex:
     def __init__(self, window_s: float = 300.0):
         self.window_s = window_s
         self.covers_from = float("inf")  # nothing is known until load()
-        self._by: dict[tuple[str, str], tuple[list[float], list[tuple[float, str, float]]]] = {}
+        # (unit, shelf) → (exact times for bisect, the sightings in the same order)
+        self._by: dict[tuple[str, str], tuple[list[float], list[Sighting]]] = {}
         self._n = 0
 
     def __len__(self) -> int:
         return self._n
 
-    def load(self, rows, covers_from: float) -> None:
+    def load(self, rows: Iterable[tuple[str, str, float, str, float]], covers_from: float) -> None:
         """Replace the content with rows (unit_id, shelf, t, session_id, confidence) from the database."""
         self._by = {}
         self._n = 0
@@ -38,7 +42,7 @@ class TrackIndex:
         ts, vals = self._by.setdefault((unit, shelf), ([], []))
         # vals keep t rounded to the millisecond, the instant key of associate.presence (rounded
         # once here instead of once per event that looks at it); ts keeps it exact for bisect.
-        v = (round(t, 3), sid, conf)
+        v = Sighting(sid, shelf, round(t, 3), conf)
         if not ts or t >= ts[-1]:
             ts.append(t)
             vals.append(v)
@@ -51,32 +55,16 @@ class TrackIndex:
     def covers(self, lo: float) -> bool:
         return lo >= self.covers_from
 
-    def best(self, unit: str, shelf: str, lo: float, hi: float) -> list[tuple[str, str, float]]:
-        """[(session_id, shelf, max confidence)] at (unit, shelf) and (unit, '' = shelf unknown) in [lo, hi]."""
-        out: list[tuple[str, str, float]] = []
-        for sh in (shelf, "") if shelf != "" else ("",):
-            entry = self._by.get((unit, sh))
-            if not entry:
-                continue
-            ts, vals = entry
-            best: dict[str, float] = {}
-            for i in range(bisect_left(ts, lo), bisect_right(ts, hi)):
-                _, sid, conf = vals[i]
-                if conf > best.get(sid, -1.0):
-                    best[sid] = conf
-            out += [(sid, sh, c) for sid, c in best.items()]
-        return out
-
-    def window(self, unit: str, shelf: str, lo: float, hi: float) -> list[tuple[str, str, float, float]]:
+    def window(self, unit: str, shelf: str, lo: float, hi: float) -> list[Sighting]:
         """Every observation [(session_id, shelf, t, confidence)] at (unit, shelf) and (unit, '') in
         [lo, hi], for presence over time (associate.py dedupes a repeated (session, t)); t is
         rounded to the millisecond (associate.presence(..., rounded=True))."""
-        out: list[tuple[str, str, float, float]] = []
+        out: list[Sighting] = []
         for sh in (shelf, "") if shelf != "" else ("",):
             entry = self._by.get((unit, sh))
             if entry:
                 ts, vals = entry
-                out += [(sid, sh, t, conf) for t, sid, conf in vals[bisect_left(ts, lo):bisect_right(ts, hi)]]
+                out += vals[bisect_left(ts, lo):bisect_right(ts, hi)]
         return out
 
     def prune(self, now: float) -> None:

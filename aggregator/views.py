@@ -13,7 +13,7 @@ from typing import Any
 
 from .catalogue import Catalogue
 from .config import Config, load_config
-from .engine import Engine
+from .engine import cart, watermarks
 from .messages import fmt_ts
 from .store import Store, open_store
 
@@ -23,7 +23,6 @@ class Views:
         self.cfg = cfg
         self.store = store
         self.catalogue = catalogue
-        self._engine = Engine(cfg, store, catalogue)  # for cart() and watermarks(): reads only
 
     @classmethod
     def open(cls, config: str | Path) -> "Views":
@@ -68,7 +67,7 @@ class Views:
                            " WHERE state IN ('open', 'exited') ORDER BY entered_at")
         for sid, state, entered, exited in sessions:
             try:
-                lines, unresolved, _ = self._engine.cart(sid)
+                lines, unresolved = cart(self.store, self.catalogue, sid)
             finally:
                 self.store.end_read()
             out.append({"session_id": sid, "state": state, "entered_at": fmt_ts(entered), "exited_at": fmt_ts(exited),
@@ -103,13 +102,13 @@ class Views:
 
     def units(self) -> list[dict[str, Any]]:
         try:
-            marks = self._engine.watermarks()
+            marks = watermarks(self.store, self.cfg.receipts.unit_lag_s)
             rows = self.store.q("SELECT unit_id, status, max_seq, contiguous_seq FROM units ORDER BY unit_id")
         finally:
             self.store.end_read()
         out = []
         for u, status, mx, contig in rows:
-            wm = marks.get(u, (None, None))[0]
+            wm = marks[u].t if u in marks else None
             out.append({"unit_id": u, "status": status, "last_seq": mx, "contiguous_seq": contig,
                         "watermark": None if wm is None else ("inf" if wm == float("inf") else fmt_ts(wm))})
         return out

@@ -1,0 +1,74 @@
+"""``lines``: one cart line per associated item event (``event_id`` unique); qty is signed
+(+ pick, − put_back, 0 unresolved). ``after_receipt`` is the session's receipt_n when the line was
+added after a receipt: such a line makes a correction."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from ..store import Store
+from ._util import marks
+
+_INSERT = ("INSERT INTO lines (session_id, event_id, sku, qty, needs_review, reason, evidence, candidates,"
+           " after_receipt, created_at) VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (event_id) DO NOTHING")
+
+
+class LineRow(NamedTuple):
+    session_id: str
+    event_id: str
+    sku: str | None
+    qty: int
+    needs_review: int
+    reason: str | None
+    evidence: str
+    candidates: str  # JSON
+    after_receipt: int
+    created_at: float
+
+
+def insert(store: Store, rows: list[LineRow]) -> None:
+    store.many(_INSERT, rows)
+
+
+def insert_one(store: Store, row: LineRow) -> bool:
+    """False when the event already has a line."""
+    return bool(store.ex(_INSERT, row).rowcount)
+
+
+def holding(store: Store, sku: str, session_ids: list[str]) -> dict[str, int]:
+    """session → net quantity of sku in its cart (only sessions that have lines of it)."""
+    return {r[0]: int(r[1] or 0) for r in store.q(
+        f"SELECT session_id, SUM(qty) FROM lines WHERE sku=? AND session_id IN ({marks(len(session_ids))})"
+        " GROUP BY session_id", (sku, *session_ids))}
+
+
+class CartLine(NamedTuple):
+    event_id: str
+    sku: str | None
+    qty: int
+    needs_review: int
+    reason: str | None
+
+
+def of_session(store: Store, session_id: str) -> list[CartLine]:
+    return [CartLine(*r) for r in store.q(
+        "SELECT event_id, sku, qty, needs_review, reason FROM lines WHERE session_id=? ORDER BY id", (session_id,))]
+
+
+def suspect_put_backs(store: Store, session_id: str) -> list[tuple[int, str]]:
+    """(line id, sku) of the session's put-backs judged "not in the cart"."""
+    return store.q("SELECT id, sku FROM lines WHERE session_id=? AND needs_review=1"
+                   " AND reason='put_back_not_in_cart'", (session_id,))
+
+
+def net_qty(store: Store, session_id: str, sku: str) -> int | None:
+    row = store.q1("SELECT SUM(qty) FROM lines WHERE session_id=? AND sku=?", (session_id, sku))
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def clear_review(store: Store, line_id: int) -> None:
+    store.ex("UPDATE lines SET needs_review=0, reason=NULL WHERE id=?", (line_id,))
+
+
+def added_after(store: Store, session_id: str, receipt_n: int) -> list[tuple[str, str | None]]:
+    """(event_id, sku) of the lines added after receipt n."""
+    return store.q("SELECT event_id, sku FROM lines WHERE session_id=? AND after_receipt=?", (session_id, receipt_n))
