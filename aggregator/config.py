@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.config import BrokerConnection, ConfigError, _message, field_path, read_yaml
+from daemon.config import BrokerConnection, ConfigError, error_text, field_path, read_yaml
 
 EX_CONFIG = 78
 
@@ -192,7 +192,7 @@ def parse_config(data: Any, source: str | None = None) -> Config:
             elif err["type"] == "union_tag_not_found":
                 msg = "required key 'type' is missing (sqlite or postgres)"
             else:
-                msg = _message(err)
+                msg = error_text(err)
             problems.append(f"{_loc(err['loc']) or '(top level)'}: {msg}")
         raise ConfigError(problems, source) from None
 

@@ -310,15 +310,22 @@ def _loc(loc: tuple[Any, ...]) -> str:
 
 def _message(err: dict[str, Any]) -> str:
     kind = err["type"]
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required key is missing"
     reg = _REGISTRIES.get(err["loc"][0]) if len(err.get("loc", ())) == 1 else None
     if reg is not None and kind == "union_tag_invalid" and isinstance(err.get("input"), dict):
         return reg.unknown(err["input"].get(reg.tag))
     if reg is not None and kind == "union_tag_not_found":
         return reg.missing()
+    return error_text(err)
+
+
+def error_text(err: Any) -> str:
+    """One pydantic error in the words a config's author understands ("unknown key", "must be
+    1..65535, got 0"). Public: shelfd's and cartd's config checks word their errors alike."""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
