@@ -311,7 +311,7 @@ class UnitControl:
         for p in self.layout.plates:
             d: dict[str, Any] = {"channels": list(p.channels), "capacity_g": p.capacity_g}
             if pipe is not None:
-                g = pipe._last_grams[p.index]
+                g = pipe.last_grams[p.index]
                 d.update(weight_g=None if math.isnan(g) else round(float(g), 1), state=states[p.index],
                          noise_g=round(float(pipe.detector.sigma[p.index]), 2))
             else:

@@ -60,6 +60,9 @@ class Layout:
     def plate(self, shelf: str, plate_id: int) -> Plate:
         return self._by_key[(shelf, plate_id)]
 
+    def has_plate(self, shelf: str, plate_id: int) -> bool:
+        return (shelf, plate_id) in self._by_key
+
     def shelf_plates(self, shelf: str) -> list[Plate]:
         return [p for p in self.plates if p.shelf == shelf]
 

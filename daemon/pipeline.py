@@ -348,6 +348,11 @@ class Pipeline:
 
     # ------------------------------------------------------------------ reports
 
+    @property
+    def last_grams(self) -> np.ndarray:
+        """Each plate's latest conditioned weight in grams, by plate index (NaN before its first sample)."""
+        return self._last_grams
+
     def inventory(self) -> dict:
         plates = {}
         states = self.detector.plate_states()

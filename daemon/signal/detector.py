@@ -135,7 +135,7 @@ class Detector:
             for a, b in zip(pls, pls[1:]):
                 self._link(a.index, b.index)
         for fc in layout.placements:
-            idx = [layout.plate(fc.shelf, i).index for i in fc.plates if (fc.shelf, i) in layout._by_key]
+            idx = [layout.plate(fc.shelf, i).index for i in fc.plates if layout.has_plate(fc.shelf, i)]
             for a, b in zip(idx, idx[1:]):
                 self._link(a, b)
         # within a shopper's reach of a plate: a hand on one plate flexes the shelf, swinging the

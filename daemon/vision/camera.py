@@ -267,7 +267,7 @@ class CameraRunner:
         n = 0
         try:
             for fr in self.source.frames_until(t):
-                if fr._image is not None and not self._valid(fr.image):
+                if fr.decoded and not self._valid(fr.image):
                     continue
                 self.ring.push(fr)
                 self._count_frame()

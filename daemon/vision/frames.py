@@ -51,6 +51,11 @@ class Frame:
         return self._image
 
     @property
+    def decoded(self) -> bool:
+        """True once the image exists (always for a camera's frames; a lazy frame after ``image``)."""
+        return self._image is not None
+
+    @property
     def nbytes(self) -> int:
         return 0 if self._image is None else int(self._image.nbytes)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from daemon.vision.models import ModelError, l2_normalise, softmax
+from daemon.vision.modelbase import ModelError, l2_normalise, softmax
 
 if TYPE_CHECKING:
     from daemon.vision.models import EmbeddingModel

@@ -47,6 +47,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from daemon.vision.gallery import Gallery
+# re-exported: callers (calibration, training, benches) know them as daemon.vision.models.X
+from daemon.vision.modelbase import ModelError as ModelError
+from daemon.vision.modelbase import l2_normalise as l2_normalise
+from daemon.vision.modelbase import softmax as softmax
+
 log = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA = "gondola.model/1"
@@ -67,10 +73,6 @@ def models_dir() -> Path:
 # name any other file instead.
 DEFAULT_ACTION_MODEL = models_dir() / "action" / "action-v1.tflite"
 _DTYPES = {"uint8": np.uint8, "int8": np.int8, "float32": np.float32}
-
-
-class ModelError(Exception):
-    """A model that cannot be used; ``str()`` is one line naming the file and the problem."""
 
 
 # ---------------------------------------------------------------- runtime
@@ -584,8 +586,6 @@ def load_model(path: str | Path, *, role: str | None = None, state_dir: str | Pa
                 raise _fail(hp, f"head was trained on backbone {head.backbone_sha256[:12]}…, not {sha[:12]}…")
             model.head = head
         if state_dir is not None and spec.gallery:
-            from daemon.vision.gallery import Gallery
-
             model.attach_gallery(Gallery.open(Path(state_dir) / spec.gallery, model))
     log.info("model %s (%s) loaded from %s, sha256 %s…", spec.name, spec.role, path, sha[:12])
     return model
@@ -600,19 +600,3 @@ def validate_model(path: str | Path, role: str | None = None, *, sidecar: str | 
     except ModelError as e:
         return [str(e)]
     return []
-
-
-# ---------------------------------------------------------------- small maths
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, np.float64)
-    z = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
-
-
-def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    n = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(n, 1e-12)
