@@ -6,12 +6,12 @@ PIP    := $(PY) -m pip
 
 .PHONY: demo test bench check-aifi clean venv mosquitto test-tools test-browser
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { echo "cannot create a venv: install it with 'sudo apt-get install python3-venv'"; exit 1; }
 	@echo "installing the project into $(VENV) …"
 	@$(PIP) install --quiet --upgrade pip >/dev/null 2>&1 || true
-	@$(PIP) install --quiet --disable-pip-version-check -e ".[test,bench]"
+	@$(PIP) install --quiet --disable-pip-version-check -c constraints.txt -e ".[test,bench]"
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -213,7 +213,9 @@ build_release() {
     || die "$EX_UNAVAILABLE" "cannot create a venv (sudo apt-get install python3-venv)"
   step pip
   say "installing gondola $(project_version) with the Pi extras into ${rel#"$ROOT"}/venv (this takes a while)"
-  "$rel/venv/bin/python" -m pip install --quiet --disable-pip-version-check ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "${SRC}[pi]" \
+  # -c: the versions CI tested (constraints.txt), so every unit of a fleet runs the same ones
+  "$rel/venv/bin/python" -m pip install --quiet --disable-pip-version-check -c "$SRC/constraints.txt" \
+    ${PIP_ARGS[@]+"${PIP_ARGS[@]}"} "${SRC}[pi]" \
     || die "$EX_UNAVAILABLE" "pip install failed; the running version is untouched (rerun when the network is back)"
   mkdir -p "$rel/docs"
   cp "$SRC"/docs/*.md "$rel/docs/" 2>/dev/null || true

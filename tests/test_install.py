@@ -131,6 +131,7 @@ def test_fresh_install_places_everything(tmp_path, shim_python, unit_config):
     assert "--system-site-packages" in (rel / "venv" / "venv-args").read_text()
     pip = (rel / "venv" / "pip-args").read_text()
     assert f"{REPO}[pi]" in pip and "install" in pip
+    assert f"-c {REPO}/constraints.txt" in pip, "the fleet installs the pinned versions CI tested"
     # unit, config, credential (root-only), state dir, sysusers, udev, firmware
     unit = root / "etc/systemd/system/shelfd.service"
     assert unit.read_text() == (REPO / "systemd/shelfd.service").read_text()
