@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
+from daemon.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE
+
 from . import __version__
 
-EX_USAGE, EX_UNAVAILABLE, EX_SOFTWARE, EX_CANTCREAT, EX_CONFIG = 64, 69, 70, 73, 78
 log = logging.getLogger("cartd")
 
 

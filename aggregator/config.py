@@ -14,8 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.config import BrokerConnection, ConfigError, error_text, field_path, read_yaml
 
-EX_CONFIG = 78
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")

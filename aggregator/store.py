@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .schema import migrate as migrate_schema
 from .config import PostgresStorage, SqliteStorage
@@ -41,7 +41,7 @@ class Store:
     def ex(self, s: str, params: Iterable[Any] = ()) -> Any:
         return self.conn.execute(self.sql(s), tuple(params))
 
-    def many(self, s: str, rows: list[tuple]) -> None:
+    def many(self, s: str, rows: Sequence[tuple[Any, ...]]) -> None:
         if rows:
             self.conn.executemany(self.sql(s), rows)
 
@@ -165,7 +165,7 @@ class PostgresStore(Store):
                 self._psycopg.errors.UniqueViolation) as exc:
             raise RetryTransaction(str(exc).splitlines()[0]) from exc
 
-    def many(self, s: str, rows: list[tuple]) -> None:
+    def many(self, s: str, rows: Sequence[tuple[Any, ...]]) -> None:
         if rows:
             try:
                 with self.conn.cursor() as cur:

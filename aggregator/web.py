@@ -27,9 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 
-log = logging.getLogger("aggregator.web")
+from daemon.exitcodes import EX_CONFIG, EX_UNAVAILABLE
 
-EX_UNAVAILABLE, EX_CONFIG = 69, 78
+log = logging.getLogger("aggregator.web")
 
 
 class Snapshots:

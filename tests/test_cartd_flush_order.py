@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import re
 import time
+from itertools import pairwise
 
 import pytest
+from cartd_support import BASE, entry, health, item_event, tracking, write_config
 
 from aggregator.catalogue import Catalogue
 from aggregator.config import load_config
 from aggregator.engine import Engine, transactions
 from aggregator.store import SqliteStore
-from cartd_support import BASE, entry, health, item_event, tracking, write_config
 
 RANK = {"sessions": 0, "units": 1, "tracking": 2, "feeds": 3}
-_TABLE = re.compile(r"^\s*(?:INSERT INTO|UPDATE)\s+(\w+)|FROM\s+(\w+)\b.*FOR UPDATE", re.S)
+_TABLE = re.compile(r"^\s*(?:INSERT INTO|UPDATE)\s+(\w+)|FROM\s+(\w+)\b.*FOR UPDATE", re.DOTALL)
 
 
 class RecordingStore(SqliteStore):
@@ -63,7 +64,7 @@ def _shared_writes(log):
 
 def _violations(writes):
     problems = []
-    for (t1, s1, _), (t2, s2, _) in zip(writes, writes[1:]):
+    for (t1, _s1, _), (t2, s2, _) in pairwise(writes):
         if RANK[t2] < RANK[t1]:
             problems.append(f"{t2} written after {t1}: {s2.split('WHERE')[0].strip()}")
     return problems

@@ -32,7 +32,7 @@ from .routing import Routing
 from .sessions import Sessions
 from .transactions import FLUSH_ORDER, Transactions
 
-__all__ = ["Engine", "Outbound", "Message", "Watermark", "TRACK_WINDOW_S", "FLUSH_ORDER", "cart", "watermarks"]
+__all__ = ["FLUSH_ORDER", "TRACK_WINDOW_S", "Engine", "Message", "Outbound", "Watermark", "cart", "watermarks"]
 
 
 class Engine(Transactions, Routing, Sessions, Feeds, Events, Association, Gaps, Receipts, Publication):

@@ -125,7 +125,8 @@ class Association(EngineBase):
         # so a concurrent receipt either includes these lines or sees them as a correction, never
         # half of each.
         state = sessions.lock_for_lines(self.store, list({l.session_id for l in staged}), now)
-        rows, late = [], []
+        rows: list[lines.LineRow] = []
+        late: list[lines.LineRow] = []
         for l in staged:
             st = state.get(l.session_id)
             after = st[1] if st and st[0] == "receipted" else 0

@@ -14,7 +14,8 @@ from typing import Any
 from ..catalogue import Catalogue
 from ..messages import fmt_ts
 from ..store import RetryTransaction, Store
-from ..tables import events, lines as lines_t, receipts, sessions
+from ..tables import events, receipts, sessions
+from ..tables import lines as lines_t
 from .base import EngineBase, Outbound
 from .gaps import Watermark
 

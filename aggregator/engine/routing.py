@@ -10,8 +10,6 @@ from ..messages import BadMessage
 from .base import EngineBase, Message
 
 
-
-
 class Routing(EngineBase):
     def _is_event_topic(self, topic: str) -> bool:
         """``{base}/{unit}/events`` with a real unit id (not ``_store`` or a deeper path)."""

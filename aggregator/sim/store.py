@@ -96,9 +96,6 @@ class Store:
     def facings(self) -> list[Facing]:
         return [f for u in self.units for f in u.facings]
 
-    def facing_of(self, sku: str) -> Facing:
-        return next(f for f in self.facings() if f.sku == sku)
-
     # ------------------------------------------------------------ files for the processes
 
     def unit_config(self, unit: Unit, *, port: int, state_dir: Path, script: Path, t0: float,
