@@ -31,8 +31,6 @@ from .vision.cameras.replay import ReplayCamera as ReplayCamera
 from .vision.cameras.sim import SimCamera as SimCamera
 from .vision.cameras.v4l2 import V4l2Camera as V4l2Camera
 
-EX_CONFIG = 78  # sysexits.h
-
 
 class ConfigError(Exception):
     """One or more problems, each a line ``path: message``."""
