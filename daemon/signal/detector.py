@@ -288,15 +288,7 @@ class Detector:
                 # (Since it first left rest in this group: a plate re-triggering while it shakes
                 # at level, as on a crowded AiFi gondola, is still judged.)
                 if TZ[-1] - self.t_trig[j] < 2 * W / self.p.rate_hz:
-                    # ... unless, a settle window after its trigger, it has only twitched: a
-                    # neighbour's ringing flexes a plate by a few grams. If a hand or an item
-                    # follows, it rejoins (pushed off its level, or settled at a new one).
-                    since = Z[max(0, int(self.trig_at[j] - first_abs)):, j]
-                    if TZ[-1] - self.t_trig[j] >= W / self.p.rate_hz and \
-                            float(np.max(np.abs(since - self.pre[j]))) <= max(2 * self.trigger_g()[j], self.p.min_event_g):
-                        shaking.add(j)
-                    else:
-                        blocking.add(j)
+                    blocking.add(j)
                     continue
                 w2 = Z[-2 * W:, j]
                 sd = float(w2.std())
@@ -522,7 +514,8 @@ class Detector:
                 # it left its group while shaking at level; judged on its own now
                 # (one whose change was already reported while it shook around its new level
                 # only re-reads that level now: within its own noise that is no new change)
-                floor = self.trigger_g()[j] if self.carried[j] else self.p.min_event_g / 3.0
+                # (and a level read through shaking is known only to its level tolerance)
+                floor = self.trigger_g()[j] if self.carried[j] else max(self.p.min_event_g / 3.0, self.level_tol_g()[j])
                 if abs(after - self.pre[j]) >= floor:
                     self._join(j, float(self.t_trig[j]))
                     g = self.groups[self.shelf_of[j]]
