@@ -19,8 +19,9 @@ unit) count once per (session, instant): the best weight × confidence seen then
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 UNKNOWN_SHELF_WEIGHT = 0.5  # "near the unit, shelf unknown" is weaker evidence than "at this shelf"
 

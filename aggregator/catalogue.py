@@ -31,7 +31,7 @@ class Catalogue:
         return len(self.products)
 
     @classmethod
-    def load(cls, path: Path | None, currency: str = "USD") -> "Catalogue":
+    def load(cls, path: Path | None, currency: str = "USD") -> Catalogue:
         """Read and check the file; every problem is a ``file:row: message`` line in ConfigError."""
         if path is None:
             return cls()
@@ -44,7 +44,9 @@ class Catalogue:
             reader = csv.DictReader(text.splitlines())
             missing = {"sku", "name", "price"} - set(reader.fieldnames or [])
             if missing:
-                raise ConfigError([f"{path}:1: CSV header lacks {', '.join(sorted(missing))} (need sku,name,price[,currency])"])
+                raise ConfigError(
+                    [f"{path}:1: CSV header lacks {', '.join(sorted(missing))} (need sku,name,price[,currency])"]
+                )
             rows = [(f"{path}:{i + 2}", r) for i, r in enumerate(reader)]
         else:
             try:

@@ -34,7 +34,10 @@ def _load(config: Path):
 
 def _storage_error(cfg, exc: Exception) -> None:
     where = getattr(cfg.storage, "path", None) or getattr(cfg.storage, "dsn", "")
-    click.echo(f"cartd: cannot open storage {cfg.storage.type} {where}: {str(exc).splitlines()[0] if str(exc) else exc}", err=True)
+    click.echo(
+        f"cartd: cannot open storage {cfg.storage.type} {where}: {str(exc).splitlines()[0] if str(exc) else exc}",
+        err=True,
+    )
     sys.exit(EX_UNAVAILABLE)
 
 
@@ -79,7 +82,7 @@ def run(config: Path, log_level: str) -> None:
     except SchemaTooNew as exc:  # written by a newer cartd: never half understood
         click.echo(f"cartd: {exc}", err=True)
         sys.exit(EX_CONFIG)
-    except Exception as exc:  # database unreachable, unwritable path, ...
+    except Exception as exc:  # noqa: BLE001 - database unreachable, unwritable path, ...: one line, not a traceback
         _storage_error(cfg, exc)
     signal.signal(signal.SIGTERM, lambda *_: svc.stop())
     signal.signal(signal.SIGINT, lambda *_: svc.stop())
@@ -104,7 +107,7 @@ def receipts(config: Path, session: str | None) -> None:
     try:
         store = open_store(cfg.storage, readonly=True)
         payloads = receipts_t.stored(store, session)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any storage fault: one line, not a traceback
         _storage_error(cfg, exc)
     for p in payloads:
         click.echo(p)

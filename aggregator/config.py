@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -55,7 +55,7 @@ class PostgresStorage(_Strict):
         return v
 
 
-Storage = Annotated[Union[SqliteStorage, PostgresStorage], Field(discriminator="type")]
+Storage = Annotated[SqliteStorage | PostgresStorage, Field(discriminator="type")]
 
 
 class UnitConfig(_Strict):
@@ -156,7 +156,7 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _unique_units(self) -> "Config":
+    def _unique_units(self) -> Config:
         seen: set[str] = set()
         for u in self.units:
             if u.unit_id in seen:

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         want = truth.get(sid, {})
         got = receipt_cart(r)
         ok = "matches what they took" if got == want else "DIFFERS from what they took"
-        head = f"  ┌ receipt {r.get('receipt_id')}  ({r.get('kind', 'receipt')}, {'complete' if r.get('complete', True) else 'incomplete'})"
+        state = "complete" if r.get("complete", True) else "incomplete"
+        head = f"  ┌ receipt {r.get('receipt_id')}  ({r.get('kind', 'receipt')}, {state})"
         lines = [head]
         for ln in r.get("lines", []):
             flag = "  ⚑ review" if ln.get("needs_review") else ""
@@ -162,8 +163,13 @@ def report(plan, truth, receipts, names, run, interrupted: bool) -> None:
         f"({s.tp} right, {s.fp} wrong, {s.fn} missed; {s.receipts}/{len(shown)} receipts, "
         f"{s.review_lines} line(s) for review)")
     if ev:
-        say(f"  shelf events: {ev['right']}/{ev['planned']} interactions seen exactly right, {ev['phantoms']} phantom(s)")
-    (run.dir / "result.json").write_text(json.dumps({"score": s.as_dict(), "errors": s.errors, "shelf_events": ev}, indent=1))
+        say(
+            f"  shelf events: {ev['right']}/{ev['planned']} interactions seen exactly right, "
+            f"{ev['phantoms']} phantom(s)"
+        )
+    (run.dir / "result.json").write_text(
+        json.dumps({"score": s.as_dict(), "errors": s.errors, "shelf_events": ev}, indent=1)
+    )
     say(f"  details: {run.dir / 'result.json'}")
 
 

@@ -22,7 +22,8 @@ It relies on paho internals (``_create_socket``, ``_packet_read``, ``_loop_rc_ha
 from __future__ import annotations
 
 import struct
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import paho.mqtt.client as paho
 

@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 import time
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -61,7 +61,7 @@ class Wake(NamedTuple):
     """Only wakes the worker (stop())."""
 
 
-QueueItem = Union[Incoming, PubAck, Connected, Wake]
+QueueItem = Incoming | PubAck | Connected | Wake
 
 
 class Published(NamedTuple):

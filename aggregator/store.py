@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from .schema import migrate as migrate_schema
 from .config import PostgresStorage, SqliteStorage
+from .schema import migrate as migrate_schema
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ message, a batch retried after a deadlock) changes nothing.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from typing import Iterable
+from collections.abc import Iterable
 
 from .associate import Sighting
 

@@ -25,11 +25,11 @@ class Views:
         self.catalogue = catalogue
 
     @classmethod
-    def open(cls, config: str | Path) -> "Views":
+    def open(cls, config: str | Path) -> Views:
         return cls.from_config(load_config(config))
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Views":
+    def from_config(cls, cfg: Config) -> Views:
         return cls(cfg, open_store(cfg.storage, readonly=True), Catalogue.load(cfg.catalogue, cfg.receipts.currency))
 
     def close(self) -> None:
@@ -78,16 +78,21 @@ class Views:
     def receipts(self, limit: int = 50, session_id: str | None = None) -> list[dict[str, Any]]:
         """Stored receipts and corrections (gondola.receipt/1 documents), newest first."""
         if session_id:
-            rows = self._q("SELECT payload FROM receipts WHERE session_id=? ORDER BY n DESC LIMIT ?", (session_id, limit))
+            rows = self._q(
+                "SELECT payload FROM receipts WHERE session_id=? ORDER BY n DESC LIMIT ?", (session_id, limit)
+            )
         else:
             rows = self._q("SELECT payload FROM receipts ORDER BY issued_at DESC, n DESC LIMIT ?", (limit,))
         return [json.loads(p) for (p,) in rows]
 
     def review_lines(self, limit: int = 200) -> list[dict[str, Any]]:
         """Cart lines marked needs_review, newest first, with the association candidates."""
-        rows = self._q("SELECT l.session_id, l.event_id, l.sku, l.qty, l.reason, l.candidates, e.t_end, e.unit_id, e.shelf"
-                       " FROM lines l JOIN events e ON e.event_id = l.event_id WHERE l.needs_review = 1"
-                       " ORDER BY e.t_end DESC LIMIT ?", (limit,))
+        rows = self._q(
+            "SELECT l.session_id, l.event_id, l.sku, l.qty, l.reason, l.candidates, e.t_end, e.unit_id, e.shelf"
+            " FROM lines l JOIN events e ON e.event_id = l.event_id WHERE l.needs_review = 1"
+            " ORDER BY e.t_end DESC LIMIT ?",
+            (limit,),
+        )
         return [{"session_id": sid, "event_id": eid, "sku": sku, "name": self._name(sku), "quantity": qty,
                  "reason": reason, "candidates": json.loads(c) if c else [], "t_end": fmt_ts(t_end),
                  "unit_id": unit, "shelf": shelf}

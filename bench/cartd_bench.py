@@ -237,13 +237,19 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
     time.sleep(0.5)
     # shoppers enter; tracking history for the past 12 s (everyone at their own shelf)
     sid = [f"B{i:04d}" for i in range(N_SESSIONS)]
-    for i, s in enumerate(sid):
+    for s in sid:
         c.publish(f"{BASE}/_store/gates/entry", json.dumps({"schema": "gondola.gate-entry/1", "session_id": s,
                                                             "t": fmt_ts(now - 60), "gate": "g"}), qos=1)
     for k in range(48):
         t = now - 12 + 0.25 * k
-        obs = [{"session_id": s, "unit_id": UNITS[i % 4], "shelf": str(i), "confidence": 0.9} for i, s in enumerate(sid)]
-        c.publish(f"{BASE}/_store/tracking", json.dumps({"schema": "gondola.tracking/1", "t": fmt_ts(t), "observations": obs}), qos=1)
+        obs = [
+            {"session_id": s, "unit_id": UNITS[i % 4], "shelf": str(i), "confidence": 0.9} for i, s in enumerate(sid)
+        ]
+        c.publish(
+            f"{BASE}/_store/tracking",
+            json.dumps({"schema": "gondola.tracking/1", "t": fmt_ts(t), "observations": obs}),
+            qos=1,
+        )
     time.sleep(1.0)
     base_lines = count_lines()
     # the events: shoppers who stay (index ≥ N_EXITS), at their shelf, inside the tracked window
@@ -265,7 +271,9 @@ def run_setup(label: str, port: int, storages: list[dict], n_events: int, work: 
     k_exit = 0
     t0 = time.monotonic()
     last_hb = last_tr = 0.0
-    obs_now = [{"session_id": s, "unit_id": UNITS[i % 4], "shelf": str(i), "confidence": 0.9} for i, s in enumerate(sid)]
+    obs_now = [
+        {"session_id": s, "unit_id": UNITS[i % 4], "shelf": str(i), "confidence": 0.9} for i, s in enumerate(sid)
+    ]
     finished_at = None
     last_n, last_progress = -1, time.monotonic()
     while True:
@@ -367,8 +375,17 @@ def main() -> None:
             except sqlite3.OperationalError:
                 return 0
         if not args.no_sqlite:
-            results.append(run_setup("sqlite x1", port, [{"type": "sqlite", "path": str(db)}], args.events, work, count_sqlite,
-                                     args.publisher))
+            results.append(
+                run_setup(
+                    "sqlite x1",
+                    port,
+                    [{"type": "sqlite", "path": str(db)}],
+                    args.events,
+                    work,
+                    count_sqlite,
+                    args.publisher,
+                )
+            )
         if not args.no_pg:
             import psycopg
             for n in (2, 4):
@@ -412,12 +429,17 @@ def main() -> None:
         a2.set_ylabel("exit → receipt on broker (s)")
         a2.legend()
         loads = ", ".join(f"{r['setup']} {r['loadavg_1m_before']:.1f}" for r in results)
-        fig.suptitle(f"cartd on {os.cpu_count()} shared cores, Mosquitto loopback (1-min load before: {loads})", fontsize=9)
+        fig.suptitle(
+            f"cartd on {os.cpu_count()} shared cores, Mosquitto loopback (1-min load before: {loads})", fontsize=9
+        )
         fig.tight_layout()
         fig.savefig(out / "cartd_bench.png", dpi=110)
     except ImportError:
         pass
-    print(f"\nwrote {out / 'cartd_bench.json'}" + (f" and {out / 'cartd_bench.png'}" if (out / 'cartd_bench.png').exists() else ""))
+    print(
+        f"\nwrote {out / 'cartd_bench.json'}"
+        + (f" and {out / 'cartd_bench.png'}" if (out / 'cartd_bench.png').exists() else "")
+    )
     if not os.environ.get("CARTD_BENCH_KEEP"):
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -177,10 +177,22 @@ def main(argv: list[str] | None = None) -> int:
         settles.append(t_dec - t_of(ev["t_end"]))
     d, s = np.array(delays), np.array(settles)
     res = {
-        "duration_s": args.duration, "seed": args.seed, "events_offline": len(decided),
-        "events_received": len(arrivals), "unmatched": unmatched,
-        "daemon_delay_ms": {"p50": pct(d, 50), "p95": pct(d, 95), "p99": pct(d, 99), "max": float(d.max()) if len(d) else None},
-        "settle_window_s": {"min": float(s.min()) if len(s) else None, "p50": pct(s, 50), "max": float(s.max()) if len(s) else None},
+        "duration_s": args.duration,
+        "seed": args.seed,
+        "events_offline": len(decided),
+        "events_received": len(arrivals),
+        "unmatched": unmatched,
+        "daemon_delay_ms": {
+            "p50": pct(d, 50),
+            "p95": pct(d, 95),
+            "p99": pct(d, 99),
+            "max": float(d.max()) if len(d) else None,
+        },
+        "settle_window_s": {
+            "min": float(s.min()) if len(s) else None,
+            "p50": pct(s, 50),
+            "max": float(s.max()) if len(s) else None,
+        },
         "config_settle_s": parse_config(doc).detection.settle_s,
         "delays_ms": [round(x, 2) for x in delays],
         "load_average": list(os.getloadavg()),

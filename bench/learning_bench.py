@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import sim_bench  # noqa: E402
+
 from daemon.layout import Layout  # noqa: E402
 from daemon.pipeline import Pipeline  # noqa: E402
 from daemon.sensing.sim import SimSource, expected_real_events  # noqa: E402
@@ -74,10 +75,23 @@ def main() -> int:
     cal = src.factory_calibration()
     wrong = biased(layout, args.offset)
     pipes = {
-        "true": Pipeline(cfg.store_id, cfg.unit_id, layout, list(src.channels), src.units, src.rate_hz, cal, cfg.detection),
-        "learning": Pipeline(cfg.store_id, cfg.unit_id, wrong, list(src.channels), src.units, src.rate_hz, cal, cfg.detection),
-        "frozen": Pipeline(cfg.store_id, cfg.unit_id, wrong, list(src.channels), src.units, src.rate_hz, cal, cfg.detection,
-                           learn_confidence=2.0),
+        "true": Pipeline(
+            cfg.store_id, cfg.unit_id, layout, list(src.channels), src.units, src.rate_hz, cal, cfg.detection
+        ),
+        "learning": Pipeline(
+            cfg.store_id, cfg.unit_id, wrong, list(src.channels), src.units, src.rate_hz, cal, cfg.detection
+        ),
+        "frozen": Pipeline(
+            cfg.store_id,
+            cfg.unit_id,
+            wrong,
+            list(src.channels),
+            src.units,
+            src.rate_hz,
+            cal,
+            cfg.detection,
+            learn_confidence=2.0,
+        ),
     }
     events: dict[str, list[dict]] = {k: [] for k in pipes}
     true_w = {p.sku: p.unit_weight_g for p in layout.placements}

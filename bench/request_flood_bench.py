@@ -124,13 +124,12 @@ def paced(c: mqtt.Client, msgs: list[tuple[str, bytes]], seconds: float) -> None
 def prefill_outbox(state: Path, store: str, unit: str, n: int) -> None:
     from daemon.publish.outbox import Outbox
     ob = Outbox(state / "outbox.sqlite3")
-    now = time.time()
     ids = []
     for i in range(n):
         ev = ob.add({"schema": "gondola.item-event/1", "store_id": store, "unit_id": unit, "shelf": "1",
                      "plates": [1], "type": "pick", "sku": "049000028911", "quantity": 1,
                      "t_start": "2026-01-01T00:00:00.000Z", "t_end": "2026-01-01T00:00:01.000Z",
-                     "delta_g": -640.0, "confidence": 1.0, "candidates": [], "note": "prefill %d" % i})
+                     "delta_g": -640.0, "confidence": 1.0, "candidates": [], "note": f"prefill {i}"})
         ids.append(ev["event_id"])
     ob.mark_sent_many(ids)
     ob.close()
@@ -194,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(1000):
                 lo = rng.randint(1, 1000)
                 hi = rng.randint(lo, 1000)
-                out.append((f"{prefix}/req/resend", json.dumps({"txid": f"r{i}", "from_seq": lo, "to_seq": hi}).encode()))
+                out.append(
+                    (f"{prefix}/req/resend", json.dumps({"txid": f"r{i}", "from_seq": lo, "to_seq": hi}).encode())
+                )
             return out
         rs = resends()
         print(f"  resend requests: {sum(len(b) for _, b in rs) / 1024:.0f} KiB in all", flush=True)

@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import reliability  # noqa: E402
+
 from daemon.pipeline import run_offline  # noqa: E402
 from daemon.sensing.replay_aifi import AifiReplaySource, load_layout  # noqa: E402
-import reliability  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 
@@ -51,8 +52,17 @@ def score_case(case: Path, events: list[dict], acc: dict, label: str) -> None:
     for g in gt["events"]:
         kind = g.get("kind", "real")
         acc["total"][kind] += 1
-        hit = next((i for i, p in enumerate(preds) if i not in used and p["type"] == g["type"]
-                    and str(p["sku"]) == g["sku"] and ts(p["t_start"]) - tol <= g["time"] <= ts(p["t_end"]) + tol), None)
+        hit = next(
+            (
+                i
+                for i, p in enumerate(preds)
+                if i not in used
+                and p["type"] == g["type"]
+                and str(p["sku"]) == g["sku"]
+                and ts(p["t_start"]) - tol <= g["time"] <= ts(p["t_end"]) + tol
+            ),
+            None,
+        )
         if hit is None:
             acc["missed"][kind] += 1
             acc["fn"] += 1
@@ -123,7 +133,9 @@ def main() -> int:
           f"{sum(acc['total'].values())} labelled events")
     for line in acc["lines"]:
         print(line)
-    print("  missed / total by kind:", ", ".join(f"{k} {acc['missed'][k]}/{n}" for k, n in sorted(acc["total"].items())))
+    print(
+        "  missed / total by kind:", ", ".join(f"{k} {acc['missed'][k]}/{n}" for k, n in sorted(acc["total"].items()))
+    )
     print(f"  events F1 {ev['f1']:.4f} (P {ev['precision']:.4f} R {ev['recall']:.4f})   "
           f"units F1 {un['f1']:.4f}   sent to review {acc['review']}/{acc['events']}")
     reliability.print_table(rel, "semi-real")

@@ -245,7 +245,7 @@ def standin_detect(cfg: Config, src, layout: Layout, emit) -> dict:
 
 
 def _rfc(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(t, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _ts(v) -> float:
@@ -359,7 +359,9 @@ def print_table(res: dict, meta: dict) -> None:
     reliability.print_table(res["reliability"], "simulator, weight only")
 
 
-def plot(path: Path, res: dict, tap: Tap, src: SimSource, layout: Layout, events: list[dict], truth: list[dict]) -> None:
+def plot(
+    path: Path, res: dict, tap: Tap, src: SimSource, layout: Layout, events: list[dict], truth: list[dict]
+) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")

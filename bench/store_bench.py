@@ -48,12 +48,20 @@ def one_run(store, plan, mode: str, workdir: Path, results: dict) -> None:
     lat = [run.receipt_seen_at[rid] - exits[r["session_id"]] for rid, r in run.receipts.items()
            if r.get("n", 1) == 1 and r.get("session_id") in exits and rid in run.receipt_seen_at]
     results[mode] = {
-        "score": s.as_dict(), "all_receipted": complete, "shelf_events": {k: v for k, v in ev.items() if k != "phantom_events"},
-        "receipt_latency_s": {"p50": round(float(np.percentile(lat, 50)), 2) if lat else None,
-                              "p99": round(float(np.percentile(lat, 99)), 2) if lat else None,
-                              "max": round(max(lat), 2) if lat else None, "n": len(lat)},
-        "latencies": [round(x, 3) for x in lat], "line_errors": s.errors, "wall_s": round(time.time() - t_start, 1),
-        "workdir": str(workdir)}
+        "score": s.as_dict(),
+        "all_receipted": complete,
+        "shelf_events": {k: v for k, v in ev.items() if k != "phantom_events"},
+        "receipt_latency_s": {
+            "p50": round(float(np.percentile(lat, 50)), 2) if lat else None,
+            "p99": round(float(np.percentile(lat, 99)), 2) if lat else None,
+            "max": round(max(lat), 2) if lat else None,
+            "n": len(lat),
+        },
+        "latencies": [round(x, 3) for x in lat],
+        "line_errors": s.errors,
+        "wall_s": round(time.time() - t_start, 1),
+        "workdir": str(workdir),
+    }
 
 
 def plot(results: dict, path: Path) -> None:
@@ -84,7 +92,12 @@ def plot(results: dict, path: Path) -> None:
     for m in modes:
         lat = results[m]["latencies"]
         if lat:
-            b.hist(lat, bins=30, alpha=0.6, label=f"{m}: p50 {np.percentile(lat, 50):.1f} s, p99 {np.percentile(lat, 99):.1f} s")
+            b.hist(
+                lat,
+                bins=30,
+                alpha=0.6,
+                label=f"{m}: p50 {np.percentile(lat, 50):.1f} s, p99 {np.percentile(lat, 99):.1f} s",
+            )
     b.set_xlabel("exit gate → receipt on the broker (s)")
     b.set_ylabel("receipts")
     b.set_title("receipt latency")
@@ -146,9 +159,11 @@ def main() -> int:
             continue
         r = results[m]
         sc, ev, lat = r["score"], r["shelf_events"], r["receipt_latency_s"]
-        print(f"{m:<9} {sc['precision']:6.3f} {sc['recall']:6.3f} {sc['f1']:6.3f} {sc['tp']:5d} {sc['fp']:4d} "
-              f"{sc['fn']:4d} {sc['receipts']:4d}/{sc['sessions']:<4d} {sc['review_lines']:7d} "
-              f"{ev['right']:5d}/{ev['planned']:<6d} {ev['phantoms']:9d} {lat['p50'] or 0:7.2f}s {lat['p99'] or 0:5.2f}s")
+        print(
+            f"{m:<9} {sc['precision']:6.3f} {sc['recall']:6.3f} {sc['f1']:6.3f} {sc['tp']:5d} {sc['fp']:4d} "
+            f"{sc['fn']:4d} {sc['receipts']:4d}/{sc['sessions']:<4d} {sc['review_lines']:7d} "
+            f"{ev['right']:5d}/{ev['planned']:<6d} {ev['phantoms']:9d} {lat['p50'] or 0:7.2f}s {lat['p99'] or 0:5.2f}s"
+        )
     doc = {"shoppers": args.shoppers, "units": args.units, "seed": args.seed, "interactions": len(plan.interactions),
            "true_lines": sum(len(v) for v in truth.values()), "tracking_evidence": evidence, "results": results}
     (args.out / "store_bench.json").write_text(json.dumps(doc, indent=1))

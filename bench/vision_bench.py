@@ -70,7 +70,7 @@ def distinct_skus(n: int) -> list[str]:
     for k in range(1, 1000):
         code = f"2000000{k:05d}"
         a = appearance(code)
-        def apart(c):
+        def apart(c, code=code, a=a):
             dh = min(abs(hue(code) - hue(c)), 1 - abs(hue(code) - hue(c)))
             return dh >= 0.12 or (dh >= 0.05 and a.shape != appearance(c).shape)
 
@@ -258,7 +258,7 @@ def accuracy_run(args, work: Path) -> dict:
         orig_init = Pipeline.__init__
 
         def init(self, *a, **kw):
-            orig_init(self, *a, **kw)
+            orig_init(self, *a, **kw)  # noqa: B023 - called only within this iteration
             self.observer = observe
 
         Pipeline.__init__ = init
@@ -332,21 +332,22 @@ def cpu_run(args, work: Path, seconds: float) -> dict:
         orig_submit = vis.engine.submit
 
         def submit(change, _orig=orig_submit):
-            submitted[change.t_start] = time.perf_counter()
+            submitted[change.t_start] = time.perf_counter()  # noqa: B023 - called only within this iteration
             return _orig(change)
 
         vis.engine.submit = submit
         events = []
 
         def emit(ev):
-            events.append(ev)
+            events.append(ev)  # noqa: B023 - called only within this iteration
 
         orig_init = Pipeline.__init__
 
         def init(self, *a, **kw):
-            orig_init(self, *a, **kw)
-            self.observer = lambda ch, *_: waits.append(time.perf_counter() - submitted[ch.t_start]) \
-                if ch.t_start in submitted else None
+            orig_init(self, *a, **kw)  # noqa: B023 - called only within this iteration
+            self.observer = lambda ch, *_: (
+                waits.append(time.perf_counter() - submitted[ch.t_start])  # noqa: B023 - within this iteration
+                if ch.t_start in submitted else None)  # noqa: B023 - within this iteration
 
         Pipeline.__init__ = init
         c0, w0 = time.process_time(), time.perf_counter()
@@ -435,14 +436,27 @@ def main() -> None:
     if acc.get("action_agreement") is not None:
         print(f"action model's best label agrees with the true pick/put_back (swap counts as either): "
               f"{acc['action_agreement']:.3f}")
-    print(f"vision analysis per event: mean {acc['analysis_ms_mean']} ms, p95 {acc['analysis_ms_p95']} ms, "
-          f"of which drawing the sim frames {acc['sim_render_ms_per_event']} ms "
-          f"(→ {acc['analysis_ms_without_render']} ms for crops + models); models: " +
-          ", ".join(f"{r} {m['name']} {m['mean_invoke_ms']} ms/invoke ({m['size_mb']} MB)" for r, m in acc["models"].items()))
+    print(
+        f"vision analysis per event: mean {acc['analysis_ms_mean']} ms, p95 {acc['analysis_ms_p95']} ms, "
+        f"of which drawing the sim frames {acc['sim_render_ms_per_event']} ms "
+        f"(→ {acc['analysis_ms_without_render']} ms for crops + models); models: "
+        + ", ".join(
+            f"{r} {m['name']} {m['mean_invoke_ms']} ms/invoke ({m['size_mb']} MB)" for r, m in acc["models"].items()
+        )
+    )
     for k, v in cpu.items():
-        wait = (f"; events waited for vision {v['event_wait_ms_mean']} ms mean, {v['event_wait_ms_max']} ms max "
-                f"(deadline {v['deadline_ms']} ms, {v['vision_timeouts']} timeouts)") if v["event_wait_ms_mean"] is not None else ""
-        print(f"CPU share ({k}, live {v['wall_s']} s, {v['events']} events): {100 * v['cpu_share']:.1f} % of one core{wait}")
+        wait = (
+            (
+                f"; events waited for vision {v['event_wait_ms_mean']} ms mean, {v['event_wait_ms_max']} ms max "
+                f"(deadline {v['deadline_ms']} ms, {v['vision_timeouts']} timeouts)"
+            )
+            if v["event_wait_ms_mean"] is not None
+            else ""
+        )
+        print(
+            f"CPU share ({k}, live {v['wall_s']} s, {v['events']} events): "
+            f"{100 * v['cpu_share']:.1f} % of one core{wait}"
+        )
     print(json.dumps({k: v for k, v in result.items()}, separators=(",", ":")))
 
 

@@ -159,7 +159,9 @@ def plots(out: Path, res: dict, yte, pred) -> None:
     ax.imshow(cm, cmap="Blues")
     for i in range(len(cm)):
         for j in range(len(cm)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black"
+            )
     ax.set_xticks(range(len(cm)), a["labels"])
     ax.set_yticks(range(len(cm)), a["labels"])
     ax.set_xlabel("predicted")
@@ -183,7 +185,9 @@ def plots(out: Path, res: dict, yte, pred) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     p = res["product"]
-    ax.set_title(f"Grocery Store {p['split']}: MobileNet v1 embedding + linear head, top-1 {p['head']['top1_fine']:.3f}")
+    ax.set_title(
+        f"Grocery Store {p['split']}: MobileNet v1 embedding + linear head, top-1 {p['head']['top1_fine']:.3f}"
+    )
     fig.tight_layout()
     fig.savefig(out / "product_confusion.png", dpi=110)
     plt.close(fig)
@@ -202,20 +206,31 @@ def plots(out: Path, res: dict, yte, pred) -> None:
 def markdown(res: dict) -> str:
     b, p, a = res["banana"], res["product"], res["action"]
     kib = lambda n: f"{n / 1024:.0f} KiB"  # noqa: E731
-    return "\n".join([
-        "# Vision models benchmark", "",
-        f"One core ({res['pinned']}), one interpreter thread, runtime `{res['runtime']}`.", "",
-        "| figure | value |", "| --- | --- |",
-        f"| Coral MobileNet v2: `banana` in top 5, Banana photos ({b['images']}) | {b['top5_rate']:.3f} (top 1: {b['top1_rate']:.3f}) |",
-        f"| product top-1, {p['split']} fine ({p['images']} photos, {p['classes_in_split']} classes), linear head | **{p['head']['top1_fine']:.3f}** |",
-        f"| product top-1, {p['split']} Packages ({p['packages_images']} photos), linear head | **{p['head']['top1_packages']:.3f}** |",
-        f"| product top-1, gallery of all train photos + mirrors ({p['gallery_all_train']['enrolled']}), fine / Packages | {p['gallery_all_train']['top1_fine']:.3f} / {p['gallery_all_train']['top1_packages']:.3f} |",
-        f"| product top-1, gallery of 5 photos per product, fine / Packages | {p['gallery_5_per_product']['top1_fine']:.3f} / {p['gallery_5_per_product']['top1_packages']:.3f} |",
-        f"| action-v1 accuracy, {a['pairs']} fresh renders (seed {a['seed']}) | **{a['accuracy']:.3f}** (chance 0.25); " +
-        ", ".join(f"{k} {v:.2f}" for k, v in a["recall"].items()) + " |",
-        f"| sizes | action-v1 {kib(a['size_bytes'])} · product head {kib(p['head_bytes'])} · MobileNet v1 backbone {kib(p['backbone_bytes'])} · MobileNet v2 {kib(b['size_bytes'])} |",
-        f"| latency ms p50 / p95 | action pair {a['latency_ms']['p50']} / {a['latency_ms']['p95']} · product (backbone + head) {p['latency_ms']['p50']} / {p['latency_ms']['p95']} · MobileNet v2 {b['latency_ms']['p50']} / {b['latency_ms']['p95']} |",
-        "", "![action](action_confusion.png) ![latency](vision_latency.png)", "", "![product](product_confusion.png)", ""])
+    return "\n".join(
+        [
+            "# Vision models benchmark",
+            "",
+            f"One core ({res['pinned']}), one interpreter thread, runtime `{res['runtime']}`.",
+            "",
+            "| figure | value |",
+            "| --- | --- |",
+            f"| Coral MobileNet v2: `banana` in top 5, Banana photos ({b['images']}) | {b['top5_rate']:.3f} (top 1: {b['top1_rate']:.3f}) |",
+            f"| product top-1, {p['split']} fine ({p['images']} photos, {p['classes_in_split']} classes), linear head | **{p['head']['top1_fine']:.3f}** |",
+            f"| product top-1, {p['split']} Packages ({p['packages_images']} photos), linear head | **{p['head']['top1_packages']:.3f}** |",
+            f"| product top-1, gallery of all train photos + mirrors ({p['gallery_all_train']['enrolled']}), fine / Packages | {p['gallery_all_train']['top1_fine']:.3f} / {p['gallery_all_train']['top1_packages']:.3f} |",
+            f"| product top-1, gallery of 5 photos per product, fine / Packages | {p['gallery_5_per_product']['top1_fine']:.3f} / {p['gallery_5_per_product']['top1_packages']:.3f} |",
+            f"| action-v1 accuracy, {a['pairs']} fresh renders (seed {a['seed']}) | **{a['accuracy']:.3f}** (chance 0.25); "
+            + ", ".join(f"{k} {v:.2f}" for k, v in a["recall"].items())
+            + " |",
+            f"| sizes | action-v1 {kib(a['size_bytes'])} · product head {kib(p['head_bytes'])} · MobileNet v1 backbone {kib(p['backbone_bytes'])} · MobileNet v2 {kib(b['size_bytes'])} |",
+            f"| latency ms p50 / p95 | action pair {a['latency_ms']['p50']} / {a['latency_ms']['p95']} · product (backbone + head) {p['latency_ms']['p50']} / {p['latency_ms']['p95']} · MobileNet v2 {b['latency_ms']['p50']} / {b['latency_ms']['p95']} |",
+            "",
+            "![action](action_confusion.png) ![latency](vision_latency.png)",
+            "",
+            "![product](product_confusion.png)",
+            "",
+        ]
+    )
 
 
 def main(argv=None) -> int:
@@ -239,10 +254,17 @@ def main(argv=None) -> int:
     (a.out / "vision_models_bench.md").write_text(md)
     (a.out / "vision_models_bench.json").write_text(json.dumps(res, indent=2))
     print(md)
-    print(json.dumps({"banana_top5": res["banana"]["top5_rate"], "product_top1_fine": res["product"]["head"]["top1_fine"],
-                      "product_top1_packages": res["product"]["head"]["top1_packages"],
-                      "knn_top1_fine": res["product"]["gallery_all_train"]["top1_fine"],
-                      "action_accuracy": res["action"]["accuracy"]}))
+    print(
+        json.dumps(
+            {
+                "banana_top5": res["banana"]["top5_rate"],
+                "product_top1_fine": res["product"]["head"]["top1_fine"],
+                "product_top1_packages": res["product"]["head"]["top1_packages"],
+                "knn_top1_fine": res["product"]["gallery_all_train"]["top1_fine"],
+                "action_accuracy": res["action"]["accuracy"],
+            }
+        )
+    )
     return 0
 
 

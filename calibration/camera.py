@@ -64,7 +64,9 @@ def grab_frame(obj: Ctx) -> tuple[np.ndarray, dict | None]:
                                     "(systemctl stop shelfd) Is it connected?", EX_UNAVAILABLE)
             img = got[1]
     except CameraError as exc:
-        raise ShelfcalError(f"camera: {exc} (a running shelfd holds the camera: stop it first)", EX_UNAVAILABLE) from None
+        raise ShelfcalError(
+            f"camera: {exc} (a running shelfd holds the camera: stop it first)", EX_UNAVAILABLE
+        ) from None
     finally:
         try:
             src.close()
@@ -177,6 +179,7 @@ def show(obj: Ctx) -> None:
 def enrol(obj: Ctx, sku: str, replace: bool, images: tuple[Path, ...]) -> None:
     """Add product photos (cropped to the product) to the camera's gallery for SKU."""
     from PIL import Image, UnidentifiedImageError
+
     from daemon.vision.gallery import Gallery
     from daemon.vision.models import ModelError
     from daemon.vision.setup import VisionConfigError, load_models

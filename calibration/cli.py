@@ -20,8 +20,16 @@ from daemon.cli_entry import run_click
 from daemon.exitcodes import EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 
 from . import camera, planogram, report
-from .context import (SCRIPTED_MAINTENANCE_S, Ctx, await_rest, confirm, console, is_interactive, set_maintenance,
-                      technician_name)
+from .context import (
+    SCRIPTED_MAINTENANCE_S,
+    Ctx,
+    await_rest,
+    confirm,
+    console,
+    is_interactive,
+    set_maintenance,
+    technician_name,
+)
 from .errors import ShelfcalError
 
 DEFAULT_CONFIG = "/etc/shelfd/shelfd.yaml"
@@ -112,6 +120,7 @@ def live(obj: Ctx, interval: float, count: int) -> None:
     """A live table of every plate's weight and state, updating in place (Ctrl-C to leave)."""
     from rich.live import Live
     from rich.table import Table
+
     from .link import wait_for_data
     unit = obj.unit()
     wait_for_data(unit.link, 1.0)
@@ -150,7 +159,9 @@ _plate_opt = click.option("--plate", "plate_name", help="SHELF/PLATE (or the pla
 _yes_opt = click.option("--yes", is_flag=True, help="Non-interactive: no prompts, accept the result.")
 _rest_opt = click.option("--rest-timeout", type=float, default=30.0, show_default=True,
                          help="Seconds to wait for the plate to come to rest.")
-_tech_opt = click.option("--technician", help="Name recorded with the calibration (default $SHELFCAL_TECHNICIAN or the login).")
+_tech_opt = click.option(
+    "--technician", help="Name recorded with the calibration (default $SHELFCAL_TECHNICIAN or the login)."
+)
 
 
 def _pick_plate(unit, plate_name: str | None, interactive: bool):
@@ -205,7 +216,9 @@ def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
     p = res["plates"][plate.key]
     unit.log({"kind": "tare", "plate": plate.key, "calibration_id": res["calibration_id"],
               "shift_g": p["shift_g"], "technician": technician_name(technician)})
-    click.echo(f"plate {plate.key}: tared (zero moved {p['shift_g']:+.1f} g); calibration {res['calibration_id']} in force")
+    click.echo(
+        f"plate {plate.key}: tared (zero moved {p['shift_g']:+.1f} g); calibration {res['calibration_id']} in force"
+    )
     if interactive:
         set_maintenance(unit, plate, 0)
 
@@ -340,7 +353,11 @@ def _show_fit(pf) -> None:
         change = f" (was {prev:.4f}, {100 * (f.scale / prev - 1):+.2f} %)" if prev else ""
         con.print(f"channel {f.channel}: scale {f.scale:.4f} counts/g{change}, offset {f.offset:.0f} counts")
     cap = pf.capacity_g
-    note = "" if cap >= pf.plate.capacity_g else f"  [yellow]below the plate's rating of {pf.plate.capacity_g:g} g[/yellow]"
+    note = (
+        ""
+        if cap >= pf.plate.capacity_g
+        else f"  [yellow]below the plate's rating of {pf.plate.capacity_g:g} g[/yellow]"
+    )
     con.print(f"implied capacity before the ADC saturates: {cap:,.0f} g{note}")
 
 
@@ -357,7 +374,9 @@ def _reload(unit) -> None:
 
 @cli.command()
 @_plate_opt
-@click.option("--mass-g", "mass", type=float, required=True, help="A known mass, different from the calibration masses.")
+@click.option(
+    "--mass-g", "mass", type=float, required=True, help="A known mass, different from the calibration masses."
+)
 @click.option("--tolerance-g", type=float, help="Pass band (default: 2 g or 0.5 % of the mass, whichever is larger).")
 @_yes_opt
 @_rest_opt
@@ -390,8 +409,19 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
         raise ShelfcalError(f"plate {plate.key} has no calibrated reading; run `shelfcal calibrate`", EX_DATAERR)
     err = g - mass
     ok = abs(err) <= tol
-    unit.log({"kind": "verify", "plate": plate.key, "mass_g": mass, "read_g": round(g, 2), "error_g": round(err, 2),
-              "tolerance_g": tol, "pass": ok, "calibration_id": cal.calibration_id, "technician": technician_name(technician)})
+    unit.log(
+        {
+            "kind": "verify",
+            "plate": plate.key,
+            "mass_g": mass,
+            "read_g": round(g, 2),
+            "error_g": round(err, 2),
+            "tolerance_g": tol,
+            "pass": ok,
+            "calibration_id": cal.calibration_id,
+            "technician": technician_name(technician),
+        }
+    )
     verdict = "PASS" if ok else "FAIL"
     click.echo(f"plate {plate.key}: {verdict}: read {g:.1f} g for {mass:g} g ({err:+.2f} g, tolerance ±{tol:g} g, "
                f"noise {r.get('sigma_g') or 0:.2f} g)")

@@ -43,7 +43,9 @@ def judge_channel(cfg, ch: str, c: dict) -> dict:
         if c["distinct_values"] == 1 and c["good"] >= 10:
             faults.append(f"stuck at one value: wiring fault (DOUT {w['dout']} / SCK {w['sck']}) or a shorted bridge")
         if c["saturations"]:
-            faults.append(f"{c['saturations']} saturated samples: unload the plate; if it stays, check the cell's wires")
+            faults.append(
+                f"{c['saturations']} saturated samples: unload the plate; if it stays, check the cell's wires"
+            )
         if c["timeouts"] > 0.2 * n:
             faults.append(f"{c['timeouts']} timeouts in {n} slots: intermittent DOUT on {w['dout']} or power")
     if c["good"]:

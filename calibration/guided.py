@@ -12,18 +12,18 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from daemon import calstate
 from daemon.atomicfile import atomic_write
 from daemon.calstate import CalibrationError, ChannelCal
 from daemon.control_handlers import ADC_HALF_RANGE, SUSPICIOUS_OFFSET_SHARE
-
-from daemon.timefmt import now_iso
 from daemon.exitcodes import EX_CANTCREAT, EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
+from daemon.timefmt import now_iso
 
 from .errors import ShelfcalError
 from .fit import ChannelFit, check_point, fit_channel
@@ -228,7 +228,7 @@ def session_points(unit: Unit, plate: PlateInfo) -> dict:
         raise ShelfcalError(f"no empty-plate reading for plate {plate.key} in this session: empty the plate "
                             f"and run `shelfcal tare --plate {plate.key}` first", EX_USAGE)
     try:
-        age = (datetime.now(timezone.utc) - datetime.fromisoformat(s["started"])).total_seconds()
+        age = (datetime.now(UTC) - datetime.fromisoformat(s["started"])).total_seconds()
     except (KeyError, ValueError, TypeError):
         age = math.inf
     if age > SESSION_MAX_AGE_S:

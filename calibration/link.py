@@ -24,7 +24,6 @@ from daemon.control import Commands, Request
 from daemon.control_handlers import UnitControl
 from daemon.control_socket import acquire_drivers_lock, drivers_lock_holder, socket_path
 from daemon.control_socket import call as socket_call
-
 from daemon.exitcodes import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE
 
 from .errors import ShelfcalError
@@ -47,14 +46,20 @@ class DaemonLink:
         try:
             doc = socket_call(self.path, command, args, timeout_s=self.timeout_s)
         except TimeoutError:
-            raise ShelfcalError(f"shelfd does not answer on {self.path} within {self.timeout_s:g} s: check "
-                                f"`systemctl status shelfd` (or stop it and run shelfcal again)", EX_UNAVAILABLE) from None
+            raise ShelfcalError(
+                f"shelfd does not answer on {self.path} within {self.timeout_s:g} s: check "
+                f"`systemctl status shelfd` (or stop it and run shelfcal again)",
+                EX_UNAVAILABLE,
+            ) from None
         except (ConnectionRefusedError, FileNotFoundError):
-            raise NotRunning(f"shelfd is not running (nobody listens on {self.path}): start it, or use --via local",
-                             EX_UNAVAILABLE) from None
+            raise NotRunning(
+                f"shelfd is not running (nobody listens on {self.path}): start it, or use --via local", EX_UNAVAILABLE
+            ) from None
         except OSError as exc:
-            raise ShelfcalError(f"lost the connection to shelfd on {self.path} ({exc}): is it restarting? "
-                                f"Run shelfcal again", EX_UNAVAILABLE) from None
+            raise ShelfcalError(
+                f"lost the connection to shelfd on {self.path} ({exc}): is it restarting? Run shelfcal again",
+                EX_UNAVAILABLE,
+            ) from None
         if not doc.get("ok"):
             raise ShelfcalError(f"{command}: {doc.get('error')}", EX_DATAERR if command != "info" else EX_UNAVAILABLE)
         return doc.get("result") or {}
@@ -137,7 +142,7 @@ class LocalUnit:
                 if self.control.pipeline is not None and len(block):
                     self.control.pipeline.process(block)  # events are the daemon's business, not ours
                 self.commands.drain()
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller on its next call
+        except BaseException as exc:  # reported to the caller on its next call
             self._error = exc
             log.exception("sampling failed")
         finally:
@@ -169,7 +174,7 @@ class LocalUnit:
         self._thread.join(timeout=2.0)
         try:
             self.source.close()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.warning("closing the backend failed", exc_info=True)
         finally:
             os.close(self._lock)  # the pins are free for shelfd again

@@ -15,7 +15,6 @@ from pathlib import Path
 import click
 
 from daemon.atomicfile import atomic_write
-
 from daemon.exitcodes import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 from .context import SCRIPTED_MAINTENANCE_S, Ctx, await_rest, confirm, console, is_interactive, set_maintenance
@@ -98,11 +97,17 @@ def show(obj: Ctx, as_json: bool) -> None:
         t.add_column(col, justify="right" if col in ("unit g", "sd g", "learned g", "events", "stock") else "left")
     for r in sorted(rows, key=lambda r: (r["shelf"], r["plates"])):
         lu = r.get("learned")
-        t.add_row(r["shelf"], ",".join(map(str, r["plates"])), r["sku"], r.get("name") or "", f"{r['unit_weight_g']:g}",
-                  "" if r.get("unit_weight_sd_g") is None else f"{r['unit_weight_sd_g']:g}",
-                  "" if not lu else f"{lu['mean_g']:.1f} ± {lu['mean_sd_g']:.1f}" + (" DRIFT" if lu.get("drift") else ""),
-                  "" if not lu else str(lu["n"]),
-                  "" if r.get("stock") is None else str(r["stock"]))
+        t.add_row(
+            r["shelf"],
+            ",".join(map(str, r["plates"])),
+            r["sku"],
+            r.get("name") or "",
+            f"{r['unit_weight_g']:g}",
+            "" if r.get("unit_weight_sd_g") is None else f"{r['unit_weight_sd_g']:g}",
+            "" if not lu else f"{lu['mean_g']:.1f} ± {lu['mean_sd_g']:.1f}" + (" DRIFT" if lu.get("drift") else ""),
+            "" if not lu else str(lu["n"]),
+            "" if r.get("stock") is None else str(r["stock"]),
+        )
     console().print(t)
     if any(r.get("learned", {}).get("drift") for r in rows):
         click.echo("DRIFT: the unit's events say a product weighs more than 12 % off its planogram entry; "

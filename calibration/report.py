@@ -15,7 +15,6 @@ import click
 import numpy as np
 
 from daemon.control_handlers import white_sigma
-
 from daemon.exitcodes import EX_CANTCREAT, EX_USAGE
 
 from .context import Ctx
@@ -41,7 +40,9 @@ def _last_verifies(state_dir: Path) -> dict[str, dict]:
 
 
 @click.command()
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNGs and summary.txt.")
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNGs and summary.txt."
+)
 @click.option("--plate", "plates", multiple=True, help="Only these plates (default: every calibrated plate).")
 @click.option("--seconds", type=float, default=5.0, show_default=True, help="Noise trace length.")
 @click.pass_obj
@@ -90,11 +91,13 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
         fits = []
         for c in p.channels:
             pts = cal.channels[c].points
-            fits.append(fit_channel(c, [(a, b) for a, b in pts]) if len(pts) >= 2 and len({a for a, _ in pts}) >= 2 else None)
+            fits.append(
+                fit_channel(c, [(a, b) for a, b in pts]) if len(pts) >= 2 and len({a for a, _ in pts}) >= 2 else None
+            )
         resid = [r for f in fits if f for r in f.residuals_g]
         cap = min((f.capacity_g for f in fits if f), default=math.nan) * len(p.channels)
         lines.append(f"plate {p.key} ({', '.join(p.channels)}):")
-        for c, f in zip(p.channels, fits):
+        for c, _f in zip(p.channels, fits):
             cc = cal.channels[c]
             pts = ", ".join(f"{a * len(p.channels):g} g" for a, _ in cc.points) or "none recorded"
             lines.append(f"  channel {c}: scale {cc.scale:.4f} counts/g, offset {cc.offset:.0f} counts, "

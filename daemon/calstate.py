@@ -61,7 +61,7 @@ class CalibrationState:
         return d
 
     @classmethod
-    def from_json(cls, d: dict, where: str) -> "CalibrationState":
+    def from_json(cls, d: dict, where: str) -> CalibrationState:
         try:
             if d.get("schema") != SCHEMA:
                 raise CalibrationError(f"{where}: not a Gondola calibration file (schema {d.get('schema')!r})")

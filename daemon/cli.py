@@ -15,7 +15,6 @@ import click
 
 from . import __version__
 from .cli_entry import run_click
-
 from .exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 log = logging.getLogger("shelfd")
@@ -139,8 +138,8 @@ def replay(source: Path, fmt: str, config: Path | None, speed: float, out: Path 
     from .calstate import CalibrationError, CalibrationState, load
     from .layout import Layout
     from .pipeline import run_offline
-    from .sensing.replay_aifi import AifiReplaySource, RecordingError, load_layout
     from .sensing.recording import ShelfdReplaySource
+    from .sensing.replay_aifi import AifiReplaySource, RecordingError, load_layout
     from .signal.condition import UncalibratedError
 
     cfg = _load(config) if config else None

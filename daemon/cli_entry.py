@@ -6,6 +6,7 @@ error is one line ``PROG: message`` and exit 64; a bare invocation prints the he
 from __future__ import annotations
 
 import sys
+
 import click
 
 from .exitcodes import EX_INTERRUPTED, EX_OK, EX_USAGE

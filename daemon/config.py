@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -169,7 +169,7 @@ class VisionConfig(_Strict):
     # how gallery similarities become SKU scores (docs/vision.md): "auto" fits a softmax
     # temperature on the enrolled images, "verify" a same/different model; "sidecar" uses the
     # sidecar's temperature; a number fixes the temperature
-    product_calibration: Union[float, Literal["auto", "verify", "sidecar"]] = "auto"
+    product_calibration: float | Literal["auto", "verify", "sidecar"] = "auto"
     threads: int = Field(1, ge=1, le=4)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
 

@@ -30,8 +30,9 @@ import queue
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ RATES: dict[str, tuple[float, int]] = {
 UNKNOWN_BUCKET = "\x00unknown"
 UNKNOWN_RATE = (2.0, 5)
 
-_IDENTITY = re.compile(r"^[A-Za-z0-9_.@:+-]{1,%d}$" % MAX_IDENTITY_LEN)
+_IDENTITY = re.compile(rf"^[A-Za-z0-9_.@:+-]{{1,{MAX_IDENTITY_LEN}}}$")
 _TXID_RAW = re.compile(rb'"txid"\s*:\s*"((?:[^"\\]|\\.){1,%d})"' % MAX_TXID_LEN)
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _BRACKETS = re.compile(rb"[\[\]{}]")
@@ -293,7 +294,7 @@ class Commands:
         except CommandError as exc:
             self._audit(req, f"refused: {exc}")
             self._finish(req, reply, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bad request must never take the unit down
+        except Exception as exc:  # a bad request must never take the unit down
             log.exception("command %s (txid %s) failed", req.command, req.txid)
             with self._lock:
                 self.counters["faults"] += 1
@@ -325,5 +326,5 @@ class Commands:
             self.counters["ok" if error is None else "errors"] += 1
         try:
             reply(doc)
-        except Exception:  # noqa: BLE001 - the requester went away; nothing else to do
+        except Exception:  # the requester went away; nothing else to do
             log.warning("could not reply to %s (txid %s)", req.command, req.txid, exc_info=True)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -64,7 +65,9 @@ class RawRing:
         self.f[idx] = block.flags
         self.n += k
 
-    def last(self, seconds: float | None = None, since: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def last(
+        self, seconds: float | None = None, since: float | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows in time order: the last ``seconds`` (by sample time) and/or those after ``since``."""
         k = min(self.n, self.cap)
         idx = (self.n - k + np.arange(k)) % self.cap
@@ -257,7 +260,9 @@ class UnitControl:
             chans = [chans]
         bad = [c for c in chans if c not in self.col]
         if bad:
-            raise CommandError(f"unknown channel(s) {', '.join(map(str, bad))}; channels are {', '.join(self.channels)}")
+            raise CommandError(
+                f"unknown channel(s) {', '.join(map(str, bad))}; channels are {', '.join(self.channels)}"
+            )
         since = req.args.get("since")
         seconds = req.args.get("seconds")
         t, v, f = self.ring.last(float(seconds) if seconds is not None else None,
@@ -278,7 +283,7 @@ class UnitControl:
         if self.source is not None and hasattr(self.source, "diagnostics"):
             try:
                 diags = {ch: _plain(d) for ch, d in self.source.diagnostics().items()}
-            except Exception:  # noqa: BLE001 - diagnostics are a bonus, never a failure
+            except Exception:  # diagnostics are a bonus, never a failure
                 log.warning("diagnostics() failed", exc_info=True)
         chans = {}
         for ch, j in self.col.items():

@@ -80,7 +80,7 @@ class ControlSocket:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -159,7 +159,7 @@ def call(path: Path, command: str, args: dict | None = None, *, txid: str | None
         while not buf.endswith(b"\n"):
             try:
                 chunk = s.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError(f"no reply from {path} within {timeout_s:g} s") from None
             if not chunk:
                 raise ConnectionResetError(f"{path} closed the connection without a reply")

@@ -6,8 +6,9 @@ reading any data so a wrong file is one line ``path:1: …``, not a traceback la
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any
 
 from .timefmt import now_iso
 

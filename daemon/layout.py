@@ -71,7 +71,7 @@ class Layout:
                 if pl.shelf == shelf and (plate_ids is None or plate_ids & set(pl.plates))]
 
     @classmethod
-    def from_config(cls, cfg: Config) -> "Layout":
+    def from_config(cls, cfg: Config) -> Layout:
         plates: list[Plate] = []
         for shelf in cfg.shelves:
             for pc in sorted(shelf.plates, key=lambda p: p.id):

@@ -8,17 +8,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .calstate import CalibrationState
 from .config import DetectionConfig
 from .events.identify import Evidence, Identifier, book_for
-from .events.unit_weights import FILE_NAME as WEIGHTS_FILE
 from .events.item_event import build_event, rfc3339
+from .events.unit_weights import FILE_NAME as WEIGHTS_FILE
 from .layout import Layout
 from .sensing.base import SampleBlock, SampleSource
 from .signal.condition import Conditioner

@@ -8,8 +8,9 @@ types, listed in :mod:`daemon.vision.cameras`).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Callable, Generic, TypeVar, Union
+from typing import Annotated, Any, Generic, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,7 +69,8 @@ class Registry(Generic[F]):
         models = tuple(e.model for e in self._entries.values())
         if not models:
             raise RuntimeError(f"no {self.section} {self.noun} registered")
-        inner = Union[models] if len(models) > 1 else models[0]  # type: ignore[valid-type]
+        # a Union over a runtime tuple: `|` cannot spell it
+        inner = Union[models] if len(models) > 1 else models[0]  # type: ignore[valid-type]  # noqa: UP007
         return Annotated[inner, Field(discriminator=self.tag)]
 
     # ------------------------------------------------------------ error texts (one line each)

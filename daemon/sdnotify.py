@@ -20,7 +20,7 @@ import os
 import select
 import socket
 import time
-from typing import Callable
+from collections.abc import Callable
 
 log = logging.getLogger(__name__)
 

@@ -16,17 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sqlite3
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 from . import calstate
-import sqlite3
-
 from .config import Config, SimSensing
-from .exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from .control import Commands
+from .exitcodes import EX_CANTCREAT, EX_CONFIG, EX_OK, EX_SOFTWARE, EX_TEMPFAIL
 from .pipeline import Pipeline
 from .publish.mqtt import Publisher
 from .publish.outbox import Outbox, OutboxTooNew
@@ -210,7 +209,7 @@ class Service:
             for ev in pipe.finish():
                 outbox.add(ev)
                 publisher.notify()
-        except Exception:  # noqa: BLE001 - the one place an unexpected fault ends the unit
+        except Exception:  # the one place an unexpected fault ends the unit
             log.exception("sample pipeline failed")
             rc = EX_SOFTWARE
         finally:

@@ -8,13 +8,13 @@
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 
 def rfc3339(t: float) -> str:
     """Epoch seconds → ``2020-04-22T05:06:49.657Z`` (UTC, milliseconds)."""
-    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    dt = datetime.fromtimestamp(t, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
@@ -33,9 +33,9 @@ def parse_rfc3339(s: Any) -> float | None:
 
 def now_iso() -> str:
     """Now, UTC, to the second: ``2020-04-22T05:06:49+00:00``."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def file_stamp(micros: bool = False) -> str:
     """Now, UTC, for a file name: ``20200422T050649Z`` (``…T050649.123456Z`` with ``micros``)."""
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ" if micros else "%Y%m%dT%H%M%SZ")
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ" if micros else "%Y%m%dT%H%M%SZ")

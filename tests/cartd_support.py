@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,11 @@ def pg_available() -> bool:
     try:
         import psycopg
         psycopg.connect("host=127.0.0.1 port=5432 dbname=test user=postgres", connect_timeout=2).close()
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means no PostgreSQL here
         try:
             import psycopg
             psycopg.connect("host=127.0.0.1 port=5432 dbname=test", connect_timeout=2).close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means no PostgreSQL here
             return False
     return True
 
@@ -57,7 +57,7 @@ def pg_dsn() -> str:
         try:
             psycopg.connect(dsn, connect_timeout=2).close()
             return dsn
-        except Exception:
+        except Exception:  # noqa: BLE001 - any failure means no PostgreSQL here
             continue
     raise RuntimeError("PostgreSQL at 127.0.0.1:5432 not reachable")
 
@@ -92,7 +92,7 @@ class Cartd:
         self.log = log
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Cartd":
+    def start(self) -> Cartd:
         logf = open(self.log, "ab")
         env = dict(os.environ, PYTHONPATH=str(REPO))
         self.proc = subprocess.Popen([sys.executable, "-m", "aggregator.cli", "run", "--config", str(self.config)],
@@ -139,7 +139,9 @@ class Pub:
 
     def send(self, topic: str, payload: Any, qos: int = 1, retain: bool = False) -> None:
         data = payload if isinstance(payload, (bytes, str)) else json.dumps(payload)
-        self._infos.append(self.client.publish(topic if topic.startswith(PREFIX) else f"{BASE}/{topic}", data, qos=qos, retain=retain))
+        self._infos.append(
+            self.client.publish(topic if topic.startswith(PREFIX) else f"{BASE}/{topic}", data, qos=qos, retain=retain)
+        )
 
     def flush(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -181,7 +183,7 @@ def health(t: float, last_seq: int) -> dict:
     return {"t": ts(t), "outbox": {"depth": 0, "oldest_pending_age_s": None, "last_seq": last_seq}}
 
 
-@lru_cache(maxsize=None)
+@cache
 def schema(name: str) -> dict:
     return json.loads((REPO / "aggregator" / "schemas" / f"{name}.schema.json").read_text())
 
@@ -278,7 +280,13 @@ def scenario(n_sessions: int, events_per_session: int, now: float, seed: int = 1
         expect[sid] = {s: q for s, q in cart.items() if q > 0}
     for ts0, unit, e in sorted(events, key=lambda x: x[0]):
         seq[unit] += 1
-        msgs.append((ts0 + 0.8, f"{unit}/events", item_event(unit, seq[unit], e["shelf"], e["etype"], e["sku"], 1, ts0, ts0 + 0.6)))
+        msgs.append(
+            (
+                ts0 + 0.8,
+                f"{unit}/events",
+                item_event(unit, seq[unit], e["shelf"], e["etype"], e["sku"], 1, ts0, ts0 + 0.6),
+            )
+        )
     msgs.sort(key=lambda m: m[0])
     return [(topic, doc) for _, topic, doc in msgs], expect, seq
 

@@ -10,9 +10,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -200,7 +201,7 @@ class Subscriber:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def __enter__(self) -> "Subscriber":
+    def __enter__(self) -> Subscriber:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -221,7 +222,7 @@ def subscriber_factory():
     for s in made:
         try:
             s.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - best-effort cleanup
             pass
 
 

@@ -214,7 +214,11 @@ def private_reaches(path: Path) -> list[str]:
                 own.add(node.attr)
             else:
                 reads.append((node.lineno, ast.unparse(node)))
-    return [f"{path.relative_to(REPO)}:{line}: {text}" for line, text in reads if text.rsplit(".", 1)[1] not in own | PUBLIC_UNDERSCORED]
+    return [
+        f"{path.relative_to(REPO)}:{line}: {text}"
+        for line, text in reads
+        if text.rsplit(".", 1)[1] not in own | PUBLIC_UNDERSCORED
+    ]
 
 
 def test_no_private_attributes_of_other_modules_objects():

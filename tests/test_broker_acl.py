@@ -20,11 +20,10 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 import yaml
-from paho.mqtt.enums import CallbackAPIVersion
-
 from cartd_support import BASE, PREFIX, STORE, Cartd, entry, exit_, item_event, tracking, write_config
 from conftest import Broker, _find_mosquitto, _free_port, _skip_or_fail
 from helpers import REPO
+from paho.mqtt.enums import CallbackAPIVersion
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -281,7 +280,9 @@ def test_a_unit_cannot_publish_for_others_or_send_requests_and_cartd_never_sees_
 
         # unit-a reads nothing but its own requests: the back-end asks unit-b, then unit-a
         assert backend.publish(f"{BASE}/unit-b/req/rebirth", {"txid": "for-b"}) == "Success"
-        assert unit_b.publish(f"{BASE}/unit-b/events", item_event("unit-b", 1, "1", "pick", "C", 1, now - 8)) == "Success"
+        assert (
+            unit_b.publish(f"{BASE}/unit-b/events", item_event("unit-b", 1, "1", "pick", "C", 1, now - 8)) == "Success"
+        )
         assert backend.publish(f"{BASE}/unit-a/req/rebirth", {"txid": "for-a"}) == "Success"
         unit_a.wait_for(lambda t, p: t == f"{BASE}/unit-a/req/rebirth", what="unit-a's own request")
         assert set(unit_a.topics()) == {f"{BASE}/unit-a/req/rebirth"}, unit_a.topics()
@@ -351,8 +352,10 @@ def test_the_backend_tares_a_real_unit_and_another_unit_cannot(acl_broker, tmp_p
         deadline = time.monotonic() + 40
         for attempt in range(100):
             txid = f"t-{attempt}"
-            assert backend.publish(f"{BASE}/unit-a/req/tare", {"txid": txid, "plates": ["1/1"], "load_g": 0}) == "Success"
-            _, p = backend.wait_for(lambda t, p: t == f"{BASE}/unit-a/res/tare" and json.loads(p).get("txid") == txid,
+            assert (
+                backend.publish(f"{BASE}/unit-a/req/tare", {"txid": txid, "plates": ["1/1"], "load_g": 0}) == "Success"
+            )
+            _, p = backend.wait_for(lambda t, p: t == f"{BASE}/unit-a/res/tare" and json.loads(p).get("txid") == txid,  # noqa: B023 - waited on within this iteration
                                     timeout=30, what="the unit's answer to the back-end's tare")
             reply = json.loads(p)
             if reply["ok"] or "rest" not in reply.get("error", "") or time.monotonic() > deadline:
@@ -417,7 +420,9 @@ def test_tls_client_certificates_are_the_identities(tmp_path):
 
     def connect(cert: str | None) -> tuple[paho.Client, list, list]:
         got, acks = [], []
-        c = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=f"tls-{cert}-{time.monotonic_ns()}")
+        c = paho.Client(
+            CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5, client_id=f"tls-{cert}-{time.monotonic_ns()}"
+        )
         c.tls_set(ca_certs=str(tmp_path / "ca.pem"),
                   certfile=str(tmp_path / f"{cert}.pem") if cert else None,
                   keyfile=str(tmp_path / f"{cert}.key") if cert else None)
@@ -438,8 +443,12 @@ def test_tls_client_certificates_are_the_identities(tmp_path):
         unit_a, _, a2 = connect("unit-a")
         wait_until(lambda: "subscribed" in a1 and "subscribed" in a2, 15, "both TLS clients connected and subscribed")
         assert a1[0] == "Success" and a2[0] == "Success"
-        forged = unit_a.publish(f"{BASE}/unit-b/events", json.dumps(item_event("unit-b", 1, "1", "pick", "A", 1, time.time())), qos=1)
-        own = unit_a.publish(f"{BASE}/unit-a/events", json.dumps(item_event("unit-a", 1, "1", "pick", "A", 1, time.time())), qos=1)
+        forged = unit_a.publish(
+            f"{BASE}/unit-b/events", json.dumps(item_event("unit-b", 1, "1", "pick", "A", 1, time.time())), qos=1
+        )
+        own = unit_a.publish(
+            f"{BASE}/unit-a/events", json.dumps(item_event("unit-a", 1, "1", "pick", "A", 1, time.time())), qos=1
+        )
         own.wait_for_publish(10)
         forged.wait_for_publish(10)
         wait_until(lambda: f"{BASE}/unit-a/events" in seen, 15, "unit-a's own event over TLS at the back-end")
@@ -454,7 +463,7 @@ def test_tls_client_certificates_are_the_identities(tmp_path):
             try:
                 c.disconnect()
                 c.loop_stop()
-            except Exception:
+            except Exception:  # noqa: BLE001 - best-effort cleanup
                 pass
         b.stop()
 

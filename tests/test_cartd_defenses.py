@@ -9,7 +9,6 @@ import sqlite3
 import time
 
 import pytest
-
 from cartd_support import BASE, Cartd, Pub, entry, exit_, health, item_event, tracking, validate, write_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

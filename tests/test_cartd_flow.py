@@ -7,9 +7,19 @@ import sqlite3
 import time
 
 import pytest
-
-from cartd_support import (BASE, Cartd, Pub, UnitResponder, entry, exit_, health, item_event, tracking,
-                           validate, write_config)
+from cartd_support import (
+    BASE,
+    Cartd,
+    Pub,
+    UnitResponder,
+    entry,
+    exit_,
+    health,
+    item_event,
+    tracking,
+    validate,
+    write_config,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +186,7 @@ def test_bad_input_is_dead_lettered_and_cartd_survives(store):
     pub.send("unit-a/events", item_event("unit-a", 3, "1", "pick", "A", 1, now + 60, now + 61))  # clock ahead
     pub.flush()
     # 7: the clock-skewed event is refused (kept), never applied, so it makes no no_session.
-    got = store["dead"].wait_for(7, timeout=10)
+    store["dead"].wait_for(7, timeout=10)
     time.sleep(0.3)  # nothing more may come
     docs = [m.json() for m in store["dead"].wait_for(7, timeout=1)]
     for d in docs:

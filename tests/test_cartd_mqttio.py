@@ -8,12 +8,12 @@ import time
 
 import paho.mqtt.client as paho
 import pytest
+from conftest import Broker, _find_mosquitto, _skip_or_fail
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from aggregator.mqttio import FastClient, _BufferedSocket
-from conftest import Broker, _find_mosquitto, _skip_or_fail
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,20 @@ import time
 import uuid
 
 import pytest
-
-from cartd_support import (BASE, Cartd, Pub, entry, health, item_event, pg_available, pg_dsn, receipt_carts, scenario, tracking,
-                           write_config)
+from cartd_support import (
+    BASE,
+    Cartd,
+    Pub,
+    entry,
+    health,
+    item_event,
+    pg_available,
+    pg_dsn,
+    receipt_carts,
+    scenario,
+    tracking,
+    write_config,
+)
 from conftest import _skip_or_fail
 
 pytestmark = pytest.mark.integration
@@ -72,7 +83,9 @@ def test_two_instances_on_postgres_match_one_on_sqlite(tmp_path, mosquitto, subs
         with psycopg.connect(dsn) as c:
             c.execute(f'SET search_path TO "{schema}"')
             pg_receipts = [r[0] for r in c.execute("SELECT payload FROM receipts ORDER BY receipt_id")]
-            pg_lines = sorted(tuple(r) for r in c.execute("SELECT session_id, event_id, sku, qty, needs_review FROM lines"))
+            pg_lines = sorted(
+                tuple(r) for r in c.execute("SELECT session_id, event_id, sku, qty, needs_review FROM lines")
+            )
             pg_events = c.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events").fetchone()
             pg_dead = c.execute("SELECT reason, detail FROM deadletters").fetchall()
     finally:
@@ -124,12 +137,18 @@ def test_burst_that_keeps_deadlocking_is_never_acknowledged_half_applied(tmp_pat
                        END IF;
                        RETURN NEW;
                      END $$""")
-        c.execute("CREATE TRIGGER fail_first_lines BEFORE INSERT ON lines FOR EACH ROW EXECUTE FUNCTION fail_first_lines()")
+        c.execute(
+            "CREATE TRIGGER fail_first_lines BEFORE INSERT ON lines FOR EACH ROW EXECUTE FUNCTION fail_first_lines()"
+        )
     now = time.time()
     engine = Engine(cfg, store, Catalogue.load(cfg.catalogue, cfg.receipts.currency), clock=lambda: now)
     try:
-        engine.handle_batch([(f"{BASE}/_store/gates/entry", json.dumps(entry("S1", now - 60)).encode()),
-                             (f"{BASE}/_store/tracking", json.dumps(tracking(now - 5, [("S1", "unit-a", "1", 0.9)])).encode())])
+        engine.handle_batch(
+            [
+                (f"{BASE}/_store/gates/entry", json.dumps(entry("S1", now - 60)).encode()),
+                (f"{BASE}/_store/tracking", json.dumps(tracking(now - 5, [("S1", "unit-a", "1", 0.9)])).encode()),
+            ]
+        )
         evs = [item_event("unit-a", i, "1", "pick", "A", 1, now - 30 + i) for i in range(1, 11)]
         engine.handle_batch([(f"{BASE}/unit-a/events", json.dumps(e).encode()) for e in evs])
         lines = sorted(r[0] for r in store.q("SELECT event_id FROM lines WHERE session_id='S1'"))

@@ -7,7 +7,6 @@ import threading
 import time
 
 import pytest
-
 from cartd_support import BASE, Cartd, Pub, health, receipt_carts, scenario, tracking, validate, write_config
 from conftest import Broker, _find_mosquitto, _skip_or_fail
 

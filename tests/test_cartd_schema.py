@@ -58,7 +58,9 @@ def db(request, tmp_path):
         return c
 
     def pg_tables(c):
-        return {r[0] for r in c.execute("SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (name,))}
+        return {
+            r[0] for r in c.execute("SELECT table_name FROM information_schema.tables WHERE table_schema=%s", (name,))
+        }
 
     def pg_set_version(c, v):
         c.execute("INSERT INTO schema_version (version) VALUES (%s)", (v,))

@@ -9,8 +9,8 @@ import sqlite3
 import time
 
 import pytest
-
 from cartd_support import BASE, PREFIX, STORE, Cartd, Pub, entry, exit_, ts, validate, write_config
+
 from daemon.config import parse_config
 from daemon.publish.mqtt import Publisher
 from daemon.publish.outbox import Outbox

@@ -5,10 +5,9 @@ import re
 import tomllib
 from importlib import metadata
 
+from helpers import REPO
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
-
-from helpers import REPO
 
 EXTRAS = ("pi", "test", "bench", "cartd", "usb-camera")  # `train` is a workstation's business
 

@@ -5,10 +5,10 @@ import json
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
+from test_publisher import FAST, item_event, make_cfg, wait_until
 
 from daemon.control import CommandError, Commands, Request, parse_request
 from daemon.publish.mqtt import Publisher
-from test_publisher import FAST, item_event, make_cfg, wait_until
 from daemon.publish.outbox import Outbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

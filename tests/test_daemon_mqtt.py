@@ -9,7 +9,6 @@ import sys
 import time
 
 import pytest
-
 from helpers import REPO, validate_event, write_config
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import _skip_or_fail
 from helpers import REPO
 

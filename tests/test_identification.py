@@ -12,14 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_detection import FS, Shelf
 
 from daemon.events.identify import Identifier
 from daemon.events.unit_weights import WeightBook
 from daemon.layout import Layout, Placement, Plate
 from daemon.pipeline import Pipeline
 from daemon.sensing.base import SampleBlock
-
-from test_detection import FS, Shelf
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import _skip_or_fail
 from helpers import EXAMPLE, REPO
 

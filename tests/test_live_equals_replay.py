@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, shelfd, write_config
 
 pytestmark = pytest.mark.integration

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
-
 from conftest import Broker, _find_mosquitto, _free_port, _skip_or_fail
+from paho.mqtt.enums import CallbackAPIVersion
+from test_publisher import FAST, item_event, make_cfg, wait_until
+
 from daemon.publish.mqtt import Publisher
 from daemon.publish.outbox import Outbox
-from test_publisher import FAST, item_event, make_cfg, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

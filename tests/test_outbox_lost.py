@@ -20,10 +20,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from daemon.publish.outbox import Outbox
 from helpers import REPO, write_config
 from test_publisher import item_event
+
+from daemon.publish.outbox import Outbox
 
 PREFIX = "gondola/v1/demo-store/sim-unit-1"
 
@@ -165,7 +165,9 @@ def _immutable_dir(tmp_path: Path) -> tuple[Path, callable]:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", ["under-a-file", "read-only-dir"])
-def test_unwritable_state_dir_exits_73_with_one_line_and_a_retained_status(tmp_path, mosquitto, subscriber_factory, kind):
+def test_unwritable_state_dir_exits_73_with_one_line_and_a_retained_status(
+    tmp_path, mosquitto, subscriber_factory, kind
+):
     undo = lambda: None  # noqa: E731
     if kind == "under-a-file":
         (tmp_path / "file").write_text("not a folder")

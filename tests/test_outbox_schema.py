@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, validate_event, write_config
+from test_publisher import item_event
 from ulid import ULID
 
 from daemon.publish.outbox import MIGRATIONS, SCHEMA_VERSION, Outbox, OutboxTooNew
-from helpers import REPO, validate_event, write_config
-from test_publisher import item_event
 
 PREFIX = "gondola/v1/demo-store/sim-unit-1"
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers import shelfd, validate_event, write_config
 
 

@@ -11,14 +11,23 @@ import time
 
 import paho.mqtt.publish as mqtt_publish
 import pytest
+from test_publisher import FAST, item_event, make_cfg, wait_until
 
 from daemon import calstate
-from daemon.control import (CommandError, Commands, Request, RequestRefused, TokenBucket, decode_limited,
-                            nesting_depth, parse_request, recover_txid)
+from daemon.control import (
+    CommandError,
+    Commands,
+    Request,
+    RequestRefused,
+    TokenBucket,
+    decode_limited,
+    nesting_depth,
+    parse_request,
+    recover_txid,
+)
 from daemon.publish import mqtt as mqtt_mod
 from daemon.publish.mqtt import MAX_PENDING_REQUESTS, Publisher, _merge, _span_outside, _subtract
 from daemon.publish.outbox import Outbox
-from test_publisher import FAST, item_event, make_cfg, wait_until
 
 NESTED = b'{"txid": "deep-1", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}"  # 6 KB, 3001 levels
 
@@ -109,7 +118,9 @@ def test_destructive_commands_are_logged_with_identity_and_outcome(caplog):
 def test_calibration_writes_keep_the_previous_versions(tmp_path):
     ids = []
     for k in range(8):
-        ids.append(calstate.update(tmp_path, "u", {"c": calstate.ChannelCal(float(k), 2.0)}, technician="t").calibration_id)
+        ids.append(
+            calstate.update(tmp_path, "u", {"c": calstate.ChannelCal(float(k), 2.0)}, technician="t").calibration_id
+        )
     kept = [json.loads(p.read_text())["calibration_id"] for p in calstate.history(tmp_path)]
     # the in-force one, .prev, and the five versions before it: two forced tares in a row lose nothing
     assert kept == ids[2:7] and len(kept) == calstate.KEEP_VERSIONS

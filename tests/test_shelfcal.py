@@ -175,9 +175,15 @@ def test_corrupt_or_foreign_calibration_is_left_alone(tmp_path):
     cfg = make_unit(tmp_path, factory=False)
     state = tmp_path / "state"
     state.mkdir()
-    for content, words in [(b'{"schema": "gondola.calibration/1", "unit_id": "cal-', "corrupt"),
-                           (json.dumps({"schema": "gondola.calibration/1", "unit_id": "other-unit",
-                                        "calibration_id": "X", "channels": {}}).encode(), "belongs to unit 'other-unit'")]:
+    for content, words in [
+        (b'{"schema": "gondola.calibration/1", "unit_id": "cal-', "corrupt"),
+        (
+            json.dumps(
+                {"schema": "gondola.calibration/1", "unit_id": "other-unit", "calibration_id": "X", "channels": {}}
+            ).encode(),
+            "belongs to unit 'other-unit'",
+        ),
+    ]:
         (state / "calibration.json").write_bytes(content)
         for args in (("tare", "--plate", "1/1", "--yes"), ("calibrate", "--plate", "1/1", "--mass-g", "500", "--yes"),
                      ("diag",)):
@@ -340,12 +346,13 @@ def test_a_daemon_that_does_not_answer_is_reported(tmp_path):
 def test_diag_verdicts_name_the_gpio_pins_of_the_hx711_driver(tmp_path):
     """The GPIO backend with bit-exact fake chips: a stuck input, a healthy chip, a dead one."""
     import numpy as np
+    from fakes.fake_gpio import FakeGPIO, FakeHx711
+
+    from calibration.diag import judge
     from daemon.config import parse_config
     from daemon.control import Commands, Request
     from daemon.control_handlers import UnitControl
     from daemon.sensing.hx711_gpio import Hx711Source
-    from calibration.diag import judge
-    from fakes.fake_gpio import FakeGPIO, FakeHx711
 
     gpio = FakeGPIO(time.monotonic)
     gpio.attach(FakeHx711(dout=5, sck=6, value=4321, rate_hz=80))  # every word the same

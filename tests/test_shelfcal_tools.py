@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_shelfcal import REPO, cal_doc, make_unit, ok, place, shelfcal, truth
 
 from daemon import calstate
-from test_shelfcal import REPO, cal_doc, make_unit, ok, place, shelfcal, truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -36,7 +36,9 @@ def test_planogram_edits_keep_comments_and_refuse_invalid_configs(tmp_path):
     shown = json.loads(ok(shelfcal(cfg, "planogram", "show", "--json")).stdout)
     assert {"sku": "B2", "name": "Chips", "shelf": "1", "plates": [2], "unit_weight_g": 38.0} in shown
 
-    r = ok(shelfcal(cfg, "planogram", "set", "--sku", "B2", "--shelf", "1", "--plates", "9", "--unit-weight-g", "38"), 65)
+    r = ok(
+        shelfcal(cfg, "planogram", "set", "--sku", "B2", "--shelf", "1", "--plates", "9", "--unit-weight-g", "38"), 65
+    )
     assert "shelf '1' has no plate 9" in r.stderr and cfg.read_text() == text
     ok(shelfcal(cfg, "planogram", "set", "--sku", "B2", "--shelf", "1", "--plates", "2", "--unit-weight-g", "0"), 64)
     ok(shelfcal(cfg, "planogram", "remove", "--sku", "NOPE"), 64)
@@ -97,8 +99,10 @@ def test_report_writes_plots_and_a_summary(tmp_path):
 
     # without matplotlib (it is an optional extra) the summary is still written, with a clear hint
     bare = tmp_path / "bare"
-    code = ("import sys; sys.modules['matplotlib'] = None; from calibration.cli import main; "
-            f"sys.argv = ['shelfcal', '--config', {str(cfg)!r}, 'report', '--out', {str(bare)!r}, '--seconds', '1']; main()")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from calibration.cli import main; "
+        f"sys.argv = ['shelfcal', '--config', {str(cfg)!r}, 'report', '--out', {str(bare)!r}, '--seconds', '1']; main()"
+    )
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "matplotlib is not installed" in r.stderr, r.stderr
     assert (bare / "summary.txt").exists() and not list(bare.glob("*.png"))
@@ -162,17 +166,26 @@ def test_guided_calibration_on_a_terminal(tmp_path):
     buf: list[str] = []
     screen = []
     try:
-        screen.append(_expect(fd, r"Empty plate 1/1.*press Enter", buf)); os.write(fd, b"\n")
-        screen.append(_expect(fd, r"Known mass in grams", buf)); os.write(fd, b"abc\n")
+        screen.append(_expect(fd, r"Empty plate 1/1.*press Enter", buf))
+        os.write(fd, b"\n")
+        screen.append(_expect(fd, r"Known mass in grams", buf))
+        os.write(fd, b"abc\n")
         screen.append(_expect(fd, r"not a number", buf))
-        screen.append(_expect(fd, r"Known mass in grams", buf)); os.write(fd, b"500\n")
-        screen.append(_expect(fd, r"Place 500 g.*press Enter", buf)); os.write(fd, b"\n")
-        screen.append(_expect(fd, r"Enter when done", buf)); os.write(fd, b"500\n")   # same mass again
+        screen.append(_expect(fd, r"Known mass in grams", buf))
+        os.write(fd, b"500\n")
+        screen.append(_expect(fd, r"Place 500 g.*press Enter", buf))
+        os.write(fd, b"\n")
+        screen.append(_expect(fd, r"Enter when done", buf))
+        os.write(fd, b"500\n")   # same mass again
         screen.append(_expect(fd, r"same as the 500 g point", buf))
-        screen.append(_expect(fd, r"Enter when done", buf)); os.write(fd, b"1500\n")
-        screen.append(_expect(fd, r"Place 1500 g.*press Enter", buf)); os.write(fd, b"\n")
-        screen.append(_expect(fd, r"Enter when done", buf)); os.write(fd, b"\n")
-        screen.append(_expect(fd, r"Write this calibration for plate 1/1\?", buf)); os.write(fd, b"y\n")
+        screen.append(_expect(fd, r"Enter when done", buf))
+        os.write(fd, b"1500\n")
+        screen.append(_expect(fd, r"Place 1500 g.*press Enter", buf))
+        os.write(fd, b"\n")
+        screen.append(_expect(fd, r"Enter when done", buf))
+        os.write(fd, b"\n")
+        screen.append(_expect(fd, r"Write this calibration for plate 1/1\?", buf))
+        os.write(fd, b"y\n")
         screen.append(_expect(fd, r"written by bo", buf))
     except BaseException:
         os.kill(pid, signal.SIGKILL)

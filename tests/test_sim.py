@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.config import parse_config
+from daemon.config import Config, parse_config
 from daemon.layout import Layout
 from daemon.sensing.base import Flag, SampleSource
 from daemon.sensing.sim import SimSource
@@ -18,7 +18,7 @@ from daemon.sensing.sim import SimSource
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def make_cfg(tmp_path: Path, **sensing) -> "Config":  # noqa: F821
+def make_cfg(tmp_path: Path, **sensing) -> Config:
     s = {"backend": "sim", "seed": 7, "speed": 0, "duration_s": 120, "events_per_min": 30}
     s.update(sensing)
     return parse_config({
@@ -127,7 +127,9 @@ def test_pick_changes_rest_level_by_the_units_true_weights(tmp_path):
             continue
         for pid, d in g["plate_delta_g"].items():
             key = f"{g['shelf']}/{pid}"
-            change = rest(t, grams[key], g["t_quiet"], g["t_quiet"] + 0.5) - rest(t, grams[key], g["t_start"] - 0.5, g["t_start"])
+            change = rest(t, grams[key], g["t_quiet"], g["t_quiet"] + 0.5) - rest(
+                t, grams[key], g["t_start"] - 0.5, g["t_start"]
+            )
             assert change == pytest.approx(d, abs=0.02), (g, key)
         moved = sum(g["plate_delta_g"].values())
         sign = -1 if g["type"] == "pick" else 1

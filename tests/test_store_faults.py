@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
+from conftest import _skip_or_fail
 
 from aggregator.sim.plan import PlanParams, make_plan
 from aggregator.sim.runner import RunOptions, StoreRun, mosquitto_bin
 from aggregator.sim.score import final_receipts, receipt_cart
 from aggregator.sim.store import build_store
-from conftest import _skip_or_fail
 
 pytestmark = pytest.mark.integration
 

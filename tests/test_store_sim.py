@@ -122,16 +122,25 @@ def test_scripted_sim_performs_exactly_the_script(tmp_path, store, plan):
     # and the daemon's pipeline saw each one (a real detector, so allow a rare miss, never a phantom)
     real = [e for e in events if e["type"] in ("pick", "put_back", "unknown_change")]
     assert len(real) <= len(lines)
-    right = sum(1 for x in lines if any(e["type"] == x["type"] and e["sku"] == x["sku"] and e["quantity"] == x["quantity"]
-                                         and e["shelf"] == x["shelf"] for e in real))
+    right = sum(
+        1
+        for x in lines
+        if any(
+            e["type"] == x["type"]
+            and e["sku"] == x["sku"]
+            and e["quantity"] == x["quantity"]
+            and e["shelf"] == x["shelf"]
+            for e in real
+        )
+    )
     assert right >= len(lines) - 1
 
 
 def test_shelfd_check_names_a_bad_script_line(tmp_path, store):
     unit = store.units[0]
     script = tmp_path / "s.jsonl"
-    script.write_text('{"t": 1, "type": "pick", "shelf": "1", "sku": "%s"}\n{"t": 2, "type": "grab", "shelf": "1"}\n'
-                      % unit.facings[0].sku)
+    script.write_text(f'{{"t": 1, "type": "pick", "shelf": "1", "sku": "{unit.facings[0].sku}"}}\n'
+                      '{"t": 2, "type": "grab", "shelf": "1"}\n')
     cfg = store.unit_config(unit, port=1883, state_dir=tmp_path / "st", script=script, t0=1.8e9, seed=1)
     (tmp_path / "u.yaml").write_text(yaml.safe_dump(cfg))
     r = subprocess.run([sys.executable, "-c", "import sys; from daemon.cli import cli; sys.exit(cli())",
@@ -148,10 +157,22 @@ def test_shelfd_check_names_a_bad_script_line(tmp_path, store):
 
 def test_line_item_score():
     truth = {"a": {"X": 2, "Y": 1}, "b": {"Z": 1}, "c": {}}
-    receipts = [{"receipt_id": "a/1", "session_id": "a", "n": 1, "lines": [{"sku": "X", "quantity": 1}, {"sku": "Y", "quantity": 1}]},
-                {"receipt_id": "a/2", "session_id": "a", "n": 2, "kind": "correction",
-                 "lines": [{"sku": "X", "quantity": 2}, {"sku": "Y", "quantity": 1}]},
-                {"receipt_id": "c/1", "session_id": "c", "n": 1, "lines": [{"sku": "Q", "quantity": 1}]}]
+    receipts = [
+        {
+            "receipt_id": "a/1",
+            "session_id": "a",
+            "n": 1,
+            "lines": [{"sku": "X", "quantity": 1}, {"sku": "Y", "quantity": 1}],
+        },
+        {
+            "receipt_id": "a/2",
+            "session_id": "a",
+            "n": 2,
+            "kind": "correction",
+            "lines": [{"sku": "X", "quantity": 2}, {"sku": "Y", "quantity": 1}],
+        },
+        {"receipt_id": "c/1", "session_id": "c", "n": 1, "lines": [{"sku": "Q", "quantity": 1}]},
+    ]
     s = score(truth, receipts)
     # a: the correction is scored (2 right); b: no receipt (1 missed); c: a line nobody took (1 wrong)
     assert (s.tp, s.fp, s.fn) == (2, 1, 1)

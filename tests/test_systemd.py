@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from conftest import _free_port, _skip_or_fail
 from helpers import REPO, write_config
 
@@ -130,7 +129,7 @@ class NotifySocket:
         while not self._stop.is_set():
             try:
                 data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(16))
-            except socket.timeout:
+            except TimeoutError:
                 continue
             for level, kind, payload in anc:  # BARRIER=1 carries an fd; closing it answers
                 if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

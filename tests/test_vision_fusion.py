@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import REPO, shelfd
+from helpers import validate_event as _validate
 
 from daemon.config import parse_config
 from daemon.events.fusion import VisionEvidence, vision_block
@@ -25,11 +27,8 @@ from daemon.vision.engine import VisionResult, fit_temperature
 from daemon.vision.setup import build_vision
 from daemon.vision.sim_camera import enroll_sim_gallery
 
-from helpers import REPO, shelfd
-from helpers import validate_event as _validate
 
-
-def validate_event(e: dict, _n=[0]) -> None:
+def validate_event(e: dict, _n=[0]) -> None:  # noqa: B006 - a counter across calls, on purpose
     """Pipeline events get event_id and seq from the outbox; give them what it would."""
     from ulid import ULID
     _n[0] += 1

@@ -13,8 +13,16 @@ import pytest
 from PIL import Image
 
 from daemon.vision.gallery import Gallery, GalleryError
-from daemon.vision.models import (ActionModel, EmbeddingModel, ModelError, ProductModel, file_sha256,
-                                  load_model, read_sidecar, validate_model)
+from daemon.vision.models import (
+    ActionModel,
+    EmbeddingModel,
+    ModelError,
+    ProductModel,
+    file_sha256,
+    load_model,
+    read_sidecar,
+    validate_model,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SIDECARS = REPO / "models" / "coral"

@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from cartd_support import BASE, Cartd, Pub, entry, exit_, health, item_event, tracking, write_config
 from conftest import _skip_or_fail
 
@@ -98,9 +97,11 @@ def test_staff_page_shows_event_cart_and_receipt_live(staff, browser_page):
     # the event on its shelf, and the open cart with the product, appear without a reload
     page.wait_for_selector(f'[data-event-id="{ev["event_id"]}"]', timeout=15000)
     page.wait_for_selector('[data-session-id="S-WEB-1"]', timeout=15000)
-    page.wait_for_function("document.querySelector('[data-session-id=\"S-WEB-1\"]')"
-                           " && document.querySelector('[data-session-id=\"S-WEB-1\"]').innerText.includes('Apple juice')",
-                           timeout=15000)
+    page.wait_for_function(
+        "document.querySelector('[data-session-id=\"S-WEB-1\"]')"
+        " && document.querySelector('[data-session-id=\"S-WEB-1\"]').innerText.includes('Apple juice')",
+        timeout=15000,
+    )
     # (the page rebuilds its nodes on every update: read through locators, never stale handles)
     assert "5.00" in page.locator('[data-session-id="S-WEB-1"]').inner_text()
     assert "no receipts yet" in page.inner_text("#receipts")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from helpers import shelfd
 
 
@@ -25,18 +24,30 @@ def _hx711_unit(tmp_path: Path, chips: list[dict]) -> Path:
 GOOD = [{"name": "a", "dout": 5, "sck": 6}, {"name": "b", "dout": 13, "sck": 19}]
 
 CASES = {
-    "shared dout": ([*GOOD, {"name": "c", "dout": 5, "sck": 21}],
-                    "sensing.chips[2].dout: GPIO 5 is already chips[0].dout ('a')"),
-    "shared sck": ([*GOOD, {"name": "c", "dout": 20, "sck": 19}],
-                   "sensing.chips[2].sck: GPIO 19 is already chips[1].sck ('b')"),
-    "dout on another chip's sck": ([*GOOD, {"name": "c", "dout": 6, "sck": 21}],
-                                   "sensing.chips[2].dout: GPIO 6 is already chips[0].sck ('a'): a DOUT wired to another chip's SCK"),
-    "sck on another chip's dout": ([*GOOD, {"name": "c", "dout": 20, "sck": 13}],
-                                   "sensing.chips[2].sck: GPIO 13 is already chips[1].dout ('b'): a SCK wired to another chip's DOUT"),
-    "dout and sck on one pin": ([*GOOD, {"name": "c", "dout": 20, "sck": 20}],
-                                "sensing.chips[2].sck: GPIO 20 is also this chip's dout"),
-    "duplicate chip names": ([*GOOD, {"name": "a", "dout": 20, "sck": 21}],
-                             "sensing.chips[2].name: duplicate chip name 'a' (also chips[0])"),
+    "shared dout": (
+        [*GOOD, {"name": "c", "dout": 5, "sck": 21}],
+        "sensing.chips[2].dout: GPIO 5 is already chips[0].dout ('a')",
+    ),
+    "shared sck": (
+        [*GOOD, {"name": "c", "dout": 20, "sck": 19}],
+        "sensing.chips[2].sck: GPIO 19 is already chips[1].sck ('b')",
+    ),
+    "dout on another chip's sck": (
+        [*GOOD, {"name": "c", "dout": 6, "sck": 21}],
+        "sensing.chips[2].dout: GPIO 6 is already chips[0].sck ('a'): a DOUT wired to another chip's SCK",
+    ),
+    "sck on another chip's dout": (
+        [*GOOD, {"name": "c", "dout": 20, "sck": 13}],
+        "sensing.chips[2].sck: GPIO 13 is already chips[1].dout ('b'): a SCK wired to another chip's DOUT",
+    ),
+    "dout and sck on one pin": (
+        [*GOOD, {"name": "c", "dout": 20, "sck": 20}],
+        "sensing.chips[2].sck: GPIO 20 is also this chip's dout",
+    ),
+    "duplicate chip names": (
+        [*GOOD, {"name": "a", "dout": 20, "sck": 21}],
+        "sensing.chips[2].name: duplicate chip name 'a' (also chips[0])",
+    ),
 }
 
 
@@ -63,7 +74,11 @@ def test_every_problem_is_named_at_once(tmp_path):
     r = shelfd("check", "--config", str(cfg))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 78 and len(lines) == 3, lines
-    assert {l.split(": ")[1] for l in lines} == {"sensing.chips[1].name", "sensing.chips[1].dout", "sensing.chips[2].dout"}
+    assert {l.split(": ")[1] for l in lines} == {
+        "sensing.chips[1].name",
+        "sensing.chips[1].dout",
+        "sensing.chips[2].dout",
+    }
 
 
 def test_iio_duplicate_channels_are_refused(tmp_path):

@@ -54,7 +54,6 @@ def normalise(X: np.ndarray) -> np.ndarray:
 
 
 def build_net(size: int = SIZE):
-    import tensorflow as tf
     from tensorflow import keras
     from tensorflow.keras import layers
 
@@ -170,7 +169,9 @@ def report(rdir: Path, ev: dict, extra: dict) -> None:
     ax.imshow(cm, cmap="Blues")
     for i in range(len(LABELS)):
         for j in range(len(LABELS)):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="black" if cm[i, j] < cm.max() / 2 else "white")
+            ax.text(
+                j, i, str(cm[i, j]), ha="center", va="center", color="black" if cm[i, j] < cm.max() / 2 else "white"
+            )
     ax.set_xticks(range(len(LABELS)), LABELS)
     ax.set_yticks(range(len(LABELS)), LABELS)
     ax.set_xlabel("predicted")

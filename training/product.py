@@ -27,7 +27,7 @@ import numpy as np
 from daemon.vision.gallery import Gallery
 from daemon.vision.models import LinearHead, l2_normalise, softmax
 from training.common import BACKBONE, MODELS, OUT, coral
-from training.grocery import backbone, class_names, embeddings, read_split
+from training.grocery import backbone, class_names, embeddings
 
 log = logging.getLogger(__name__)
 
@@ -181,15 +181,23 @@ def write_report(rdir: Path, rep: dict, yva, names, head_path: Path) -> None:
     fig.savefig(rdir / "confusion.png", dpi=110)
     plt.close(fig)
     lines = [
-        "# Product model: Grocery Store val", "",
+        "# Product model: Grocery Store val",
+        "",
         f"Head: `{head_path.relative_to(MODELS.parent)}` ({head_path.stat().st_size / 1024:.0f} KiB) on the shared "
-        "MobileNet v1 embedding extractor (3.1 MiB, uint8).", "",
-        "| variant | top-1 fine | top-1 Packages |", "| --- | --- | --- |",
+        "MobileNet v1 embedding extractor (3.1 MiB, uint8).",
+        "",
+        "| variant | top-1 fine | top-1 Packages |",
+        "| --- | --- | --- |",
         f"| linear head | {rep['head_top1_fine']:.3f} | {rep['head_top1_packages']:.3f} |",
-        f"| gallery, all train images (nearest neighbour) | {rep['knn_top1_fine']:.3f} | {rep['knn_top1_packages']:.3f} |",
+        f"| gallery, all train images (nearest neighbour) | {rep['knn_top1_fine']:.3f} "
+        f"| {rep['knn_top1_packages']:.3f} |",
         f"| gallery, 5 photos per product | {rep['gallery5_top1_fine']:.3f} | {rep['gallery5_top1_packages']:.3f} |",
-        "", f"val images {rep['n_val']} (Packages {rep['n_val_packages']}); l2 {rep['l2']:g}; "
-        f"inner search on train {rep['inner_search']}", "", "![confusion](confusion.png)", "",
+        "",
+        f"val images {rep['n_val']} (Packages {rep['n_val_packages']}); l2 {rep['l2']:g}; "
+        f"inner search on train {rep['inner_search']}",
+        "",
+        "![confusion](confusion.png)",
+        "",
     ]
     (rdir / "report.md").write_text("\n".join(lines))
 

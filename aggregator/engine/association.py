@@ -82,9 +82,14 @@ class Association(EngineBase):
             else:
                 events.mark_deadletter(self.store, event_id)
                 who = "nobody was in the store" if not in_store else "several shoppers inside and no tracking evidence"
-                self._deadletter("no_session", topic,
-                                 f"event {event_id} at {unit_id} shelf {shelf} {fmt_ts(t_start)}..{fmt_ts(t_end)}: {who}",
-                                 None, event_id=event_id, unit_id=unit_id)
+                self._deadletter(
+                    "no_session",
+                    topic,
+                    f"event {event_id} at {unit_id} shelf {shelf} {fmt_ts(t_start)}..{fmt_ts(t_end)}: {who}",
+                    None,
+                    event_id=event_id,
+                    unit_id=unit_id,
+                )
                 return
         holding: dict[str, int] = {}
         if etype == "put_back" and sku is not None:

@@ -170,7 +170,8 @@ class EngineBase:
             text = payload[:16384] if payload else None
         # The id derives from what was received, so a redelivered message (after a crash, or seen
         # by every instance on a plain subscription) does not make a second dead letter.
-        key = f"{reason}\x00{topic}\x00{event_id or ''}\x00{unit_id or ''}\x00{session_id or ''}\x00{detail if payload is None else text}"
+        key = (f"{reason}\x00{topic}\x00{event_id or ''}\x00{unit_id or ''}\x00{session_id or ''}\x00"
+               f"{detail if payload is None else text}")
         dl = deadletters.DeadLetter(hashlib.sha256(key.encode("utf-8", "replace")).hexdigest()[:26].upper(), now,
                                     reason, action, topic, detail, event_id, unit_id, session_id, text)
         if not deadletters.insert(self.store, dl):

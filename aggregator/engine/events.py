@@ -173,7 +173,18 @@ class Events(EngineBase):
             self._deadletter(reason, topic, detail, payload, event_id=ev.event_id, unit_id=ev.unit_id)
             return
         if self._tracking_ready(ev.t_end, now, now):
-            self._associate(ev.event_id, ev.unit_id, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start, ev.t_end, topic,
-                            from_memory=True, lo_hint=lo_all)
+            self._associate(
+                ev.event_id,
+                ev.unit_id,
+                ev.shelf,
+                ev.type,
+                ev.sku,
+                ev.quantity,
+                ev.t_start,
+                ev.t_end,
+                topic,
+                from_memory=True,
+                lo_hint=lo_all,
+            )
         else:
             self.counters["waiting_for_tracking"] += 1

@@ -34,7 +34,11 @@ def watermarks(store: Store, unit_lag_s: float) -> dict[str, Watermark]:
     out: dict[str, Watermark] = {}
     for r in units.mark_rows(store):
         wm = r.contig_t_end
-        drained = r.health_last_seq is not None and r.contiguous_seq is not None and 0 <= r.health_last_seq <= r.contiguous_seq
+        drained = (
+            r.health_last_seq is not None
+            and r.contiguous_seq is not None
+            and 0 <= r.health_last_seq <= r.contiguous_seq
+        )
         if r.health_t is not None and drained:
             wm = r.health_t if wm is None else max(wm, r.health_t)
         if r.status == "stopped" and drained:
@@ -107,9 +111,14 @@ class Gaps(EngineBase):
             lo, hi = new_contig + 1, min(hole_end, new_contig + 1000)
             if attempts >= r.max_attempts:
                 seqs.record_lost(self.store, unit, lo, hi, now)
-                self._deadletter("events_lost", f"{self.base}/{unit}/events",
-                                 f"unit {unit} did not resend seq {lo}..{hi} after {attempts} requests: recorded as lost",
-                                 None, action="applied", unit_id=unit)
+                self._deadletter(
+                    "events_lost",
+                    f"{self.base}/{unit}/events",
+                    f"unit {unit} did not resend seq {lo}..{hi} after {attempts} requests: recorded as lost",
+                    None,
+                    action="applied",
+                    unit_id=unit,
+                )
                 units.gap_recorded_lost(self.store, unit, now)
                 continue
             txid = str(ULID())

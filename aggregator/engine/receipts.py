@@ -115,7 +115,9 @@ class Receipts(EngineBase):
         self.counters["receipts" if n == 1 else "corrections"] += 1
         log.info("%s %s: %d lines, total %d %s%s", doc["kind"], doc["receipt_id"], len(lines), doc["total"],
                  doc["currency"], "" if complete else f" (deadline; no word from {', '.join(waited_for)})")
-        self._out.append(Outbound(f"{self.base}/_store/receipts/{session_id}", text, kind="receipt", ref=doc["receipt_id"]))
+        self._out.append(
+            Outbound(f"{self.base}/_store/receipts/{session_id}", text, kind="receipt", ref=doc["receipt_id"])
+        )
 
     def _adjustments(self, doc: dict[str, Any], session_id: str, n_prev: int, lines: list[dict]) -> None:
         """A correction's difference to the previous receipt, per SKU, with the late events."""

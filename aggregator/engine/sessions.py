@@ -37,9 +37,13 @@ class Sessions(EngineBase):
         if not sessions.insert_entry(self.store, m.session_id, m.t, m.gate, m.shopper_ref, self.clock()):
             first = sessions.entered_at(self.store, m.session_id)
             if first is not None and abs(first - m.t) > 1e-3:
-                self._deadletter("duplicate_entry_conflict", topic,
-                                 f"session {m.session_id} entered again at {fmt_ts(m.t)} (first entry {fmt_ts(first)} kept)",
-                                 payload, session_id=m.session_id)
+                self._deadletter(
+                    "duplicate_entry_conflict",
+                    topic,
+                    f"session {m.session_id} entered again at {fmt_ts(m.t)} (first entry {fmt_ts(first)} kept)",
+                    payload,
+                    session_id=m.session_id,
+                )
             else:
                 self.counters["duplicates"] += 1
             return
@@ -56,24 +60,37 @@ class Sessions(EngineBase):
         row = sessions.for_exit(self.store, m.session_id)
         if row is None:
             if sessions.add_pending_exit(self.store, m.session_id, m.t, m.gate, self.clock()):
-                self._deadletter("exit_without_entry", topic,
-                                 f"exit of unknown session {m.session_id} at {fmt_ts(m.t)}; kept, applied if the entry arrives",
-                                 payload, session_id=m.session_id)
+                self._deadletter(
+                    "exit_without_entry",
+                    topic,
+                    f"exit of unknown session {m.session_id} at {fmt_ts(m.t)}; kept, applied if the entry arrives",
+                    payload,
+                    session_id=m.session_id,
+                )
             else:
                 self.counters["duplicates"] += 1
             return
         if row.exited_at is not None:
             if abs(row.exited_at - m.t) > 1e-3:
-                self._deadletter("duplicate_exit", topic,
-                                 f"session {m.session_id} exited again at {fmt_ts(m.t)} (first exit {fmt_ts(row.exited_at)} kept)",
-                                 payload, session_id=m.session_id)
+                self._deadletter(
+                    "duplicate_exit",
+                    topic,
+                    f"session {m.session_id} exited again at {fmt_ts(m.t)} (first exit {fmt_ts(row.exited_at)} kept)",
+                    payload,
+                    session_id=m.session_id,
+                )
             else:
                 self.counters["duplicates"] += 1
             return
         if row.entered_at is not None and m.t < row.entered_at - self.cfg.association.clock_tolerance_s:
-            self._deadletter("clock_skew", topic,
-                             f"session {m.session_id} exits at {fmt_ts(m.t)}, before its entry {fmt_ts(row.entered_at)}",
-                             payload, action="applied", session_id=m.session_id)
+            self._deadletter(
+                "clock_skew",
+                topic,
+                f"session {m.session_id} exits at {fmt_ts(m.t)}, before its entry {fmt_ts(row.entered_at)}",
+                payload,
+                action="applied",
+                session_id=m.session_id,
+            )
         self._apply_exit(m.session_id, m.t, m.gate, self.clock())
 
     def _apply_exit(self, session_id: str, t: float, gate: str | None, received_at: float) -> None:

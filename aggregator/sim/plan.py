@@ -205,7 +205,9 @@ def make_plan(store: Store, params: PlanParams) -> Plan:
                     acts.append(("pick", f.sku, q, None, False))
                     held.extend([(f.unit_id, f.shelf, f.sku)] * q)
             if params.nonevent_p and rng.random() < params.nonevent_p:
-                acts.insert(int(rng.integers(len(acts) + 1)), (str(rng.choice(["lean", "press"])), None, 0, None, False))
+                acts.insert(
+                    int(rng.integers(len(acts) + 1)), (str(rng.choice(["lean", "press"])), None, 0, None, False)
+                )
             durs = [float(rng.uniform(1.0, 3.0)) for _ in acts]
             approach = float(rng.uniform(*APPROACH_S))
             stay = approach + sum(d + RING_S + BETWEEN_S for d in durs) - BETWEEN_S

@@ -21,10 +21,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable
 
 import paho.mqtt.client as mqtt
 import yaml
@@ -41,7 +41,7 @@ PREFIX = "gondola/v1"
 
 
 def rfc3339(t: float) -> str:
-    dt = datetime.fromtimestamp(t, tz=timezone.utc)
+    dt = datetime.fromtimestamp(t, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
@@ -232,8 +232,8 @@ class StoreRun:
 
         c.on_connect = on_connect
         c.on_message = self._on_message
-        from paho.mqtt.properties import Properties
         from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = 3600  # receipts published while we reconnect are kept for us
         c.connect("127.0.0.1", self.broker.port, keepalive=10, clean_start=False, properties=props)
@@ -334,7 +334,7 @@ class StoreRun:
             client.loop_stop()
         self.broker.stop()
 
-    def __enter__(self) -> "StoreRun":
+    def __enter__(self) -> StoreRun:
         self.start()
         return self
 

@@ -129,9 +129,15 @@ def shelf_events(plan, events: list[dict], t0: float) -> dict:
             wrong.append({"interaction": i.id, "problem": "wrong", "planned": [i.type, i.sku, i.quantity],
                           "event": [match["type"], match["sku"], match["quantity"]], "wrong_place": i.wrong_place})
     extra = [e for e in evs if e["event_id"] not in used]
-    return {"planned": len(real), "found": found, "right": right, "phantoms": len(extra),
-            "accuracy": round(right / len(real), 4) if real else 1.0, "errors": wrong,
-            "phantom_events": [[e["unit_id"], e["shelf"], e["type"], e["sku"], e["quantity"], e["t_start"]] for e in extra]}
+    return {
+        "planned": len(real),
+        "found": found,
+        "right": right,
+        "phantoms": len(extra),
+        "accuracy": round(right / len(real), 4) if real else 1.0,
+        "errors": wrong,
+        "phantom_events": [[e["unit_id"], e["shelf"], e["type"], e["sku"], e["quantity"], e["t_start"]] for e in extra],
+    }
 
 
 def tracking_evidence(plan, batches_: list[tuple[float, list[dict]]], tol_s: float = 2.0) -> dict:
@@ -187,7 +193,6 @@ def association_replay(plan, batches_: list[tuple[float, list[dict]]], rule: str
     spans = {s.session_id: (s.t_entry, s.t_exit) for s in plan.sessions}
     touches = sorted((i for i in plan.interactions if i.type in ("pick", "put_back")), key=lambda i: i.t + i.dur)
     carts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    review: dict[str, set] = defaultdict(set)
     right = n_review = 0
     for i in touches:
         lo, hi = i.t - tol_s - before_s, i.t + i.dur + 0.45 + tol_s + after_s

@@ -29,8 +29,14 @@ def insert(store: Store, rows: list[TrackRow]) -> None:
 
 def window(store: Store, unit_id: str, shelf: str, lo: float, hi: float) -> list[Sighting]:
     """Sightings at the unit's shelf or shelf unknown, lo ≤ t ≤ hi."""
-    return [Sighting(*r) for r in store.q("SELECT session_id, shelf, t, confidence FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
-                   " AND t >= ? AND t <= ?", (unit_id, shelf, lo, hi))]
+    return [
+        Sighting(*r)
+        for r in store.q(
+            "SELECT session_id, shelf, t, confidence FROM tracking WHERE unit_id=? AND shelf IN (?, '')"
+            " AND t >= ? AND t <= ?",
+            (unit_id, shelf, lo, hi),
+        )
+    ]
 
 
 def advance_feed(store: Store, t: float) -> None:

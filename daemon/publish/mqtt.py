@@ -37,17 +37,26 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from daemon import __version__
 from daemon.config import BrokerConnection, Config
-from daemon.control import (MAX_REQUEST_BYTES, CommandError, Commands, Request, RequestRefused, TokenBucket,
-                            parse_request, recover_txid)
-from daemon.timefmt import parse_rfc3339, rfc3339
+from daemon.control import (
+    MAX_REQUEST_BYTES,
+    CommandError,
+    Commands,
+    Request,
+    RequestRefused,
+    TokenBucket,
+    parse_request,
+    recover_txid,
+)
 from daemon.publish.outbox import Outbox, OutboxRecord
+from daemon.timefmt import parse_rfc3339, rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +286,7 @@ class Publisher:
     def _try_new_client(self) -> None:
         try:
             self._new_client()
-        except Exception as exc:  # unreadable password/TLS files etc.: keep the daemon alive
+        except Exception as exc:  # noqa: BLE001 - unreadable password/TLS files etc.: keep the daemon alive
             if not self._outage_logged:
                 log.error("cannot set up the MQTT client for %s (%s), keeping events in the outbox",
                           self._broker, exc)
@@ -534,7 +543,7 @@ class Publisher:
                 return
             # The reply may come from the sample thread (queued commands): route it through our queue.
             self.commands.submit(req, lambda doc, c=command: self._q.put(("reply", c, doc)))
-        except Exception:  # noqa: BLE001 - whatever a request does, the sender keeps sending events
+        except Exception:  # whatever a request does, the sender keeps sending events
             log.exception("request on %s could not be handled", topic)
             with self._req_lock:
                 self._req_stats["intake_faults"] += 1

@@ -34,9 +34,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ulid import ULID
 
@@ -233,7 +234,9 @@ class Outbox:
             row = db.execute("PRAGMA quick_check").fetchone()
             if not row or row[0] != "ok":
                 raise _Corrupt(f"quick_check: {row[0] if row else 'no answer'}")
-            self._fresh = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None
+            self._fresh = (
+                db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None
+            )
             migrate(db, self.path)
             return db
         except OutboxTooNew:
@@ -461,7 +464,7 @@ class Outbox:
             except sqlite3.Error:  # closing twice or after a failed open: nothing to protect
                 pass
 
-    def __enter__(self) -> "Outbox":
+    def __enter__(self) -> Outbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -26,8 +26,9 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from .base import Flag
 from .polling import Clock, PolledSource, Reading, classify_word

@@ -5,7 +5,8 @@ To add a backend, see :mod:`daemon.sensing.backends` (and docs/sensing.md, "Addi
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, ClassVar
 
 from ..registry import Registry, StrictModel
 

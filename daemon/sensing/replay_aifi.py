@@ -17,8 +17,9 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -117,7 +118,7 @@ def load_layout(folder: Path) -> tuple[Layout, dict[str, str]]:
 
 def _lines(path: Path) -> Iterator[str]:
     try:
-        with open(path, "r", encoding="utf-8", errors="strict") as fh:
+        with open(path, encoding="utf-8", errors="strict") as fh:
             for line in fh:
                 if line.strip():
                     yield line

@@ -26,9 +26,10 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -90,7 +91,7 @@ class _Modulation:
         return 1.0 + (self.rel[:, None] * np.sin(2 * np.pi * self.freq[:, None] * tt + self.phase[:, None])).sum(0)
 
     @classmethod
-    def hand(cls, rng: np.random.Generator) -> "_Modulation":
+    def hand(cls, rng: np.random.Generator) -> _Modulation:
         # A reaching hand is not a weight: grip and push force wander by 10–30 % at 0.5–4 Hz while
         # fingers find the item (motor-control force tremor is band-limited, not a constant).
         k = 3
@@ -98,7 +99,7 @@ class _Modulation:
         return cls(rel, rng.uniform(0.5, 4.0, k), rng.uniform(0, 2 * np.pi, k))
 
     @classmethod
-    def sway(cls, rng: np.random.Generator) -> "_Modulation":
+    def sway(cls, rng: np.random.Generator) -> _Modulation:
         # Standing postural sway: one slow component of a few % at 0.3–2 Hz.
         return cls(np.array([rng.uniform(0.02, 0.06)]), np.array([rng.uniform(0.3, 2.0)]),
                    np.array([rng.uniform(0, 2 * np.pi)]))
@@ -518,7 +519,14 @@ class SimSource:
             ramp, tau = 0.3, 0.15
             length = int(math.ceil((0.1 + ramp + 8 * tau) * self.rate_hz))
             tt = np.arange(length) * self._dt
-            freq = float(np.clip(self._f0[p] * math.sqrt(self._plate_mass[p] / (self._plate_mass[p] + self._static[p] + max(delta, 0))), 6.0, 15.0))
+            freq = float(
+                np.clip(
+                    self._f0[p]
+                    * math.sqrt(self._plate_mass[p] / (self._plate_mass[p] + self._static[p] + max(delta, 0))),
+                    6.0,
+                    15.0,
+                )
+            )
             taper = np.ones(length)
             ntap = max(2, int(0.25 * 8 * tau * self.rate_hz))
             taper[-ntap:] = 0.5 * (1 + np.cos(np.linspace(0, np.pi, ntap)))
@@ -811,7 +819,7 @@ class SimSource:
                                        for p in np.nonzero(moved > 0)[0]}, **extra)
 
     def _forces(self, shelf: str, force: dict[int, float], deltas: np.ndarray, start: int, dur: float,
-                rise: float, fall: float, *, sway: "_Modulation", lift_at: float | None,
+                rise: float, fall: float, *, sway: _Modulation, lift_at: float | None,
                 neighbours: bool) -> tuple[list[_Wave], float]:
         """Waves for every plate of ``shelf`` touched directly (``force``), moved (``deltas``) or
         swinging along. Returns them and the time after ``start`` at which the shelf is at rest."""
@@ -832,7 +840,9 @@ class SimSource:
         waves: list[_Wave] = []
         for p in shelf_plates:
             load = self._static[p]
-            freq = float(np.clip(self._f0[p] * math.sqrt(self._plate_mass[p] / (self._plate_mass[p] + load)), 6.0, 15.0))
+            freq = float(
+                np.clip(self._f0[p] * math.sqrt(self._plate_mass[p] / (self._plate_mass[p] + load)), 6.0, 15.0)
+            )
             if p in touched:
                 f = force.get(p, 0.0)
                 w = f * env_sway

@@ -85,7 +85,7 @@ def script_problems(path: str | Path, plates_of: dict[str, set[int]],
     except ScriptError as exc:
         return [str(exc)]
     problems: list[str] = []
-    for i, e in enumerate(entries):
+    for e in entries:
         if e.shelf not in plates_of:
             problems.append(f"{path}: entry at t={e.t}: unknown shelf {e.shelf!r}")
             continue

@@ -300,7 +300,9 @@ class Detector:
                 # (a plate swinging symmetrically around its old level, even hard, while a shopper
                 # works elsewhere on the gondola is shaken, not held: a hand shifts its median
                 # — once it has shaken for longer than a hand's contact lasts)
-                cap = self.vib_cap_g()[j] * (self.p.shaken_cap_x if TZ[-1] - self.t_trig[j] >= self.p.shaken_settle_s else 1.0)
+                cap = self.vib_cap_g()[j] * (
+                    self.p.shaken_cap_x if TZ[-1] - self.t_trig[j] >= self.p.shaken_settle_s else 1.0
+                )
                 at_level = sd <= cap and abs(lvl - self.pre[j]) <= tol
                 if at_level:
                     shaking.add(j)
@@ -310,8 +312,9 @@ class Detector:
                         and abs(lvl - self.base[j]) <= tol + self.p.level_tol_rel * (self.pre[j] - self.base[j]):
                     # it came to rest at a new, *lower* level in this group a while ago (longer
                     # than a hand's contact) and now only shakes around it (a crowded gondola):
-                    # its change is known; it does not hold the group. Only lower: a body leaning on the shelf adds load and can hold a
-                    # plate steady above its level for seconds; nothing holds one below it.
+                    # its change is known; it does not hold the group. Only lower: a body leaning on the
+                    # shelf adds load and can hold a plate steady above its level for seconds; nothing
+                    # holds one below it.
                     continue
                 else:
                     blocking.add(j)

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +60,7 @@ class CaptureStore:
         from PIL import Image
 
         now = self._clock()
-        day = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y-%m-%d")
+        day = datetime.fromtimestamp(now, tz=UTC).strftime("%Y-%m-%d")
         d = self.folder / day
         d.mkdir(parents=True, exist_ok=True)
         safe_sku = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(event["sku"]))
@@ -87,7 +87,7 @@ class CaptureStore:
         days = sorted(p for p in self.folder.iterdir() if p.is_dir())
         for p in days:
             try:
-                age = now - datetime.strptime(p.name, "%Y-%m-%d").replace(tzinfo=timezone.utc).timestamp() - 86400
+                age = now - datetime.strptime(p.name, "%Y-%m-%d").replace(tzinfo=UTC).timestamp() - 86400
             except ValueError:
                 continue
             if age > self.max_age_s:

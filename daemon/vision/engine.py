@@ -286,7 +286,7 @@ class Verifier:
         self.same, self.diff = same, diff
 
     @classmethod
-    def fit(cls, embeddings: np.ndarray, skus: list[str]) -> "Verifier | None":
+    def fit(cls, embeddings: np.ndarray, skus: list[str]) -> Verifier | None:
         got = _loo_best(embeddings, skus)
         if got is None:
             return None

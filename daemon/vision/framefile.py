@@ -19,8 +19,9 @@ import base64
 import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -40,7 +40,7 @@ class Frame:
         self._tail_bytes = 0   # size of the compressed copy, for frames kept in the ring's tail
 
     @classmethod
-    def lazy(cls, t: float, make: Callable[[], np.ndarray], seq: int = 0) -> "Frame":
+    def lazy(cls, t: float, make: Callable[[], np.ndarray], seq: int = 0) -> Frame:
         return cls(t, None, make, seq)
 
     @property
@@ -85,7 +85,7 @@ class FrameRing:
 
     @classmethod
     def for_camera(cls, fps: float, buffer_s: float, width: int, height: int,
-                   max_bytes: int = 64 << 20) -> "FrameRing":
+                   max_bytes: int = 64 << 20) -> FrameRing:
         n = int(np.ceil(fps * buffer_s)) + 1
         per = width * height * 3
         return cls(min(n, max(2, max_bytes // per)), max_bytes)

@@ -21,8 +21,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class GalleryError(ModelError):
 
 
 class Gallery:
-    def __init__(self, folder: Path, model: "EmbeddingModel | None", backbone_sha256: str, dim: int):
+    def __init__(self, folder: Path, model: EmbeddingModel | None, backbone_sha256: str, dim: int):
         self.folder = Path(folder)
         self.model = model
         self.backbone_sha256 = backbone_sha256
@@ -54,14 +55,14 @@ class Gallery:
     # ---------------------------------------------------------------- open / save
 
     @classmethod
-    def open(cls, folder: str | Path, model: "EmbeddingModel") -> "Gallery":
+    def open(cls, folder: str | Path, model: EmbeddingModel) -> Gallery:
         """Open (or start, when absent) the gallery in ``folder`` for ``model``'s backbone."""
         g = cls(Path(folder), model, model.sha256, model.dim)
         g._load()
         return g
 
     @classmethod
-    def open_raw(cls, folder: str | Path) -> "Gallery":
+    def open_raw(cls, folder: str | Path) -> Gallery:
         """Open without a model (inspection, or scoring precomputed embeddings)."""
         folder = Path(folder)
         meta = _read_json(folder)

@@ -41,13 +41,15 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from daemon.vision.gallery import Gallery
+
 # re-exported: callers (calibration, training, benches) know them as daemon.vision.models.X
 from daemon.vision.modelbase import ModelError as ModelError
 from daemon.vision.modelbase import l2_normalise as l2_normalise
@@ -199,14 +201,16 @@ def read_sidecar(path: str | Path, sidecar: str | Path | None = None) -> ModelSp
         mean = tuple(float(v) for v in norm["mean"])
         std = tuple(float(v) for v in norm["std"])
         assert len(mean) in (1, per_frame) and len(std) in (1, per_frame) and all(s > 0 for s in std)
-    except Exception:
-        raise _fail(sc, f"input.normalization: expected {{mean: [..], std: [..>0]}} with 1 or {per_frame} values, got {norm!r}") from None
+    except Exception:  # noqa: BLE001 - any malformed entry gets the same one-line error
+        raise _fail(
+            sc, f"input.normalization: expected {{mean: [..], std: [..>0]}} with 1 or {per_frame} values, got {norm!r}"
+        ) from None
     quant = None
     if "quantization" in inp and inp["quantization"] is not None:
         q = inp["quantization"]
         try:
             quant = (float(q["scale"]), int(q["zero_point"]))
-        except Exception:
+        except Exception:  # noqa: BLE001 - any malformed entry gets the same one-line error
             raise _fail(sc, f"input.quantization: expected {{scale, zero_point}}, got {q!r}") from None
     out = d.get("output", {})
     kind = out.get("kind", "embedding" if role == "embedding" else "probabilities")
@@ -506,11 +510,13 @@ class LinearHead:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, W=self.W, b=self.b, labels=np.array(self.labels), backbone_sha256=np.array(self.backbone_sha256))
+            np.savez(
+                f, W=self.W, b=self.b, labels=np.array(self.labels), backbone_sha256=np.array(self.backbone_sha256)
+            )
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> "LinearHead":
+    def load(cls, path: str | Path) -> LinearHead:
         with np.load(path, allow_pickle=False) as z:
             return cls(z["W"], z["b"], [str(v) for v in z["labels"]], str(z["backbone_sha256"]))
 
@@ -538,7 +544,10 @@ def load_model(path: str | Path, *, role: str | None = None, state_dir: str | Pa
         raise _fail(path, f"sidecar role is {spec.role!r}, expected {role!r}")
     sha = file_sha256(path)
     if check_hash and spec.sha256 and spec.sha256 != sha:
-        raise _fail(path, f"sha256 {sha[:12]}… does not match the sidecar's {spec.sha256[:12]}… (file replaced without its sidecar?)")
+        raise _fail(
+            path,
+            f"sha256 {sha[:12]}… does not match the sidecar's {spec.sha256[:12]}… (file replaced without its sidecar?)",
+        )
     Interpreter = _interpreter_class()
     if Interpreter is None:
         raise _fail(path, "no TFLite runtime installed (pip install ai-edge-litert, or tflite-runtime)")
@@ -550,7 +559,7 @@ def load_model(path: str | Path, *, role: str | None = None, state_dir: str | Pa
     try:
         it = Interpreter(model_content=data, num_threads=num_threads)
         it.allocate_tensors()
-    except Exception as e:  # the runtimes raise ValueError/RuntimeError with long texts
+    except Exception as e:  # noqa: BLE001 - the runtimes raise ValueError/RuntimeError with long texts
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _fail(path, f"corrupt TFLite flatbuffer ({first})") from None
     ins, outs = it.get_input_details(), it.get_output_details()

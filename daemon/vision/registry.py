@@ -5,7 +5,8 @@ To add a camera type, see :mod:`daemon.vision.cameras` (and docs/vision.md).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 

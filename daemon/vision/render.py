@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -72,10 +72,10 @@ class SceneState:
     foreign: dict[str, list[str]] = field(default_factory=dict)  # plate key "shelf/plate" → SKUs
     hand: HandView | None = None
 
-    def copy(self) -> "SceneState":
+    def copy(self) -> SceneState:
         return SceneState(list(self.facings), {k: list(v) for k, v in self.foreign.items()}, self.hand)
 
-    def with_count(self, sku: str, shelf: str, plate: int, delta: int) -> "SceneState":
+    def with_count(self, sku: str, shelf: str, plate: int, delta: int) -> SceneState:
         """A copy with ``delta`` units added to (or taken from) the facing of ``sku`` on that plate."""
         out = self.copy()
         for i, f in enumerate(out.facings):
@@ -107,7 +107,7 @@ class ShelfGeometry:
                 self._rects[f"{s}/{pid}"] = (x0 + 0.006, y0, x0 + w - 0.006, y1)
 
     @classmethod
-    def from_layout(cls, layout, width: int = WIDTH, height: int = HEIGHT) -> "ShelfGeometry":
+    def from_layout(cls, layout, width: int = WIDTH, height: int = HEIGHT) -> ShelfGeometry:
         return cls([(p.shelf, p.id) for p in layout.plates], width, height)
 
     def plate_roi(self, shelf: str, plate: int) -> ROI:
@@ -241,7 +241,7 @@ def render_clean(scene: SceneState, geom: ShelfGeometry) -> Image.Image:
     """The scene without lighting, noise or jitter (a Pillow image)."""
     img = Image.new("RGB", (geom.width, geom.height), BACKGROUND)
     d = ImageDraw.Draw(img)
-    for key, roi in geom.rois().items():
+    for roi in geom.rois().values():
         x0, y0, x1, y1 = geom.px(roi)
         d.rectangle((x0, y0, x1, y1), fill=PLATE)
         d.rectangle((x0, y1 - max(2, (y1 - y0) // 14), x1, y1), fill=FRONT_EDGE)

@@ -51,7 +51,9 @@ def load_rois(state_dir: str | Path, unit_id: str | None = None) -> dict[str, RO
     except (OSError, ValueError) as exc:
         raise RoiError(f"{path}: corrupt camera file ({exc})") from None
     if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-        raise RoiError(f"{path}: not a Gondola camera file (schema {d.get('schema') if isinstance(d, dict) else None!r})")
+        raise RoiError(
+            f"{path}: not a Gondola camera file (schema {d.get('schema') if isinstance(d, dict) else None!r})"
+        )
     if unit_id is not None and d.get("unit_id") not in (None, unit_id):
         raise RoiError(f"{path}: camera file belongs to unit {d.get('unit_id')!r}, not {unit_id!r}")
     rois = d.get("rois")

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 POWER_DOWN_S = 60e-6
 PULSES_TO_GAIN = {25: 128, 26: 32, 27: 64}
@@ -154,7 +154,7 @@ class FakeHx711:
 
     # ------------------------------------------------------------ model
 
-    def _attach(self, gpio: "FakeGPIO", now: float) -> None:
+    def _attach(self, gpio: FakeGPIO, now: float) -> None:
         self._gpio = gpio
         self._t_up = now
 

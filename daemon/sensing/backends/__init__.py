@@ -10,6 +10,6 @@ config union, ``sensing.backend``'s error text and ``make_source`` follow from t
 from ..registry import SENSING, SensingSettings, register
 
 # The registration list: importing a module registers its backend (one name per backend).
-from . import hx711, iio, replay, sim  # noqa: E402,F401
+from . import hx711, iio, replay, sim  # noqa: F401
 
 __all__ = ["SENSING", "SensingSettings", "register"]

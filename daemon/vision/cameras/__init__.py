@@ -11,6 +11,6 @@ name to the import below. The config union, ``camera.type``'s error text and
 from ..registry import CAMERAS, CameraSettings, register
 
 # The registration list: importing a module registers its camera type (one name per type).
-from . import picamera2, replay, sim, v4l2  # noqa: E402,F401
+from . import picamera2, replay, sim, v4l2  # noqa: F401
 
 __all__ = ["CAMERAS", "CameraSettings", "register"]
