@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test bench check-aifi clean venv mosquitto test-tools test-browser
+.PHONY: demo test lint bench check-aifi clean venv mosquitto test-tools test-browser
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (found %s)" % sys.version.split()[0])'
@@ -55,7 +55,13 @@ test-browser:
 	    echo "chromium missing: 'sudo apt-get install chromium chromium-driver' (the staff page test skips)"; \
 	  fi; }
 
-test: venv mosquitto test-tools test-browser
+# ruff (style, imports, likely bugs) on every Python file, then mypy on the three packages; the
+# settings are in pyproject.toml. Part of `make test`, so CI fails on any finding.
+lint: venv
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy
+
+test: venv mosquitto test-tools test-browser lint
 	@$(PY) -m pytest -q
 
 bench: venv mosquitto

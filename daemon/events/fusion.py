@@ -23,6 +23,7 @@ score, so enrolling some products does not penalise the others.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from ..vision.engine import VisionResult
 
@@ -60,15 +61,14 @@ class VisionEvidence:
         return self._move_ll + self._sku_ll.get(sku, self._unknown_ll)
 
 
-def vision_block(result: VisionResult, top: int = 3) -> dict:
+def vision_block(result: VisionResult, top: int = 3) -> dict[str, Any]:
     """The event's ``vision`` field: conclusions only, never pixels."""
-    block: dict = {"status": result.status}
+    block: dict[str, Any] = {"status": result.status}
     if result.reason:
         block["reason"] = result.reason
-    if result.action:
-        best = max(result.action, key=result.action.get)
-        block["action"] = best
-        block["action_scores"] = {k: round(v, 4) for k, v in result.action.items()}
+    if action := result.action:
+        block["action"] = max(action, key=lambda a: action[a])
+        block["action_scores"] = {k: round(v, 4) for k, v in action.items()}
     if result.skus:
         ranked = sorted(result.skus.items(), key=lambda kv: -kv[1])[:top]
         block["skus"] = [{"sku": s, "score": round(p, 4)} for s, p in ranked]

@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 from ..layout import Layout, Placement
 from .unit_weights import WeightBook
@@ -100,15 +102,15 @@ class Identifier:
         self._skus: dict[str, Placement] = layout.skus
         self.weights = weights if weights is not None else book_for(layout)
         # (time, sku, quantity) of this unit's picks not yet matched by a put-back
-        self._picked: deque[list] = deque()
+        self._picked: deque[list[Any]] = deque()
         self._now = 0.0   # latest data time seen (when a caller gives none)
         # known strays: (shelf, plate) → {sku: (units, time)} from misplaced returns seen there
-        self._strays: dict[tuple[str, int], dict[str, list]] = {}
+        self._strays: dict[tuple[str, int], dict[str, list[Any]]] = {}
         self._facings: dict[str, list[tuple[str, frozenset[int]]]] = {}
         for fc in layout.placements:
             self._facings.setdefault(fc.sku, []).append((fc.shelf, frozenset(fc.plates)))
 
-    def observe(self, event: dict, now: float | None = None) -> None:
+    def observe(self, event: dict[str, Any], now: float | None = None) -> None:
         """Remember picks (and cancel them with put-backs) for the put-back prior, and misplaced
         returns as known strays on their plates."""
         now = self._now if now is None else now
@@ -222,7 +224,8 @@ class Identifier:
         return Identification(hyps[0], [h for h in hyps[1:4] if h.score >= 1e-4])
 
     def _score(self, sku: str, readings: list[tuple[float, float, str, int]], noise_g: float,
-               outstanding: dict[str, int], put_back: bool, evidence, hyps: list, misplaced: bool) -> None:
+               outstanding: dict[str, int], put_back: bool, evidence: list[Evidence] | None,
+               hyps: list[Hypothesis], misplaced: bool) -> None:
         w = self.weights.get(sku)
         fc = self._skus[sku]
         mu = w.mean_g if w else fc.unit_weight_g
@@ -312,14 +315,14 @@ class Identifier:
         return best
 
 
-def _spread(own, deltas: dict[int, float], sign: float, x: float) -> float:
+def _spread(own: Iterable[int], deltas: dict[int, float], sign: float, x: float) -> float:
     """Log-density cost of an item spread over several moved plates of its own: each plate
     beyond the first holds a share uniform over the item's weight."""
     k = sum(1 for p in own if deltas.get(p, 0.0) * sign > 0)
     return max(0, k - 1) * math.log(max(x, 1.0))
 
 
-def book_for(layout: Layout, path=None) -> WeightBook:
+def book_for(layout: Layout, path: Path | None = None) -> WeightBook:
     """A unit-weight book seeded with the planogram: a given ``unit_weight_sd_g`` marks a weighed
     entry (its mean known to ~1 %), otherwise a catalogue weight (~3 %)."""
     cat: dict[str, tuple[float, float, bool]] = {}

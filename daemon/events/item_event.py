@@ -5,15 +5,17 @@ stores the event, so they survive a crash together.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from ..signal.detector import WeightChange
 from ..timefmt import rfc3339 as rfc3339  # re-exported: callers know it as item_event.rfc3339
-from .identify import Identification
+from .identify import Hypothesis, Identification
 
 SCHEMA = "gondola.item-event/1"
 
 
 def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identification | None,
-                review_below: float = 0.8) -> dict:
+                review_below: float = 0.8) -> dict[str, Any]:
     base = {
         "schema": SCHEMA,
         "store_id": store_id,
@@ -44,5 +46,5 @@ def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identi
     return base
 
 
-def _cands(hyps) -> list[dict]:
+def _cands(hyps: list[Hypothesis]) -> list[dict[str, Any]]:
     return [{"sku": h.sku, "quantity": h.quantity, "score": round(h.score, 4)} for h in hyps]

@@ -28,6 +28,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from ..atomicfile import atomic_write
 
@@ -53,7 +54,7 @@ class UnitWeight:
     drift: bool = False
     clipped: int = 0          # observations clipped as outliers
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         for k in ("catalogue_g", "mean_g", "mean_sd_g", "unit_sd_g"):
             d[k] = round(d[k], 3)
@@ -136,7 +137,7 @@ class WeightBook:
     def drifting(self) -> list[str]:
         return sorted(s for s, u in self.w.items() if u.drift)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         return {s: u.as_dict() for s, u in sorted(self.w.items()) if u.n or u.drift}
 
     def save(self) -> None:

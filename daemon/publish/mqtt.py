@@ -96,9 +96,14 @@ def publish_status_once(cfg: Config, state: str, reason: str, timeout: float = 3
         c = paho.Client(CallbackAPIVersion.VERSION2, client_id=cfg.client_id, clean_session=True,
                         protocol=paho.MQTTv311)
         configure_auth(c, cfg.mqtt)
-        c.connect_timeout = min(timeout, 5.0)  # type: ignore[attr-defined]
+        c.connect_timeout = min(timeout, 5.0)
         connected = threading.Event()
-        c.on_connect = lambda _c, _u, _f, rc, _p: (not rc.is_failure) and connected.set()
+
+        def on_connect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+            if not rc.is_failure:
+                connected.set()
+
+        c.on_connect = on_connect
         c.connect(cfg.mqtt.host, cfg.mqtt.port, keepalive=max(5, int(timeout) + 5))
         c.loop_start()
         if not connected.wait(timeout):
@@ -422,9 +427,9 @@ class Publisher:
             dirty, self._dirty = self._dirty, set()
             docs = {"status": dict(self._status), "health": self._health, "state": self._state}
         for key in ("status", "state", "health"):
-            if key not in dirty or docs[key] is None:
-                continue
             doc = docs[key]
+            if key not in dirty or doc is None:
+                continue
             if key == "health":
                 doc = self._health_doc(doc)
             info = self._client.publish(self.topics[key], json.dumps(doc), qos=1, retain=True)  # type: ignore[union-attr]
@@ -500,7 +505,7 @@ class Publisher:
 
     # ------------------------------------------------------------ requests (sender thread)
 
-    def _intake(self, gen: int, topic: str, payload: bytes) -> None:
+    def _intake(self, gen: int, topic: str, payload: bytes | bytearray) -> None:
         """paho's network thread: queue a request for the sender, or drop it when too many wait.
         An oversize payload is cut to its head here (enough to find a txid), never kept whole."""
         try:
@@ -542,7 +547,10 @@ class Publisher:
                 self._refuse(command, str(exc), txid)
                 return
             # The reply may come from the sample thread (queued commands): route it through our queue.
-            self.commands.submit(req, lambda doc, c=command: self._q.put(("reply", c, doc)))
+            def reply(doc: dict[str, Any], c: str = command) -> None:
+                self._q.put(("reply", c, doc))
+
+            self.commands.submit(req, reply)
         except Exception:  # whatever a request does, the sender keeps sending events
             log.exception("request on %s could not be handled", topic)
             with self._req_lock:

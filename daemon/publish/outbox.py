@@ -240,7 +240,8 @@ class Outbox:
             migrate(db, self.path)
             return db
         except OutboxTooNew:
-            db.close()
+            if db is not None:
+                db.close()
             raise
         except sqlite3.DatabaseError as exc:
             # "locked", "unable to open", "disk I/O error" are not corruption: moving a healthy
@@ -312,7 +313,8 @@ class Outbox:
                                      (ev["event_id"],)).fetchone()
                     if row:
                         db.execute("ROLLBACK")
-                        return json.loads(row[0])
+                        stored: dict[str, Any] = json.loads(row[0])
+                        return stored
                 last = self._last_seq()
                 if ev.get("seq") is None:
                     seq = last + 1
@@ -436,7 +438,8 @@ class Outbox:
     def depth(self) -> int:
         """Number of unacknowledged events."""
         with self._lock:
-            return self._db.execute("SELECT count(*) FROM events WHERE sent_at IS NULL").fetchone()[0]
+            n: int = self._db.execute("SELECT count(*) FROM events WHERE sent_at IS NULL").fetchone()[0]
+            return n
 
     def oldest_pending_age(self) -> float | None:
         """Seconds since the oldest unacknowledged event was stored; None when nothing is pending."""
@@ -444,7 +447,7 @@ class Outbox:
             row = self._db.execute("SELECT min(stored_at) FROM events WHERE sent_at IS NULL").fetchone()
         if row is None or row[0] is None:
             return None
-        return max(0.0, self._clock() - row[0])
+        return max(0.0, self._clock() - float(row[0]))
 
     def last_seq(self) -> int:
         """The highest seq issued so far (0 for a new unit)."""

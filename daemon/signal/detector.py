@@ -30,8 +30,11 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+import numpy.typing as npt
 
 from ..layout import Layout
+
+Array = npt.NDArray[np.float64]
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +139,8 @@ class Detector:
                 self._link(a.index, b.index)
         for fc in layout.placements:
             idx = [layout.plate(fc.shelf, i).index for i in fc.plates if layout.has_plate(fc.shelf, i)]
-            for a, b in zip(idx, idx[1:]):
-                self._link(a, b)
+            for ia, ib in zip(idx, idx[1:]):
+                self._link(ia, ib)
         # within a shopper's reach of a plate: a hand on one plate flexes the shelf, swinging the
         # plates next to it by 50-230 g and those two away by about a third of that (AiFi), so a
         # plate up to REACH positions away may sit at a displaced level while the hand is there
@@ -148,9 +151,9 @@ class Detector:
                 self._widest[fc.shelf] = max(self._widest[fc.shelf], len(fc.plates))
         self._reach: dict[int, set[int]] = {}
         for shelf in layout.shelves:
-            pls = [pl.index for pl in layout.shelf_plates(shelf)]
-            for k, a in enumerate(pls):
-                self._reach[a] = set(pls[max(0, k - REACH):k + REACH + 1]) - {a}
+            on_shelf = [pl.index for pl in layout.shelf_plates(shelf)]
+            for k, pa in enumerate(on_shelf):
+                self._reach[pa] = set(on_shelf[max(0, k - REACH):k + REACH + 1]) - {pa}
 
     def _link(self, a: int, b: int) -> None:
         self._adj[a].add(b)
@@ -204,7 +207,7 @@ class Detector:
         # plates losing data: forget their baseline; they re-learn it when data returns
         lost = ~available.all(axis=0)
         if lost.any():
-            for j in np.nonzero(lost & (self.state != UNAVAILABLE))[0]:
+            for j in np.nonzero(lost & (self.state != UNAVAILABLE))[0].tolist():
                 self._drop_from_group(j)
                 self.state[j] = UNAVAILABLE
         back = (self.state == UNAVAILABLE) & available[-1]
@@ -234,8 +237,8 @@ class Detector:
             self.base[j] = win[:, ok].mean(axis=0)
             self.state[j] = REST
             init = init[~ok]
-        for j in init:
-            self._early_touch(int(j), Z, TZ, first_abs)
+        for ji in init:
+            self._early_touch(int(ji), Z, TZ, first_abs)
 
         # REST: vectorised check for a trigger; quiet plates track baseline and noise
         rest = np.nonzero(self.state == REST)[0]
@@ -258,14 +261,14 @@ class Detector:
                 self._trigger(j, L0 + i, Z, TZ, first_abs)
 
         # ACTIVE: look for a settle window that starts after the trigger
-        for j in np.nonzero(self.state == ACTIVE)[0]:
+        for j in np.nonzero(self.state == ACTIVE)[0].tolist():
             self._scan_active(j, Z, TZ, L0, first_abs, out)
 
         # a plate that left its group while shaking at its old level stays ACTIVE (it never
         # re-triggers from REST); if it is then pushed well off that level (a lean, a hand), it
         # rejoins its shelf's activity so that it is judged together with the plates next to it
         if len(Z) >= W:
-            for j in np.nonzero(self.state == ACTIVE)[0]:
+            for j in np.nonzero(self.state == ACTIVE)[0].tolist():
                 g = self.groups.get(self.shelf_of[j])
                 if g is not None and j in g.members:
                     continue
@@ -275,7 +278,8 @@ class Detector:
         # groups: resolve those whose plates all came back; flag those open too long
         for shelf in list(self.groups):
             g = self.groups[shelf]
-            blocking, shaking = set(), set()
+            blocking: set[int] = set()
+            shaking: set[int] = set()
             for j in g.members:
                 if self.state[j] != ACTIVE:
                     continue
@@ -415,7 +419,7 @@ class Detector:
 
     # ------------------------------------------------------------------ internals
 
-    def _trigger(self, j: int, zi: int, Z, TZ, first_abs: int) -> None:
+    def _trigger(self, j: int, zi: int, Z: Array, TZ: Array, first_abs: int) -> None:
         lo = max(0, zi - self.guard - self.W)
         hi = max(lo + 1, zi - self.guard)
         pre = float(np.median(Z[lo:hi, j])) if hi > lo else float(self.base[j])
@@ -433,7 +437,7 @@ class Detector:
         self.t_trig[j] = t0
         self._join(j, t0)
 
-    def _early_touch(self, j: int, Z, TZ, first_abs: int) -> None:
+    def _early_touch(self, j: int, Z: Array, TZ: Array, first_abs: int) -> None:
         """A plate touched before it ever found a rest (a unit just started, a plate back from a
         gap) still had a level before the hand: the first half settle window of its data, if that
         was calm. A clear departure from it within the first double window is a trigger."""
@@ -475,7 +479,7 @@ class Detector:
         g.members.add(j)
         g.t_start = min(g.t_start, t0)
 
-    def _scan_active(self, j: int, Z, TZ, L0: int, first_abs: int, out: list) -> None:
+    def _scan_active(self, j: int, Z: Array, TZ: Array, L0: int, first_abs: int, out: list[WeightChange]) -> None:
         W = self.W
         col = Z[:, j]
         band, trig = self.rest_band_g()[j], self.trigger_g()[j]
@@ -596,7 +600,7 @@ class Detector:
     def _delta_noise(self, j: int) -> float:
         # Δ = mean(after window) − median(before window); LF noise makes window means wander,
         # so use a generous fraction of σ rather than the white-noise σ·√(2/W).
-        return float(self.sigma[j]) * max(np.sqrt(2.0 / self.W), 0.5)
+        return float(self.sigma[j]) * max(float(np.sqrt(2.0 / self.W)), 0.5)
 
     def _resolve(self, g: _Group) -> list[WeightChange]:
         deltas = {j: float(self.base[j] - self.pre[j]) for j in g.members}
@@ -626,7 +630,7 @@ class Detector:
             self.counters["returned_to_level"] += 1 if not sig else 0
         return out
 
-    def _unresolved(self, g: _Group, Z, t_now: float) -> WeightChange:
+    def _unresolved(self, g: _Group, Z: Array, t_now: float) -> WeightChange:
         cur = {j: float(np.median(Z[-self.W:, j])) - self.pre[j] for j in g.members}
         moved = [j for j, d in cur.items() if abs(d) >= self.trigger_g()[j]] or list(cur)
         return WeightChange(
