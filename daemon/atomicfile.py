@@ -49,6 +49,10 @@ def atomic_write(path: str | Path, data: bytes | str, *, previous: str | Path | 
             prev_tmp = tmp + ".prev"
             os.link(path, prev_tmp)
             os.replace(prev_tmp, previous)
+            # rename() between two links of one file does nothing and keeps both names: after a
+            # writer killed between these two renames, ``previous`` already is ``path``'s file
+            if os.path.lexists(prev_tmp):
+                os.unlink(prev_tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except BaseException:

@@ -146,8 +146,20 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
     assert "saturated samples" in r.stderr and "unload it" in r.stderr, r.stderr
     assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
 
-    # Ctrl-C while it waits for rest: exit 130, the calibration in force untouched
+    # Ctrl-C while it waits for rest: exit 130, the calibration in force untouched. A hand keeps
+    # the plate moving until the signal is in, so the wait cannot end first however slow the machine
     place(cfg, "1/1", 1500)
+    stop = threading.Event()
+
+    def hand() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            place(cfg, "1/1", 1500 + 150 * (k % 2))
+            stop.wait(0.1)
+
+    mover = threading.Thread(target=hand, daemon=True)
+    mover.start()
     p = subprocess.Popen([sys.executable, "-m", "calibration.cli", "--config", str(cfg), "calibrate", "--plate", "1/1",
                           "--mass-g", "1500", "--yes"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
@@ -159,6 +171,8 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=20)
+    stop.set()
+    mover.join()
     assert p.returncode == 130 and "calibration in force is unchanged" in err, err
     assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
 
