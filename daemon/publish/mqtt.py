@@ -690,6 +690,15 @@ class Publisher:
         left = self._outbox.depth()
         if left:
             log.info("MQTT publisher stopping with %d events kept in the outbox", left)
+        c = self._client
+        if c is not None and self._connected:
+            # Wait for the DISCONNECT to be on the wire: stopping paho's loop first can close the
+            # socket with the packet still queued (a busy machine), and the broker then publishes
+            # the last will ("offline") over the "stopped" just retained.
+            gone = threading.Event()
+            c.on_disconnect = lambda *_a: gone.set()
+            c.disconnect()
+            gone.wait(2.0)
         self._drop_client()
 
 
