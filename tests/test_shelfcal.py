@@ -147,7 +147,8 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
     assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
 
     # Ctrl-C while it waits for rest: exit 130, the calibration in force untouched. A hand keeps
-    # the plate moving until the signal is in, so the wait cannot end first however slow the machine
+    # the plate moving until the signal is sent, so the wait cannot end first however slow the
+    # machine (a settle window is 0.6 s; Python raises KeyboardInterrupt long before)
     place(cfg, "1/1", 1500)
     stop = threading.Event()
 
@@ -170,9 +171,9 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
         time.sleep(0.05)
     time.sleep(0.3)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=20)
     stop.set()
     mover.join()
+    _, err = p.communicate(timeout=20)
     assert p.returncode == 130 and "calibration in force is unchanged" in err, err
     assert (tmp_path / "state" / "calibration.json").read_bytes() == after_first
 
