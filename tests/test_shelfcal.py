@@ -163,7 +163,10 @@ def test_degenerate_points_and_bad_input_are_refused_and_nothing_changes(tmp_pat
     mover.start()
     p = subprocess.Popen([sys.executable, "-m", "calibration.cli", "--config", str(cfg), "calibrate", "--plate", "1/1",
                           "--mass-g", "1500", "--yes"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True,
+                         # a suite started in the background (`make test &`, nohup) runs with SIGINT
+                         # ignored, which children inherit: give shelfcal a terminal's default
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lock = tmp_path / "state" / ".drivers.lock"  # holds the pid once shelfcal has the load cells open
     deadline = time.monotonic() + 30
     while not (lock.exists() and lock.read_text().strip() == str(p.pid)):
