@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from daemon.demo import start_broker  # noqa: E402
+from daemon.demo import start_broker, stop_all  # noqa: E402
 
 COMMANDS = ["info", "snapshot", "raw", "rest", "tare", "rezero", "maintenance", "calibration_reload",
             "resend", "rebirth", "no_such_command"]
@@ -255,13 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                                              "pass": ok}, indent=2))
         return 0 if ok else 1
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,17 @@ def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Terminate what is still running, newest first; kill what does not stop within 5 s."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=90.0)
@@ -104,13 +115,7 @@ def main() -> int:
         print(f"\ndaemon log: {work / 'shelfd.log'}")
         return 0
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop_all(procs)
 
 
 if __name__ == "__main__":
