@@ -92,6 +92,15 @@ def _log_normal(x: float, mu: float, sd: float) -> float:
     return -0.5 * ((x - mu) / sd) ** 2 - math.log(sd * math.sqrt(2 * math.pi))
 
 
+@dataclass
+class _Held:
+    """Units of a SKU in a shopper's hand (picked here, not yet back), or left on plates that
+    are not its own (a known stray), and when that was last seen."""
+    t: float
+    sku: str
+    units: int
+
+
 class Identifier:
     def __init__(self, layout: Layout, max_quantity: int = 12, quantity_decay: float = 0.35,
                  capacity_g: float = 20000.0, weights: WeightBook | None = None):
@@ -101,11 +110,11 @@ class Identifier:
         self.log_flat = -math.log(capacity_g)
         self._skus: dict[str, Placement] = layout.skus
         self.weights = weights if weights is not None else book_for(layout)
-        # (time, sku, quantity) of this unit's picks not yet matched by a put-back
-        self._picked: deque[list[Any]] = deque()
+        # this unit's picks not yet matched by a put-back
+        self._picked: deque[_Held] = deque()
         self._now = 0.0   # latest data time seen (when a caller gives none)
-        # known strays: (shelf, plate) → {sku: (units, time)} from misplaced returns seen there
-        self._strays: dict[tuple[str, int], dict[str, list[Any]]] = {}
+        # known strays: (shelf, plate) → {sku: units and when} from misplaced returns seen there
+        self._strays: dict[tuple[str, int], dict[str, _Held]] = {}
         self._facings: dict[str, list[tuple[str, frozenset[int]]]] = {}
         for fc in layout.placements:
             self._facings.setdefault(fc.sku, []).append((fc.shelf, frozenset(fc.plates)))
@@ -120,40 +129,40 @@ class Identifier:
             return
         keys = [(str(event.get("shelf")), int(p)) for p in event.get("plates") or ()]
         if event.get("type") == "pick":
-            self._picked.append([now, sku, q])
+            self._picked.append(_Held(now, sku, q))
             for k in keys:   # a stray taken back off these plates
                 st = self._strays.get(k, {}).get(sku)
                 if st is not None:
-                    st[0] -= q
-                    if st[0] <= 0:
+                    st.units -= q
+                    if st.units <= 0:
                         del self._strays[k][sku]
         elif event.get("type") == "put_back":
             if event.get("misplaced"):
                 for k in keys:
-                    st = self._strays.setdefault(k, {}).setdefault(sku, [0, now])
-                    st[0] += q
-                    st[1] = now
+                    st = self._strays.setdefault(k, {}).setdefault(sku, _Held(now, sku, 0))
+                    st.units += q
+                    st.t = now
             for entry in reversed(self._picked):
-                if entry[1] == sku and q > 0:
-                    take = min(q, entry[2])
-                    entry[2] -= take
+                if entry.sku == sku and q > 0:
+                    take = min(q, entry.units)
+                    entry.units -= take
                     q -= take
-            while self._picked and self._picked[0][2] <= 0:
+            while self._picked and self._picked[0].units <= 0:
                 self._picked.popleft()
 
     def outstanding(self, now: float) -> dict[str, int]:
-        while self._picked and now - self._picked[0][0] > RECENT_WINDOW_S:
+        while self._picked and now - self._picked[0].t > RECENT_WINDOW_S:
             self._picked.popleft()
         out: dict[str, int] = {}
-        for _, sku, q in self._picked:
-            if q > 0:
-                out[sku] = out.get(sku, 0) + q
+        for held in self._picked:
+            if held.units > 0:
+                out[held.sku] = out.get(held.sku, 0) + held.units
         return out
 
     def _stray_plates(self, sku: str, shelf: str, now: float) -> tuple[frozenset[int], int]:
         """Plates of ``shelf`` where units of ``sku`` were put back misplaced, and how many."""
-        hits = {p: d[sku][0] for (sh, p), d in self._strays.items() if sh == shelf and sku in d
-                and d[sku][0] > 0 and now - d[sku][1] <= STRAY_WINDOW_S}
+        hits = {p: d[sku].units for (sh, p), d in self._strays.items() if sh == shelf and sku in d
+                and d[sku].units > 0 and now - d[sku].t <= STRAY_WINDOW_S}
         return frozenset(hits), max(hits.values(), default=0)
 
     def identify(self, shelf: str, plates: list[int], delta_g: float, noise_g: float,
