@@ -32,6 +32,7 @@ queue behind a resend. Counters are in ``health.requests``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -309,6 +310,13 @@ class Publisher:
         if c is not None:
             c.disconnect()  # ends paho's retry loop; a clean DISCONNECT if still connected
             c.loop_stop()
+            # loop_stop leaves the socket open: an old connection (one given up on a busy
+            # machine) would otherwise stay half-alive until the process exits, and the broker
+            # would then publish its last will over the "stopped" retained since. Close it now.
+            sock = c.socket()
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.close()
 
     def _will_payload(self) -> str:
         # The broker sends this when we vanish, so "since" would be a guess: the consumer takes
