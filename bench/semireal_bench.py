@@ -116,7 +116,6 @@ def main() -> int:
            "events": 0, "total": collections.Counter(), "missed": collections.Counter()}
     seeds = [int(s) for s in args.seeds.split(",") if s]
     t0 = time.monotonic()
-    data_s = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             out = Path(tmp) / f"s{seed}"
@@ -124,7 +123,6 @@ def main() -> int:
                            check=True, stdout=subprocess.DEVNULL)
             for case in sorted(out.glob("case-*")):
                 score_case(case, replay(case), acc, f"s{seed}/{case.name}")
-                data_s += 17.3
             print(f"  seed {seed}: {args.cases} cases replayed ({time.monotonic() - t0:.1f} s)", file=sys.stderr)
     ev = prf(acc["tp"], acc["fp"], acc["fn"])
     un = prf(acc["utp"], acc["ufp"], acc["ufn"])

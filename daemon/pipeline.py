@@ -47,6 +47,9 @@ class PipelineStats:
     data_seconds: float = 0.0
     cpu_seconds: float = 0.0
 
+    def count(self, kind: str) -> None:
+        self.by_type[kind] = self.by_type.get(kind, 0) + 1
+
 
 class Pipeline:
     def __init__(self, store_id: str, unit_id: str, layout: Layout, channels: list[str], units: str,
@@ -210,7 +213,7 @@ class Pipeline:
                     and abs(h.delta_g + pick.delta_g) <= max(5.0, 0.02 * abs(pick.delta_g),
                                                              3 * math.hypot(h.noise_g, pick.noise_g)):
                 self._held.remove(h)
-                self.stats.by_type["press_cancelled"] = self.stats.by_type.get("press_cancelled", 0) + 1
+                self.stats.count("press_cancelled")
                 log.info("shelf %s plates %s: %+.1f g then %+.1f g within %.1f s: a press, not an item",
                          pick.shelf, pick.plates, h.delta_g, pick.delta_g, self.press_hold_s)
                 return True
@@ -248,7 +251,7 @@ class Pipeline:
                 best, best_ls = parts, ls
         if best is None:
             return [change]
-        self.stats.by_type["split_changes"] = self.stats.by_type.get("split_changes", 0) + 1
+        self.stats.count("split_changes")
         return [q for pt in best for q in self._split(pt, depth + 1)]
 
     @staticmethod
@@ -290,7 +293,7 @@ class Pipeline:
         if self.observer is not None:
             self.observer(change, weight_ident, ident, vres, event)
         self.stats.events += 1
-        self.stats.by_type[event["type"]] = self.stats.by_type.get(event["type"], 0) + 1
+        self.stats.count(event["type"])
         self._apply_inventory(event)
         self.identifier.observe(event, now=change.t_end)
         self._learn(ident, event, change)
@@ -309,10 +312,6 @@ class Pipeline:
         if self.weights.learn(best.sku, best.measured_g, best.quantity, change.noise_g) is not None:
             self.weights.save()
             self.state_changed = True
-
-    def weight_report(self) -> dict:
-        """Learned unit weights (SKUs with at least one learning event), for ``state``."""
-        return self.weights.snapshot()
 
     # ------------------------------------------------------------------ inventory
 
@@ -365,7 +364,7 @@ class Pipeline:
             "plates": plates,
             "facings": [{"sku": f.sku, "shelf": f.shelf, "plates": list(f.plates), "units": f.units,
                          "source": f.source} for f in self.facings],
-            "unit_weights": self.weight_report(),
+            "unit_weights": self.weights.snapshot(),   # SKUs it has learned from
         }
 
     def plate_health(self) -> dict:
@@ -421,7 +420,7 @@ class Pipeline:
             deltas = c.plate_deltas or {p: c.delta_g / max(1, len(c.plates)) for p in c.plates}
             ours = sum(abs(d) for p, d in deltas.items() if f"{c.shelf}/{p}" in self.maintenance)
             if ours > 0.5 * sum(abs(d) for d in deltas.values()):
-                self.stats.by_type["maintenance_suppressed"] = self.stats.by_type.get("maintenance_suppressed", 0) + 1
+                self.stats.count("maintenance_suppressed")
                 log.info("shelf %s plates %s Δ=%+.1f g during maintenance: not an event", c.shelf, c.plates, c.delta_g)
                 continue
             kept.append(c)

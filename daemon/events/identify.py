@@ -34,10 +34,10 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..layout import Layout, Placement
-from .unit_weights import WeightBook
+from .unit_weights import CATALOGUE_SD, WeightBook
 
 # log prior weights of where a SKU sits relative to the moved plates
 ON_PLATE, SAME_SHELF, ELSEWHERE = 0.0, math.log(0.03), math.log(0.003)
@@ -90,6 +90,16 @@ class Identification:
 
 def _log_normal(x: float, mu: float, sd: float) -> float:
     return -0.5 * ((x - mu) / sd) ** 2 - math.log(sd * math.sqrt(2 * math.pi))
+
+
+class _Reading(NamedTuple):
+    """One way a product could account for a change: the magnitude its plates show, the
+    log-likelihood of how it lies (arrangement prior, shares, flex residue on the other plates),
+    the arrangement's name, and the most units it can be."""
+    mag: float
+    ll: float
+    how: str
+    max_q: int
 
 
 @dataclass
@@ -179,9 +189,9 @@ class Identifier:
         outstanding = self.outstanding(now) if put_back else {}
         hyps: list[Hypothesis] = []
         # 1. products on their own facing (or a known stray on these plates): where it left
-        placed: dict[str, list[tuple[float, float, str, int]]] = {}
+        placed: dict[str, list[_Reading]] = {}
         for sku, facings in self._facings.items():
-            readings: list[tuple[float, float, str, int]] = []
+            readings: list[_Reading] = []
             for sh, facing in facings:
                 if sh == shelf and facing & moved:
                     readings += self._arrangements(deltas, facing, sign, delta_g)
@@ -190,33 +200,31 @@ class Identifier:
             if stray and not put_back:
                 x, r = self._explain(deltas, stray, sign, delta_g)
                 # no more units can be taken back than were put there
-                readings.append((x, r - _spread(stray, deltas, sign, x) + STRAY_PRIOR, "stray", n_stray))
-            readings = [rd for rd in readings if rd[0] > 0]
+                readings.append(_Reading(x, r - _spread(stray, deltas, sign, x) + STRAY_PRIOR, "stray", n_stray))
+            readings = [rd for rd in readings if rd.mag > 0]
             if readings:
                 placed[sku] = readings
         # 2. misplaced: a return to the wrong place is common; taking a unit from a facing that
         # is not its own is not, and never beats a product whose facing moved unless the camera
         # says so (its evidence is in the sum) or nothing planogrammed there explains the change
-        allow_misplaced = put_back or not placed or bool(evidence)
-        for sku in self._facings:
-            if sku in placed:
-                continue
-            if not allow_misplaced:
-                continue
-            where = self._where(sku, shelf, moved)
-            if where is None:
-                continue  # a pick of a product that is not on this shelf cannot happen
-            prior = where
-            if put_back:
-                prior = PUT_BACK_SAME_SHELF if prior == SAME_SHELF else PUT_BACK_ELSEWHERE
-            else:
-                prior += math.log(0.1)
-            same_way = {p for p, d in deltas.items() if d * sign > 0}
-            x, r = self._explain(deltas, same_way, sign, delta_g)
-            r -= _spread(same_way, deltas, sign, x)
-            if x > 0:
-                placed_m = [(x, r + prior, "misplaced", self.max_q)]
-                self._score(sku, placed_m, noise_g, outstanding, put_back, evidence, hyps, misplaced=True)
+        # A misplaced item accounts for every plate that moved the change's way: one reading for
+        # all SKUs, only its prior depends on where the SKU belongs.
+        same_way = {p for p, d in deltas.items() if d * sign > 0}
+        x_m, r_m = self._explain(deltas, same_way, sign, delta_g)
+        r_m -= _spread(same_way, deltas, sign, x_m)
+        if x_m > 0 and (put_back or not placed or evidence):
+            for sku in self._facings:
+                if sku in placed:
+                    continue
+                where = self._where(sku, shelf, moved)
+                if where is None:
+                    continue  # a pick of a product that is not on this shelf cannot happen
+                if put_back:
+                    prior = PUT_BACK_SAME_SHELF if where == SAME_SHELF else PUT_BACK_ELSEWHERE
+                else:
+                    prior = where + math.log(0.1)
+                self._score(sku, [_Reading(x_m, r_m + prior, "misplaced", self.max_q)], noise_g, outstanding,
+                            put_back, evidence, hyps, misplaced=True)
         for sku, readings in placed.items():
             self._score(sku, readings, noise_g, outstanding, put_back, evidence, hyps, misplaced=False)
         # "none of these": a change of unknown origin, flat in its total and spread any way over
@@ -232,17 +240,17 @@ class Identifier:
         hyps.sort(key=lambda h: h.score, reverse=True)
         return Identification(hyps[0], [h for h in hyps[1:4] if h.score >= 1e-4])
 
-    def _score(self, sku: str, readings: list[tuple[float, float, str, int]], noise_g: float,
+    def _score(self, sku: str, readings: list[_Reading], noise_g: float,
                outstanding: dict[str, int], put_back: bool, evidence: list[Evidence] | None,
                hyps: list[Hypothesis], misplaced: bool) -> None:
         w = self.weights.get(sku)
         fc = self._skus[sku]
         mu = w.mean_g if w else fc.unit_weight_g
         sd_u = w.unit_sd_g if w else fc.unit_weight_sd_g
-        sd_m = w.mean_sd_g if w else 0.03 * mu
+        sd_m = w.mean_sd_g if w else CATALOGUE_SD * mu
         n_out = outstanding.get(sku, 0)
         q_lo, q_hi = self.max_q, 1
-        for mag, _, _, _ in readings:
+        for mag, *_ in readings:
             spread = 4 * math.sqrt(max(1.0, mag / mu) * sd_u ** 2 + (mag / mu * sd_m) ** 2) + 4 * noise_g
             q_hi = max(q_hi, min(self.max_q, int((mag + spread) / mu) + 1))
             q_lo = min(q_lo, max(1, int((mag - spread) / mu)))
@@ -269,7 +277,7 @@ class Identifier:
             hyps.append(Hypothesis(sku, q, ls, misplaced, measured_g=best[1], arrangement=best[2]))
 
     def _arrangements(self, deltas: dict[int, float], facing: frozenset[int], sign: float,
-                      delta_g: float) -> list[tuple[float, float, str, int]]:
+                      delta_g: float) -> list[_Reading]:
         """Readings of a change for a product on ``facing``: [(magnitude it accounts for,
         log-likelihood of how it lies and of the rest as flex residue, name)].
 
@@ -282,9 +290,9 @@ class Identifier:
         over beyond its first by the density of its share (uniform over the item's weight; over
         half of it for the part over an edge)."""
         own = {p for p in facing if p in deltas}
-        out = []
+        out: list[_Reading] = []
         x, r = self._explain(deltas, own, sign, delta_g)
-        out.append((x, r - _spread(own, deltas, sign, x), "facing", self.max_q))
+        out.append(_Reading(x, r - _spread(own, deltas, sign, x), "facing", self.max_q))
         lo, hi = min(facing), max(facing)
         edge = {p for p in (lo - 1, hi + 1) if p in deltas and deltas[p] * sign > 0}
         if edge and x > 0:
@@ -293,7 +301,7 @@ class Identifier:
             pen = STRADDLE - _spread(own, deltas, sign, x2) - len(edge) * math.log(0.5 * x2)
             if share < OWN_SHARE_MIN:
                 pen -= 0.5 * ((OWN_SHARE_MIN - share) / OWN_SHARE_SCALE) ** 2
-            out.append((x2, r2 + pen, "straddle", self.max_q))
+            out.append(_Reading(x2, r2 + pen, "straddle", self.max_q))
         return out
 
     @staticmethod

@@ -170,6 +170,11 @@ class Detector:
     def level_tol_g(self) -> np.ndarray:
         return np.maximum(self.p.level_tol_min_g, self.p.level_tol_sigma * self.sigma)
 
+    def _shaken_tol(self, j: int, sd: float) -> float:
+        """How far a shaken plate's median level may sit from a level and still be at it: the
+        level tolerance (never under half an event), plus a third of the sway's σ."""
+        return max(float(self.level_tol_g()[j]), self.p.min_event_g / 2) + 0.35 * sd
+
     def vib_cap_g(self) -> np.ndarray:
         return np.maximum(self.p.vib_cap_min_g, self.p.vib_cap_sigma * self.sigma)
 
@@ -300,7 +305,7 @@ class Detector:
                 # a *level* tolerance (2σ), not the rest window's range (6σ): on a noisy plate the
                 # range would call the 10-15 g share of a straddling candy bar "at level" and let
                 # that plate leave the group, splitting the item into two unknown changes
-                tol = max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd
+                tol = self._shaken_tol(j, sd)
                 # (a plate swinging symmetrically around its old level, even hard, while a shopper
                 # works elsewhere on the gondola is shaken, not held: a hand shifts its median
                 # — once it has shaken for longer than a hand's contact lasts)
@@ -393,7 +398,7 @@ class Detector:
                 since = int(self.N - self.trig_at[j])
                 w = self.H[-W:, j]
                 lvl, sd = float(np.median(w)), float(w.std())
-                tol = max(self.level_tol_g()[j], self.p.min_event_g / 2) + 0.35 * sd
+                tol = self._shaken_tol(j, sd)
                 if sd <= self.p.shaken_cap_x * self.vib_cap_g()[j] and abs(lvl - self.pre[j]) <= tol:
                     self.base[j] = self.pre[j]      # shaken at its old level: unchanged
                     continue
@@ -445,7 +450,7 @@ class Detector:
         start = max(0, int(self.init_at[j] - first_abs) + 2)
         h = self.W // 2
         col = Z[start:start + 2 * self.W, j]
-        if len(col) <= h or self.N + len(Z) - len(self.H) - self.init_at[j] > 2 * self.W + self.tick:
+        if len(col) <= h or first_abs + len(Z) - self.init_at[j] > 2 * self.W + self.tick:
             return
         ref = col[:h]
         sd = float(ref.std())
