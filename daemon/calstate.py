@@ -14,13 +14,19 @@ import fcntl
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, overload
 
 from ulid import ULID
 
 from .atomicfile import atomic_write
 from .timefmt import file_stamp, now_iso
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,12 @@ class ChannelCal:
     points: list[list[float]] = field(default_factory=list)  # [[mass_g, counts], ...] used for the fit
     updated: str | None = None  # when this channel's offset or scale last changed (UTC, ISO 8601)
 
-    def to_grams(self, counts):
+    @overload
+    def to_grams(self, counts: float) -> float: ...
+    @overload
+    def to_grams(self, counts: npt.NDArray[Any]) -> npt.NDArray[np.float64]: ...
+
+    def to_grams(self, counts: float | npt.NDArray[Any]) -> float | npt.NDArray[np.float64]:
         return (counts - self.offset) / self.scale
 
 
@@ -55,13 +66,13 @@ class CalibrationState:
     created: str = field(default_factory=now_iso)
     source: str = "shelfcal"   # shelfcal | sim-factory
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["schema"] = SCHEMA
         return d
 
     @classmethod
-    def from_json(cls, d: dict, where: str) -> CalibrationState:
+    def from_json(cls, d: dict[str, Any], where: str) -> CalibrationState:
         try:
             if d.get("schema") != SCHEMA:
                 raise CalibrationError(f"{where}: not a Gondola calibration file (schema {d.get('schema')!r})")
@@ -137,7 +148,7 @@ def history(state_dir: Path) -> list[Path]:
 
 
 @contextlib.contextmanager
-def locked(state_dir: Path):
+def locked(state_dir: Path) -> Iterator[None]:
     """Serialise read-modify-write of the calibration between shelfcal and a running daemon (a
     tare from the store back-end). An advisory flock, released by the kernel if the holder dies."""
     state_dir = Path(state_dir)

@@ -29,7 +29,7 @@ def run_click(group: click.Group, prog: str, *, errors: tuple[type[Exception], .
         if interrupted is not None:
             click.echo(f"\n{prog}: {interrupted}", err=True)
         sys.exit(EX_INTERRUPTED)
-    except click.exceptions.NoArgsIsHelpError as exc:  # type: ignore[attr-defined]
+    except click.exceptions.NoArgsIsHelpError as exc:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
         sys.exit(EX_OK)
     except click.UsageError as exc:

@@ -140,7 +140,7 @@ def decode_limited(payload: bytes | str, *, max_bytes: int = MAX_REQUEST_BYTES,
         raise RequestRefused(f"payload is not JSON: {first}", recover_txid(raw)) from None
 
 
-def parse_request(command: str, payload: bytes | str | dict, origin: str, *,
+def parse_request(command: str, payload: bytes | str | dict[str, Any], origin: str, *,
                   max_bytes: int = MAX_REQUEST_BYTES, max_depth: int = MAX_REQUEST_DEPTH) -> Request:
     """Build a Request from a JSON payload ``{"txid": ..., "identity"?: ..., ...args}``.
 
@@ -315,7 +315,8 @@ class Commands:
         log.warning("%s of %s requested by %r via %s (txid %s): %s", what,
                     plates if plates is not None else "-", req.identity, req.origin, req.txid, outcome)
 
-    def _finish(self, req: Request, reply: Reply, *, result: dict | None = None, error: str | None = None) -> None:
+    def _finish(self, req: Request, reply: Reply, *, result: dict[str, Any] | None = None,
+                error: str | None = None) -> None:
         doc: dict[str, Any] = {"txid": req.txid, "command": req.command, "ok": error is None}
         if error is None:
             doc["result"] = result

@@ -16,6 +16,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 from .control import CommandError, Commands, RequestRefused, decode_limited, parse_request
 
@@ -77,9 +78,12 @@ class ControlSocket:
             self.path.unlink(missing_ok=True)
 
     def _accept_loop(self) -> None:
+        sock = self._sock
+        if sock is None:  # stopped before this thread ran
+            return
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except TimeoutError:
                 continue
             except OSError:
@@ -104,7 +108,7 @@ class ControlSocket:
             f.close()
             conn.close()
 
-    def _answer(self, line: bytes) -> dict:
+    def _answer(self, line: bytes) -> dict[str, Any]:
         try:
             # the same depth limit as MQTT requests: a deep line must not raise RecursionError here
             doc = decode_limited(line, max_bytes=MAX_LINE)
@@ -119,9 +123,9 @@ class ControlSocket:
         except CommandError as exc:
             return {"txid": doc.get("txid"), "command": command, "ok": False, "error": str(exc)}
         done = threading.Event()
-        box: list[dict] = []
+        box: list[dict[str, Any]] = []
 
-        def reply(d: dict) -> None:
+        def reply(d: dict[str, Any]) -> None:
             box.append(d)
             done.set()
 
@@ -129,10 +133,11 @@ class ControlSocket:
         if not done.wait(self.reply_timeout_s):
             return {"txid": req.txid, "command": command, "ok": False,
                     "error": f"no answer within {self.reply_timeout_s:.0f} s (sample loop stalled?)"}
-        return _json_safe(box[0])
+        safe: dict[str, Any] = _json_safe(box[0])
+        return safe
 
 
-def _json_safe(d):
+def _json_safe(d: Any) -> Any:
     """NaN/inf are not JSON: send them as null."""
     if isinstance(d, float):
         return None if d != d or d in (float("inf"), float("-inf")) else d
@@ -143,8 +148,8 @@ def _json_safe(d):
     return d
 
 
-def call(path: Path, command: str, args: dict | None = None, *, txid: str | None = None,
-         timeout_s: float = 10.0) -> dict:
+def call(path: Path, command: str, args: dict[str, Any] | None = None, *, txid: str | None = None,
+         timeout_s: float = 10.0) -> dict[str, Any]:
     """One request, one reply (a client for shelfcal and tests). Raises ConnectionRefusedError /
     FileNotFoundError when no daemon listens, TimeoutError when it does not answer."""
     import uuid
@@ -164,7 +169,8 @@ def call(path: Path, command: str, args: dict | None = None, *, txid: str | None
             if not chunk:
                 raise ConnectionResetError(f"{path} closed the connection without a reply")
             buf += chunk
-        return json.loads(buf)
+        reply: dict[str, Any] = json.loads(buf)
+        return reply
     finally:
         s.close()
 

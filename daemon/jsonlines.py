@@ -20,8 +20,8 @@ def create_with_header(path: Path, header: dict[str, Any]) -> IO[str]:
     return fh
 
 
-def read_header(path: Path, fmt: str, check: Callable[[dict], None], *, error: type[Exception],
-                missing: str, noun: str, header_noun: str) -> dict:
+def read_header(path: Path, fmt: str, check: Callable[[dict[str, Any]], None], *, error: type[Exception],
+                missing: str, noun: str, header_noun: str) -> dict[str, Any]:
     """The checked first line of ``path``; ``check`` coerces its fields in place (raising on bad ones).
 
     Errors are ``error`` with one line: ``path: <missing>``, ``path:1: not a Gondola <noun> (binary
@@ -35,7 +35,7 @@ def read_header(path: Path, fmt: str, check: Callable[[dict], None], *, error: t
     except UnicodeDecodeError:
         raise error(f"{path}:1: not a Gondola {noun} (binary data)") from None
     try:
-        h = json.loads(first)
+        h: dict[str, Any] = json.loads(first)  # not a dict: .get raises AttributeError, below
         if h.get("format") != fmt:
             raise ValueError(f"format is {h.get('format')!r}, expected {fmt!r}")
         check(h)

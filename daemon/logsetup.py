@@ -13,13 +13,19 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Mapping
+from types import TracebackType
+from typing import IO, TypeAlias
+
+#: what logging hands Formatter.formatException
+ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
 #: Python level → syslog priority (sd-daemon(3): <3> err, <4> warning, <6> info, <7> debug)
 SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6,
                    logging.DEBUG: 7}
 
 
-def stderr_is_journal(env: dict[str, str] | None = None, stream=None) -> bool:
+def stderr_is_journal(env: Mapping[str, str] | None = None, stream: IO[str] | None = None) -> bool:
     """True when stderr *is* the journald stream systemd handed us (not merely inherited env)."""
     env = os.environ if env is None else env
     value = env.get("JOURNAL_STREAM", "")
@@ -56,8 +62,8 @@ class JournalFormatter(logging.Formatter):
             line += " — " + fold_exception(exc[1])
         return f"<{priority(record.levelno)}>" + line.replace("\r", " ").replace("\n", " ⏎ ")
 
-    def formatException(self, ei) -> str:  # pragma: no cover - format() handles it
-        return fold_exception(ei[1])
+    def formatException(self, ei: ExcInfo) -> str:  # pragma: no cover - format() handles it
+        return fold_exception(ei[1]) if ei[1] is not None else super().formatException(ei)
 
 
 def fold_exception(exc: BaseException, frames: int = 3) -> str:

@@ -70,7 +70,7 @@ class Registry(Generic[F]):
         if not models:
             raise RuntimeError(f"no {self.section} {self.noun} registered")
         # a Union over a runtime tuple: `|` cannot spell it
-        inner = Union[models] if len(models) > 1 else models[0]  # type: ignore[valid-type]  # noqa: UP007
+        inner = Union[models] if len(models) > 1 else models[0]  # noqa: UP007
         return Annotated[inner, Field(discriminator=self.tag)]
 
     # ------------------------------------------------------------ error texts (one line each)

@@ -20,17 +20,17 @@ import os
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    def __init__(self, env: dict[str, str] | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, env: Mapping[str, str] | None = None, clock: Callable[[], float] = time.monotonic):
         env = os.environ if env is None else env
         addr = env.get("NOTIFY_SOCKET")
-        self._sock = None
-        self._addr = None
+        self._sock: socket.socket | None = None
+        self._addr: str | None = None
         self._clock = clock
         if addr and (addr.startswith("/") or addr.startswith("@")):
             if addr.startswith("@"):
@@ -48,15 +48,16 @@ class Notifier:
         return self._sock is not None
 
     def send(self, *lines: str, fds: list[int] | None = None) -> bool:
-        if not self._sock:
+        sock, addr = self._sock, self._addr
+        if not sock or addr is None:  # the address is set whenever the socket is
             return False
         data = "\n".join(lines).encode()
         try:
             if fds:
                 anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())]
-                self._sock.sendmsg([data], anc, 0, self._addr)
+                sock.sendmsg([data], anc, 0, addr)
             else:
-                self._sock.sendto(data, self._addr)
+                sock.sendto(data, addr)
             return True
         except OSError as exc:  # systemd gone: nothing useful to do but say so once
             log.warning("sd_notify failed: %s", exc)

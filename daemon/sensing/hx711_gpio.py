@@ -160,7 +160,7 @@ class ChipReader:
 
 def _import_gpio() -> Any:
     try:
-        import RPi.GPIO as GPIO  # type: ignore[import-not-found]
+        import RPi.GPIO as GPIO
     except (ImportError, RuntimeError) as exc:  # RPi.GPIO raises RuntimeError off a Pi
         raise RuntimeError(
             "the hx711 sensing backend needs the RPi.GPIO module: on a Raspberry Pi 5 install "

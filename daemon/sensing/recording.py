@@ -14,8 +14,9 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def _b64(a: np.ndarray) -> str:
 
 class RecordingWriter:
     def __init__(self, path: Path, channels: list[str], rate_hz: float, units: str, unit_id: str,
-                 calibration: dict | None = None):
+                 calibration: dict[str, Any] | None = None):
         self.path = Path(path)
         self._fh: IO[str] = create_with_header(self.path, {
             "format": FORMAT, "unit_id": unit_id, "channels": channels, "rate_hz": rate_hz, "units": units,
@@ -54,20 +55,21 @@ class RecordingWriter:
         self._fh.close()
 
 
-def _check_header(h: dict) -> None:
+def _check_header(h: dict[str, Any]) -> None:
     h["channels"] = [str(c) for c in h["channels"]]
     h["rate_hz"] = float(h["rate_hz"])
     if h["units"] not in ("counts", "g"):
         raise ValueError(f"units {h['units']!r}")
 
 
-def read_header(path: Path) -> dict:
+def read_header(path: Path) -> dict[str, Any]:
     return jsonlines.read_header(Path(path), FORMAT, _check_header, error=RecordingError, missing="not found",
                                  noun="recording", header_noun="recording header")
 
 
 class ShelfdReplaySource:
-    def __init__(self, path: Path, speed: float = 0.0, clock=time.monotonic, sleep=time.sleep):
+    def __init__(self, path: Path, speed: float = 0.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.path = Path(path)
         self.header = read_header(self.path)
         self.channels = self.header["channels"]
@@ -91,9 +93,11 @@ class ShelfdReplaySource:
     def _next_block(self) -> SampleBlock | None:
         if self._fh is None:
             self.start()
+        fh = self._fh
+        assert fh is not None  # start() opened it
         while True:
             try:
-                line = self._fh.readline()
+                line = fh.readline()
             except UnicodeDecodeError:
                 raise RecordingError(f"{self.path}:{self._line + 1}: not text") from None
             if not line:

@@ -17,9 +17,9 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -56,7 +56,7 @@ def _message(line: str, where: str) -> tuple[int, float, np.ndarray]:
 def load_layout(folder: Path) -> tuple[Layout, dict[str, str]]:
     """Layout from planogram.json + products.json (+ the plates present in plate_data.json)."""
     folder = Path(folder)
-    products: dict[str, dict] = {}
+    products: dict[str, dict[str, Any]] = {}
     names: dict[str, str] = {}
     for i, line in enumerate(_lines(folder / "products.json"), 1):
         try:
@@ -134,7 +134,8 @@ class AifiReplaySource:
     rate_hz = RATE_HZ
 
     def __init__(self, folder: Path, layout: Layout, speed: float = 0.0,
-                 block_s: float = 0.2, clock=time.monotonic, sleep=time.sleep):
+                 block_s: float = 0.2, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.folder = Path(folder)
         self.layout = layout
         self.channels = list(layout.channels)
@@ -208,7 +209,8 @@ class AifiReplaySource:
                 return
             t = np.concatenate(out_t)
             v = np.vstack(out_v)
-            out_t.clear(), out_v.clear()
+            out_t.clear()
+            out_v.clear()
             n = len(t)
             cut = n if force else n - n % self._block_rows
             for a in range(0, cut, self._block_rows):
