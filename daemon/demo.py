@@ -16,9 +16,11 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev dependencies
+from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def mosquitto_bin() -> str:
@@ -36,7 +39,7 @@ def mosquitto_bin() -> str:
     sys.exit("mosquitto is missing: install it with 'sudo apt-get install mosquitto'")
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
+def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     """A private Mosquitto on a free loopback port (config in ``work``), once it accepts connections."""
     port = free_port()
     conf = work / "mosquitto.conf"
@@ -52,7 +55,7 @@ def start_broker(work: Path) -> tuple[subprocess.Popen, int]:
     return proc, port
 
 
-def stop_all(procs: list[subprocess.Popen]) -> None:
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
     """Terminate what is still running, newest first; kill what does not stop within 5 s."""
     for p in reversed(procs):
         if p.poll() is None:
@@ -69,7 +72,7 @@ def main() -> int:
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "sim-unit.yaml")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gondola-demo-"))
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         broker, port = start_broker(work)
         procs.append(broker)
@@ -82,7 +85,7 @@ def main() -> int:
         names = {p["sku"]: p.get("name", p["sku"]) for p in cfg.get("planogram", [])}
         done = threading.Event()
 
-        def on_message(_c, _u, msg):
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             if msg.topic.endswith("/events"):
                 e = json.loads(msg.payload)
                 print(f"  #{e['seq']:<4} {e['t_end'][11:23]}  shelf {e['shelf']} plates {e['plates']}"
@@ -94,7 +97,7 @@ def main() -> int:
                 if s["state"] == "stopped":
                     done.set()
 
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="gondola-demo-viewer")
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="gondola-demo-viewer")
         sub.on_message = on_message
         sub.connect("127.0.0.1", port)
         sub.subscribe([(f"{prefix}/events", 1), (f"{prefix}/status", 1)])

@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from . import calstate
 from .config import Config, SimSensing
@@ -31,14 +32,25 @@ from .publish.mqtt import Publisher
 from .publish.outbox import Outbox, OutboxTooNew
 from .publish.outbox import check_version as check_outbox_version
 from .sdnotify import Notifier
+from .sensing.base import SampleSource
 from .sensing.factory import layout_for, make_source
 from .signal.condition import UncalibratedError
+
+if TYPE_CHECKING:
+    from .vision.setup import VisionSetup
 
 log = logging.getLogger(__name__)
 
 
 
 OUTBOX_FILE = "outbox.sqlite3"
+
+
+@runtime_checkable
+class FactoryCalibrated(Protocol):
+    """A source that knows its own calibration (the simulator's factory calibration)."""
+
+    def factory_calibration(self) -> calstate.CalibrationState: ...
 
 
 class StateDirError(Exception):
@@ -65,17 +77,19 @@ class Service:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
         self.stop_event = threading.Event()
-        self._status = ("online", None)
+        self._status: tuple[str, str | None] = ("online", None)
         self._last_counts: dict[str, tuple[int, int, int, int]] = {}
         self._last_check = 0.0
         self._last_health = 0.0
         self._reasons: list[str] = []
-        self.vision = None  # daemon.vision.setup.VisionSetup when the unit has a camera
+        self._rates: dict[str, float] = {}
+        self._outbox_lost: str | None = None
+        self.vision: VisionSetup | None = None  # when the unit has a camera
         # Requests to the running unit (MQTT req/ topics, local socket); pipeline commands run
         # in the sample loop below, between blocks.
         self.commands = Commands()
 
-    def request_stop(self, *_a) -> None:
+    def request_stop(self, *_a: object) -> None:
         self.stop_event.set()
 
     def run(self) -> int:
@@ -133,7 +147,7 @@ class Service:
             log.error("%s; restore calibration.prev.json or run `shelfcal calibrate`", exc)
             return EX_CONFIG
         if calibration is None and source.units == "counts" and isinstance(cfg.sensing, SimSensing) \
-                and cfg.sensing.factory_calibration:
+                and cfg.sensing.factory_calibration and isinstance(source, FactoryCalibrated):
             calibration = source.factory_calibration()
             try:
                 calstate.save(state_dir, calibration)
@@ -231,7 +245,7 @@ class Service:
 
     # ------------------------------------------------------------------ health and status
 
-    def _periodic(self, pipe: Pipeline, source, publisher: Publisher, outbox: Outbox) -> None:
+    def _periodic(self, pipe: Pipeline, source: SampleSource, publisher: Publisher, outbox: Outbox) -> None:
         now = time.monotonic()
         if now - self._last_check >= 1.0:
             self._check(pipe, source, now - self._last_check if self._last_check else None)
@@ -251,11 +265,11 @@ class Service:
             self._last_health = now
             publisher.publish_health(self._health(pipe, source, publisher))
 
-    def _check(self, pipe: Pipeline, source, dt: float | None) -> None:
+    def _check(self, pipe: Pipeline, source: SampleSource, dt: float | None) -> None:
         reasons = list(pipe.degraded_reasons())
-        if getattr(self, "_outbox_lost", None):
+        if self._outbox_lost:
             reasons.insert(0, self._outbox_lost)
-        if getattr(self, "vision", None) is not None:
+        if self.vision is not None:
             reasons += self.vision.degraded_reasons()
         self._rates = {}
         for ch, c in source.counters().items():
@@ -274,14 +288,11 @@ class Service:
                 reasons.append(f"channel {ch}: {glitch} glitch words in {dt:.0f} s")
         self._reasons = reasons
 
-    def _health(self, pipe: Pipeline, source, publisher: Publisher) -> dict:
-        rates = getattr(self, "_rates", {})
-        chans = {}
+    def _health(self, pipe: Pipeline, source: SampleSource, publisher: Publisher) -> dict[str, Any]:
+        rates = self._rates
+        chans: dict[str, dict[str, Any]] = {}
         for ch, c in source.counters().items():
-            d = c.as_dict()
-            d["rate_hz"] = round(rates.get(ch, 0.0), 2)
-            d["expected_hz"] = source.rate_hz
-            chans[ch] = d
+            chans[ch] = {**c.as_dict(), "rate_hz": round(rates.get(ch, 0.0), 2), "expected_hz": source.rate_hz}
         return {
             "status": self._status[0],
             "reasons": self._reasons,
@@ -294,10 +305,10 @@ class Service:
             **self._camera_health(pipe),
         }
 
-    def _camera_health(self, pipe: Pipeline) -> dict:
+    def _camera_health(self, pipe: Pipeline) -> dict[str, Any]:
         """``camera``: absent → {"state": "absent"}; otherwise fps, frames, dropped, restarts,
         stalls, inference figures and the models' hashes (docs/vision.md)."""
-        vis = getattr(self, "vision", None)
+        vis = self.vision
         if vis is None:
             return {"camera": {"state": "absent"}}
         h = vis.health()
