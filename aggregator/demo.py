@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 
 from .sim.plan import PlanParams, make_plan
-from .sim.runner import RunOptions, StoreRun, mosquitto_bin
+from .sim.runner import ChildExited, RunOptions, StoreRun, mosquitto_bin
 from .sim.score import final_receipts, receipt_cart, score, shelf_events
 from .sim.store import build_store
 
@@ -104,9 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"  └ total {_money(r.get('total'))}   — {ok}")
         say("\n".join(lines))
 
-    opts = RunOptions(tracking=args.tracking, watch_events=not args.quiet_events)
-    run = StoreRun(store, plan, work, opts, on_receipt=on_receipt, on_event=on_event, on_gate=on_gate)
-    web = None
+    def on_child_exit(line: str) -> None:
+        say(f"  ✗ {line}")
+
+    opts = RunOptions(tracking=args.tracking, watch_events=not args.quiet_events, web_port=args.web_port)
+    run = StoreRun(store, plan, work, opts, on_receipt=on_receipt, on_event=on_event, on_gate=on_gate,
+                   on_child_exit=on_child_exit)
     interrupted = False
     # Ctrl-C: the children run in their own sessions, so only we get it and stop them in order
     signal.signal(signal.SIGTERM, _interrupt)
@@ -119,10 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  broker 127.0.0.1:{run.broker.port}   watch: mosquitto_sub -p {run.broker.port} -t '{run.base}/#' -v")
         say(f"  files: {work}")
         if args.web_port is not None:
-            web = subprocess.Popen([sys.executable, "-m", "aggregator.web", "--config", str(run.cartd_config),
-                                    "--port", str(args.web_port)], stdout=subprocess.DEVNULL,
-                                   stderr=open(work / "web.log", "ab"), start_new_session=True)
-            say(f"  staff page: http://127.0.0.1:{args.web_port}/")
+            say(f"  staff page: http://127.0.0.1:{args.web_port}/   (log: {work / 'web.log'})")
         say()
         done = run.wait()
         if not done:
@@ -130,13 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         interrupted = True
         say("\n  stopping …")
+    except ChildExited as exc:  # a shelf unit (or cartd before the staff page) is gone: no run to finish
+        interrupted = True
+        run.check_children()  # its line, unless it was reported already
+        say(f"  stopping: the run cannot go on without {exc.name}")
     finally:
-        if web is not None and web.poll() is None:
-            web.terminate()
-            try:
-                web.wait(5)
-            except subprocess.TimeoutExpired:
-                web.kill()
         run.stop()
     receipts = run.all_receipts()
     report(plan, truth, receipts, names, run, interrupted)

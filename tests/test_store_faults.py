@@ -5,6 +5,7 @@ same in both runs (and right), and issued once."""
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 
@@ -89,3 +90,66 @@ def test_receipts_survive_cartd_and_broker_kills(tmp_path):
         sorted(map(_normal, b), key=lambda r: r["receipt_id"]), f"faults: {faults}"
     # and both are what the shoppers really took
     assert {sid: receipt_cart(r) for sid, r in fa.items()} == truth
+
+
+def test_the_staff_page_waits_for_cartd_and_every_child_that_exits_is_reported(tmp_path):
+    """`--web-port`: the page starts only once cartd is online with its database (it opens it
+    read-only and cannot create it), and a child that exits before stop() is reported at once in
+    one line naming it, its exit code and its log's last line."""
+    import urllib.request
+
+    from aggregator.sim.runner import ChildExited, free_port
+
+    if mosquitto_bin() is None:
+        _skip_or_fail("mosquitto not installed (Debian: apt-get install mosquitto)")
+    store = build_store(n_units=2)
+    plan = make_plan(store, PlanParams(shoppers=1, seed=3, arrival_gap_s=3.0))
+    port = free_port()
+    reported: list[str] = []
+    run = StoreRun(store, plan, tmp_path / "run", RunOptions(startup_s=3.0, web_port=port),
+                   on_child_exit=reported.append)
+    try:
+        run.start()
+        assert run.cartd_db is not None and run.cartd_db.exists()
+        deadline = time.monotonic() + 30
+        answer = None
+        while answer is None:  # it listens only once it has opened cartd's storage
+            assert run.web is not None and run.web.poll() is None, (run.dir / "web.log").read_text()
+            assert time.monotonic() < deadline, "the staff page never answered"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    answer = r.read()
+            except OSError:
+                time.sleep(0.2)
+        assert answer == b"ok\n"
+        assert run.check_children() == [] and reported == []
+
+        uid, unit = next(iter(run.units.items()))
+        unit_log = run.dir / uid / "shelfd.log"
+        unit.send_signal(signal.SIGKILL)
+        unit.wait(5)
+        with pytest.raises(ChildExited):
+            run.wait(timeout=20)
+        assert len(reported) == 1, reported
+        line = reported[0]
+        assert "\n" not in line and line.startswith(f"shelfd {uid} exited with -9 (SIGKILL)")
+        last = [x for x in unit_log.read_text().splitlines() if x.strip()][-1].strip()[:300]
+        assert line.endswith(f"last line of {unit_log}: {last}"), line
+
+        # a page given a config it cannot read exits at once, and says why
+        run.web_cmd = lambda p: [sys.executable, "-m", "aggregator.web", "--config", str(tmp_path / "nope.yaml"),
+                                 "--port", str(p)]
+        run.stop_web()
+        run.start_web(free_port())
+        deadline = time.monotonic() + 30
+        while len(reported) < 2:
+            assert time.monotonic() < deadline, f"the page's exit was not reported: {reported}"
+            run.check_children()
+            time.sleep(0.1)
+        line = reported[1]
+        assert line.startswith("staff page (aggregator.web) exited with ") and "nope.yaml" in line, line
+        assert run.check_children() == [] and len(reported) == 2  # once each
+    finally:
+        run.stop()
+    assert all(p.poll() is not None for _, p, _ in run.children() if p is not None)
+    assert len(reported) == 2  # stop() ends the rest without reporting them

@@ -1,7 +1,10 @@
 """Runs a simulated store for real: a private Mosquitto on a free loopback port, one ``shelfd``
 per unit (sim backend, scripted, on the store clock), ``cartd``, and the gates and tracking played
-from the plan on the same clock. Every child runs in its own session (a terminal's Ctrl-C reaches
-only us), and :meth:`StoreRun.stop` ends them in order and leaves nothing behind.
+from the plan on the same clock (and, with ``RunOptions.web_port``, the staff page, started once
+cartd is online and its database exists). Every child runs in its own session (a terminal's Ctrl-C
+reaches only us), and :meth:`StoreRun.stop` ends them in order and leaves nothing behind. A child
+that exits before :meth:`StoreRun.stop` is reported once, in one line naming it, its exit code and
+its log's last line (``on_child_exit``; :meth:`StoreRun.check_children` looks).
 
 The store clock is the wall clock: ``t0`` (epoch) is a few seconds after start, every unit's
 sample 0 is at ``t0`` (``sensing.t0``), and the feeder publishes a gate or tracking message planned
@@ -56,6 +59,36 @@ def mosquitto_bin() -> str | None:
         if c and os.access(c, os.X_OK):
             return c
     return None
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file ("" when it is empty or missing)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 4096))
+            tail = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def exit_text(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"{code} ({signal.Signals(-code).name})"
+        except ValueError:
+            pass
+    return str(code)
+
+
+class ChildExited(RuntimeError):
+    """A child the run cannot do without (a shelf unit, cartd) exited; the message is its one line."""
+
+    def __init__(self, name: str, line: str):
+        super().__init__(line)
+        self.name = name
 
 
 def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
@@ -113,6 +146,8 @@ class RunOptions:
     receipt_grace_s: float = 40.0      # after the last exit, wait this long at most for receipts
     cartd_overrides: dict = field(default_factory=dict)
     watch_events: bool = False         # also collect the units' item events (the demo prints them)
+    web_port: int | None = None        # also serve the staff page (python -m aggregator.web) on this port
+    cartd_online_timeout_s: float = 60.0  # start(): cartd must be online this soon when the page needs it
 
 
 class StoreRun:
@@ -121,10 +156,12 @@ class StoreRun:
     def __init__(self, store: Store, plan: Plan, workdir: Path, opts: RunOptions | None = None,
                  on_receipt: Callable[[dict], None] | None = None,
                  on_event: Callable[[dict], None] | None = None,
-                 on_gate: Callable[[str, dict], None] | None = None):
+                 on_gate: Callable[[str, dict], None] | None = None,
+                 on_child_exit: Callable[[str], None] | None = None):
         self.store, self.plan, self.dir = store, plan, Path(workdir)
         self.opts = opts or RunOptions()
         self.on_receipt, self.on_event, self.on_gate = on_receipt, on_event, on_gate
+        self.on_child_exit = on_child_exit
         if (self.dir / "plan.json").exists():
             # A previous run's folder: its broker sessions, cartd database and unit outboxes would
             # carry that run's receipts and seqs into this one (and score them). Start clean.
@@ -135,12 +172,17 @@ class StoreRun:
         self.base = f"{PREFIX}/{store.store_id}"
         self.units: dict[str, subprocess.Popen] = {}
         self.cartd: subprocess.Popen | None = None
+        self.web: subprocess.Popen | None = None
         self.receipts: dict[str, dict] = {}       # receipt_id → document, as seen on the broker
         self.receipt_seen_at: dict[str, float] = {}
         self.events: list[dict] = []
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._feeder: threading.Thread | None = None
+        self._feeder_error: str | None = None
+        self._reported: set[int] = set()    # id() of the children (and the feeder) already reported
+        self._stopping = False
+        self._cartd_online = threading.Event()
         self.t0 = 0.0
         self.cartd_config = self.dir / "cartd.yaml"
 
@@ -172,6 +214,8 @@ class StoreRun:
             else:
                 cfg[k] = v
         self.cartd_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        storage = cfg.get("storage") or {}
+        self.cartd_db = Path(storage["path"]) if storage.get("type") == "sqlite" and storage.get("path") else None
         self.plan.write(self.dir / "plan.json")
 
     def _feed(self) -> list[tuple[float, str, dict, int]]:
@@ -196,9 +240,36 @@ class StoreRun:
                 "run", "--config", str(self.cartd_config)]
 
     def start_cartd(self) -> None:
+        self._cartd_online.clear()
         with open(self.dir / "cartd.log", "ab") as logf:
             self.cartd = subprocess.Popen(self.cartd_cmd(), cwd=ROOT, stdout=logf, stderr=logf,
                                           start_new_session=True)
+
+    def web_cmd(self, port: int) -> list[str]:
+        return [sys.executable, "-m", "aggregator.web", "--config", str(self.cartd_config), "--port", str(port)]
+
+    def start_web(self, port: int, timeout: float | None = None) -> None:
+        """The staff page, once cartd is online (its database exists and is migrated by then): the
+        page opens the database read-only and cannot create it."""
+        wait_s = self.opts.cartd_online_timeout_s if timeout is None else timeout
+        deadline = time.monotonic() + wait_s
+        db = self.cartd_db
+        while not (self._cartd_online.is_set() and (db is None or db.exists())):
+            if self.cartd is None or self.cartd.poll() is not None:
+                raise ChildExited("cartd", self._exit_line("cartd", self.cartd, self.dir / "cartd.log"))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"cartd is not online after {wait_s:g} s; "
+                                   f"last line of {self.dir / 'cartd.log'}: {last_line(self.dir / 'cartd.log')}")
+            self._cartd_online.wait(0.2)
+        with open(self.dir / "web.log", "ab") as logf:
+            self.web = subprocess.Popen(self.web_cmd(port), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logf,
+                                        start_new_session=True)
+
+    def stop_web(self) -> None:
+        """Stop the staff page on purpose (so it is not reported as an exit)."""
+        if self.web is not None:
+            self._reported.add(id(self.web))
+            _stop(self.web)
 
     def start(self) -> None:
         self.broker.start()
@@ -214,13 +285,15 @@ class StoreRun:
         self.start_cartd()
         self._feeder = threading.Thread(target=self._play, args=(feed,), name="storesim-feeder", daemon=True)
         self._feeder.start()
+        if self.opts.web_port is not None:
+            self.start_web(self.opts.web_port)
 
     def _connect(self) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"storesim-{self.store.store_id}",
                         protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(0.1, 1.0)
         c.max_queued_messages_set(0)
-        subs = [(f"{self.base}/_store/receipts/+", 1)]
+        subs = [(f"{self.base}/_store/receipts/+", 1), (f"{self.base}/_store/cartd/status/+", 1)]
         if self.opts.watch_events or self.on_event:
             subs.append((f"{self.base}/+/events", 1))
         connected = threading.Event()
@@ -247,7 +320,12 @@ class StoreRun:
             doc = json.loads(msg.payload)
         except ValueError:
             return
-        if "/_store/receipts/" in msg.topic:
+        if "/_store/cartd/status/" in msg.topic:
+            if isinstance(doc, dict) and doc.get("state") == "online":
+                self._cartd_online.set()
+            else:
+                self._cartd_online.clear()
+        elif "/_store/receipts/" in msg.topic:
             rid = doc.get("receipt_id") or msg.topic
             with self._lock:
                 new = rid not in self.receipts
@@ -263,13 +341,58 @@ class StoreRun:
                 self.on_event(doc)
 
     def _play(self, feed: list[tuple[float, str, dict, int]]) -> None:
-        for off, topic, payload, qos in feed:
-            wait = self.t0 + off - time.time()
-            if wait > 0 and self._stop.wait(wait):
-                return
-            self._client.publish(topic, json.dumps(payload), qos=qos)
-            if self.on_gate and "/gates/" in topic:
-                self.on_gate(topic.rsplit("/", 1)[1], payload)
+        try:
+            for off, topic, payload, qos in feed:
+                wait = self.t0 + off - time.time()
+                if wait > 0 and self._stop.wait(wait):
+                    return
+                self._client.publish(topic, json.dumps(payload), qos=qos)
+                if self.on_gate and "/gates/" in topic:
+                    self.on_gate(topic.rsplit("/", 1)[1], payload)
+        except Exception as exc:  # reported by check_children like a child's exit
+            self._feeder_error = f"{type(exc).__name__}: {exc}"
+            log.exception("the feeder (gates and tracking) stopped")
+
+    # ------------------------------------------------------------ watching the children
+
+    def children(self) -> list[tuple[str, subprocess.Popen | None, Path]]:
+        """Every child process: (name, process, its log file)."""
+        out: list[tuple[str, subprocess.Popen | None, Path]] = [
+            ("mosquitto", self.broker.proc, self.broker.dir / "mosquitto.log")]
+        out += [(f"shelfd {uid}", p, self.dir / uid / "shelfd.log") for uid, p in self.units.items()]
+        out.append(("cartd", self.cartd, self.dir / "cartd.log"))
+        if self.web is not None:
+            out.append(("staff page (aggregator.web)", self.web, self.dir / "web.log"))
+        return out
+
+    @staticmethod
+    def _exit_line(name: str, proc: subprocess.Popen | None, logf: Path) -> str:
+        code = None if proc is None else proc.poll()
+        return f"{name} exited with {exit_text(code)}; last line of {logf}: {last_line(logf) or '(empty)'}"
+
+    def check_children(self) -> list[str]:
+        """One line for each child (and the feeder thread) that stopped since the last look, unless
+        :meth:`stop` stopped it; each is also passed to ``on_child_exit`` (else logged)."""
+        if self._stopping:
+            return []
+        lines = []
+        for name, proc, logf in self.children():
+            if proc is None or proc.poll() is None or id(proc) in self._reported:
+                continue
+            self._reported.add(id(proc))
+            lines.append(self._exit_line(name, proc, logf))
+        feeder = self._feeder
+        if feeder is not None and id(feeder) not in self._reported and not self._stop.is_set() and \
+                (self._feeder_error is not None or not feeder.is_alive()):
+            self._reported.add(id(feeder))
+            if self._feeder_error is not None:
+                lines.append(f"the feeder (gates and tracking) stopped: {self._feeder_error}")
+        for line in lines:
+            if self.on_child_exit is not None:
+                self.on_child_exit(line)
+            else:
+                log.warning("%s", line)
+        return lines
 
     # ------------------------------------------------------------ running
 
@@ -286,9 +409,11 @@ class StoreRun:
         while time.time() < deadline:
             if want <= self.sessions_receipted():
                 return True
+            self.check_children()
             for uid, p in self.units.items():
-                if p.poll() is not None:
-                    raise RuntimeError(f"shelfd {uid} exited with {p.returncode}; see {self.dir / uid / 'shelfd.log'}")
+                if p.poll() is not None:  # its shoppers' receipts can never be right
+                    name = f"shelfd {uid}"
+                    raise ChildExited(name, self._exit_line(name, p, self.dir / uid / "shelfd.log"))
             if tick:
                 tick()
             with self._lock:
@@ -319,9 +444,12 @@ class StoreRun:
         return list(seen.values())
 
     def stop(self) -> None:
+        self.check_children()  # what died before we stop it all is still news
+        self._stopping = True
         self._stop.set()
         if self._feeder is not None:
             self._feeder.join(5)
+        _stop(self.web)
         for p in self.units.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
