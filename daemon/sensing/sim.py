@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from ..calstate import CalibrationState, ChannelCal
 from ..layout import Layout, Placement
@@ -61,20 +62,23 @@ REAL_PER_ARRIVAL = 1.0 + KIND_WEIGHTS["simultaneous"] - KIND_WEIGHTS["lean"] - K
 # ---------------------------------------------------------------- waveform primitives
 
 
-def _smoothstep(x: np.ndarray) -> np.ndarray:
+FloatArray = npt.NDArray[np.floating[Any]]
+
+
+def _smoothstep(x: FloatArray) -> FloatArray:
     """0→1 with zero slope at both ends: forces from hands and bodies have no corners."""
     x = np.clip(x, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
 
 
-def _envelope(tt: np.ndarray, rise: float, fall: float, dur: float) -> np.ndarray:
+def _envelope(tt: FloatArray, rise: float, fall: float, dur: float) -> FloatArray:
     return _smoothstep(tt / rise) * _smoothstep((dur - tt) / fall)
 
 
-def _ring(tt: np.ndarray, t0: float, amp: float, freq: float, tau: float) -> np.ndarray:
+def _ring(tt: FloatArray, t0: float, amp: float, freq: float, tau: float) -> FloatArray:
     """Damped oscillation of the plate-on-load-cell spring after a force change at ``t0``."""
     x = tt - t0
-    out = amp * np.exp(-np.maximum(x, 0.0) / tau) * np.sin(2 * np.pi * freq * x)
+    out: FloatArray = amp * np.exp(-np.maximum(x, 0.0) / tau) * np.sin(2 * np.pi * freq * x)
     out[x < 0] = 0.0
     return out
 
@@ -83,12 +87,14 @@ def _ring(tt: np.ndarray, t0: float, amp: float, freq: float, tau: float) -> np.
 class _Modulation:
     """Multiplicative fluctuation of a held force: a few sinusoids of random frequency and phase."""
 
-    rel: np.ndarray     # relative amplitude of each component
-    freq: np.ndarray    # Hz
-    phase: np.ndarray
+    rel: FloatArray     # relative amplitude of each component
+    freq: FloatArray    # Hz
+    phase: FloatArray
 
-    def __call__(self, tt: np.ndarray) -> np.ndarray:
-        return 1.0 + (self.rel[:, None] * np.sin(2 * np.pi * self.freq[:, None] * tt + self.phase[:, None])).sum(0)
+    def __call__(self, tt: FloatArray) -> FloatArray:
+        wobble: FloatArray = (self.rel[:, None] * np.sin(2 * np.pi * self.freq[:, None] * tt
+                                                         + self.phase[:, None])).sum(0)
+        return 1.0 + wobble
 
     @classmethod
     def hand(cls, rng: np.random.Generator) -> _Modulation:
@@ -143,7 +149,7 @@ class _Truth:
     event: GroundTruthEvent
     t_start: float
     t_end: float
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- the source
@@ -342,7 +348,7 @@ class SimSource:
         return self.t0 + self._n * self._dt
 
     @property
-    def truth(self) -> list[dict]:
+    def truth(self) -> list[dict[str, Any]]:
         """Ground truth with timing and per-plate weight changes (what the JSON file holds)."""
         return [self._truth_json(t) for t in sorted(self._truth, key=lambda t: t.event.time)]
 
@@ -361,6 +367,7 @@ class SimSource:
             return None
         n = self._block if self._total is None else min(self._block, self._total - a)
         if self.sim.speed > 0:
+            assert self._started_wall is not None  # start() set it
             due = self._started_wall + (a + n) * self._dt / self.sim.speed
             wait = due - self._clock()
             if wait > timeout:
@@ -401,7 +408,7 @@ class SimSource:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         rows = self.truth
-        doc = {"time_tolerance_s": 3.0, "source": "gondola-sim", "seed": self.sim.seed,
+        doc: dict[str, Any] = {"time_tolerance_s": 3.0, "source": "gondola-sim", "seed": self.sim.seed,
                "t0": self.t0, "events": [r for r in rows if r["type"] in ("pick", "put_back")],
                "non_events": [r for r in rows if r["type"] not in ("pick", "put_back")]}
         path.write_text(json.dumps(doc, indent=1))
@@ -695,7 +702,7 @@ class SimSource:
     def _non_event(self, kind: str, s: int, shelf: str | None = None) -> None:
         rng = self._rng
         if shelf is None:
-            free = self._free_shelves(s) or [min(self._busy_until, key=self._busy_until.get)]
+            free = self._free_shelves(s) or [min(self._busy_until, key=self._busy_until.__getitem__)]
             shelf = free[int(rng.integers(len(free)))]
         plates = self._shelf_idx[shelf]
         start = self._start_on(shelf, s)
@@ -703,7 +710,7 @@ class SimSource:
             # A forearm or hip on the shelf edge: 0.3–3 kg over 2–5 adjacent plates for 1–8 s,
             # with body sway (a standing person oscillates at 0.3–2 Hz by a few %).
             dur = rng.uniform(1.0, 8.0)
-            width = int(min(len(plates), rng.integers(2, 6)))
+            width = min(len(plates), int(rng.integers(2, 6)))
             first = int(rng.integers(0, len(plates) - width + 1))
             touched = plates[first:first + width]
             total = math.exp(rng.uniform(math.log(300.0), math.log(3000.0)))
@@ -739,19 +746,21 @@ class SimSource:
         if e.type in ("lean", "press"):
             self._non_event(e.type, s, shelf=e.shelf)
             return
+        sku = e.sku
+        assert sku is not None  # load_script requires a sku for a pick or a put_back
         dur = e.dur if e.dur is not None else float(rng.uniform(1.0, 3.5))
         info = {k: v for k, v in (("script_id", e.id), ("session_id", e.session_id)) if v is not None}
-        own = [f for f in self._facings if f.sku == e.sku and f.placement.shelf == e.shelf
+        own = [f for f in self._facings if f.sku == sku and f.placement.shelf == e.shelf
                and (not e.plates or set(f.plates) & {self.layout.plate(e.shelf, p).index for p in e.plates})]
         deltas = np.zeros(self._nplates)
         if e.type == "pick":
             if not own:
-                log.warning("script: no facing of %s on shelf %s at t=%.2f s; pick skipped", e.sku, e.shelf, e.t)
+                log.warning("script: no facing of %s on shelf %s at t=%.2f s; pick skipped", sku, e.shelf, e.t)
                 return
             f = own[0]
             q = min(e.quantity, len(f.units))
             if q < e.quantity:
-                log.warning("script: facing %s on shelf %s holds %d, %d planned", e.sku, e.shelf, q, e.quantity)
+                log.warning("script: facing %s on shelf %s holds %d, %d planned", sku, e.shelf, q, e.quantity)
             if q == 0:
                 return
             which = sorted(rng.choice(len(f.units), q, replace=False).tolist(), reverse=True)
@@ -770,32 +779,35 @@ class SimSource:
                 f.units.append(u)
                 np.add.at(deltas, f.plates, u.weight * u.split)
                 weights.append(u.weight)
-            self._interaction("put_back", e.sku, e.quantity, e.shelf, deltas, s, dur, "scripted",
+            self._interaction("put_back", sku, e.quantity, e.shelf, deltas, s, dur, "scripted",
                               unit_weights_g=[round(w, 3) for w in weights], **info)
             return
         # misplaced: set down on a plate that is not this product's facing
         pids = e.plates or [p.id for p in self.layout.shelf_plates(e.shelf)]
         plate = self.layout.plate(e.shelf, pids[0] if e.plates else pids[int(rng.integers(len(pids)))]).index
-        home = next((f for f in self._facings if f.sku == e.sku), None)
+        home = next((f for f in self._facings if f.sku == sku), None)
         for _ in range(e.quantity):
-            held = self._in_hand.get(e.sku)
+            held = self._in_hand.get(sku)
             if held:
                 w = held.pop(int(rng.integers(len(held))))
             elif e.unit_weight_g is not None:
                 sd = e.unit_weight_sd_g or max(1.5, 0.025 * e.unit_weight_g)
                 w = max(0.2 * e.unit_weight_g, float(rng.normal(e.unit_weight_g, sd)))
-            else:
+            elif home is not None:
                 w = self._new_unit(home, rng).weight
+            else:  # script_problems() rejects such a script up front
+                raise ValueError(f"script: put_back of {sku!r} at t={e.t} needs unit_weight_g "
+                                 "(no facing of it on this unit)")
             weights.append(w)
-            self.foreign.setdefault(plate, []).append((e.sku, w))
+            self.foreign.setdefault(plate, []).append((sku, w))
         deltas[plate] = sum(weights)
-        self._interaction("put_back", e.sku, e.quantity, e.shelf, deltas, s, dur, "misplaced",
+        self._interaction("put_back", sku, e.quantity, e.shelf, deltas, s, dur, "misplaced",
                           unit_weights_g=[round(w, 3) for w in weights], **info)
 
     # ------------------------------------------------------------ physics of one interaction
 
     def _interaction(self, typ: str, sku: str, qty: int, shelf: str, deltas: np.ndarray, start: int,
-                     dur: float, kind: str, **extra) -> None:
+                     dur: float, kind: str, **extra: Any) -> None:
         rng = self._rng
         moved = np.abs(deltas)
         total = moved.sum()
@@ -878,13 +890,13 @@ class SimSource:
         return self.t0 + end * self._dt
 
     def _add_truth(self, typ: str, sku: str | None, qty: int, t: float, shelf: str, plates: list[int],
-                   kind: str, t_start: float, t_end: float, **extra) -> None:
+                   kind: str, t_start: float, t_end: float, **extra: Any) -> None:
         ev = GroundTruthEvent(type=typ, sku=sku, quantity=qty, time=t, shelf=shelf, plates=sorted(plates), kind=kind)
         self.ground_truth.append(ev)
         self._truth.append(_Truth(ev, t_start, t_end, extra))
 
     @staticmethod
-    def _truth_json(t: _Truth) -> dict:
+    def _truth_json(t: _Truth) -> dict[str, Any]:
         e = t.event
         return {"type": e.type, "sku": e.sku, "quantity": e.quantity, "time": round(e.time, 3),
                 "shelf": e.shelf, "plates": e.plates, "kind": e.kind,
