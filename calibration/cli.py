@@ -1,10 +1,11 @@
 """``shelfcal``: the technician's tool for a shelf unit's load cells, planogram and camera.
 
-Exit codes (sysexits): 0 ok, 64 usage (wrong plate, mass out of range), 65 refused data (degenerate
-point, failed verify, corrupt or foreign calibration), 66 missing input, 69 unavailable (no
-samples, daemon not answering, channel fault in diag), 73 cannot write, 75 try again (plate never
-at rest, aborted at the prompt: nothing written), 78 config error, 130 interrupted (Ctrl-C:
-the calibration in force is unchanged).
+Exit codes (sysexits): 0 ok, 64 usage (wrong plate, mass out of range, a step that asks for masses
+with neither a terminal nor --yes), 65 refused data (degenerate point, failed verify, corrupt or
+foreign calibration), 66 missing input, 69 unavailable (no samples, daemon not answering, channel
+fault in diag), 73 cannot write, 75 try again (plate never at rest, aborted at the prompt: nothing
+written), 78 config error, 130 interrupted (Ctrl-C: the calibration in force is unchanged).
+Whatever the exit, the plates shelfcal took out of service on a running shelfd are back in service.
 """
 from __future__ import annotations
 
@@ -156,7 +157,8 @@ def live(obj: Ctx, interval: float, count: int) -> None:
 # ---------------------------------------------------------------- tare / calibrate / verify
 
 _plate_opt = click.option("--plate", "plate_name", help="SHELF/PLATE (or the plate id when unique).")
-_yes_opt = click.option("--yes", is_flag=True, help="Non-interactive: no prompts, accept the result.")
+_yes_opt = click.option("--yes", is_flag=True, help="No prompts: the masses are already where the step says; "
+                        "accept the result. Needed without a terminal.")
 _rest_opt = click.option("--rest-timeout", type=float, default=30.0, show_default=True,
                          help="Seconds to wait for the plate to come to rest.")
 _tech_opt = click.option(
@@ -333,8 +335,8 @@ def _remove_prompt(obj: Ctx, plate, rest_timeout: float = 30.0) -> None:
         try:
             await_rest(unit, plate, rest_timeout, True, "mass removed")
         except ShelfcalError as exc:
-            click.echo(f"warning: {exc}; plate {plate.key} stays out of service for "
-                       f"{SCRIPTED_MAINTENANCE_S / 60:g} min", err=True)
+            click.echo(f"warning: {exc}; plate {plate.key} goes back in service as shelfcal exits: "
+                       f"what moves on it then may be an item event", err=True)
             return
         set_maintenance(unit, plate, 0)
 

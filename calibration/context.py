@@ -56,12 +56,21 @@ class Ctx:
         return self._unit
 
     def close(self) -> None:
+        """Runs however shelfcal ends (click closes the context on errors and Ctrl-C too)."""
         if self._unit is not None:
-            self._unit.close()
+            for w in self._unit.close():
+                click.echo(f"warning: {w}", err=True)
 
 
 def is_interactive(yes: bool) -> bool:
-    return not yes and sys.stdin.isatty()
+    """Prompts (a terminal on stdin) or --yes (the masses are already where the step says).
+    Neither: refused before anything is touched, as nobody could have placed or removed a mass."""
+    if yes:
+        return False
+    if sys.stdin.isatty():
+        return True
+    raise ShelfcalError("no terminal to prompt on: pass --yes (the masses are already where the step says) "
+                        "or run it in a terminal", EX_USAGE)
 
 
 def technician_name(name: str | None) -> str:
@@ -105,15 +114,18 @@ def await_rest(unit, plate, timeout: float, interactive: bool, what: str):
         return wait_rest(unit, plate, timeout_s=timeout, progress=progress)
 
 
-SCRIPTED_MAINTENANCE_S = 300.0  # a scripted step's plate stays event-free this long (test masses come off later)
+# a step's plate is event-free this long at most: shelfcal ends it when it exits, this bounds a
+# shelfcal killed outright
+SCRIPTED_MAINTENANCE_S = 300.0
 
 
 def set_maintenance(unit, plate, seconds: float) -> None:
-    """Tell a running daemon that this plate is under the technician's hands (no item events)."""
+    """Tell a running daemon that this plate is under the technician's hands (no item events).
+    When shelfcal exits, however, the plate is back in service (or in the maintenance it was in)."""
     if unit.link.kind != "daemon":
         return
     try:
-        unit.link.call("maintenance", plates=[plate.key], seconds=seconds)
+        unit.hold(plate, seconds)
     except ShelfcalError as exc:
         click.echo(f"warning: shelfd did not take plate {plate.key} out of service ({exc}); "
                    f"test masses may show up as item events", err=True)

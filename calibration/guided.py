@@ -58,6 +58,9 @@ class Unit:
         self.plates = {p.key: PlateInfo(p.key, list(p.channels), p.capacity_g) for p in layout.plates}
         self._connect = connect
         self._link = None
+        # plates this shelfcal put in maintenance → monotonic end of the maintenance they were in
+        # before (0: none): every exit ends ours and gives back what was left of theirs
+        self._held: dict[str, float] = {}
 
     @property
     def link(self):
@@ -66,9 +69,37 @@ class Unit:
             self._link = self._connect()
         return self._link
 
-    def close(self) -> None:
+    def close(self) -> list[str]:
+        """End the maintenance this shelfcal started, then let the load cells go. Returns warnings
+        (a daemon that no longer answers cannot be told)."""
+        warnings = self.release() if self._link is not None else []
         if self._link is not None:
             self._link.close()
+        return warnings
+
+    def hold(self, plate: PlateInfo, seconds: float) -> None:
+        """Put the plate in maintenance on a running shelfd for ``seconds`` (0 ends it); remembers
+        the maintenance it was in before, for :meth:`release`."""
+        if self.link.kind != "daemon":
+            return
+        if plate.key not in self._held:
+            before = float(self.link.call("info").get("maintenance", {}).get(plate.key, 0.0))
+            self._held[plate.key] = time.monotonic() + before if before > 0 else 0.0
+        self.link.call("maintenance", plates=[plate.key], seconds=seconds)
+
+    def release(self) -> list[str]:
+        """Every plate :meth:`hold` took back in service, or back to what was left of the
+        maintenance it was already in (``shelfcal maintenance``)."""
+        warnings = []
+        for key, until in list(self._held.items()):
+            left = until - time.monotonic() if until else 0.0
+            try:
+                self.link.call("maintenance", plates=[key], seconds=round(left, 1) if left >= 1.0 else 0)
+                del self._held[key]
+            except ShelfcalError as exc:
+                warnings.append(f"plate {key} could not be put back in service ({exc}); "
+                                f"run `shelfcal maintenance --plate {key} --off`")
+        return warnings
 
     def plate(self, name: str) -> PlateInfo:
         s = str(name).strip()

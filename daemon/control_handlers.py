@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -249,7 +250,14 @@ class UnitControl:
                            for p in self.layout.plates],
                 "calibration_id": cal.calibration_id if cal else None,
                 "calibrated_channels": sorted(cal.channels) if cal else [],
-                "t": self.ring.t_last, "running": self.pipeline is not None}
+                "t": self.ring.t_last, "running": self.pipeline is not None,
+                "maintenance": self._maintenance_left()}
+
+    def _maintenance_left(self) -> dict[str, float]:
+        """Plates in maintenance → seconds left (what shelfcal restores when it is done)."""
+        held = getattr(self.pipeline, "maintenance", None) or {}
+        now = time.monotonic()
+        return {k: round(u - now, 1) for k, u in held.items() if u > now}
 
     def rest(self, req: Request) -> dict[str, Any]:
         return {"plates": {p.key: self._assess(p, self._window(req)) for p in self._plates_arg(req)}}

@@ -426,3 +426,69 @@ def test_the_load_cells_belong_to_one_process(tmp_path):
     finally:
         os.close(fd)
     ok(shelfcal(cfg, "--via", "local", "diag", "--seconds", "1"), 69)  # free again (69: the dead channel)
+
+
+def _maintenance(cfg: Path) -> dict:
+    from daemon.control_socket import call
+    doc = call(cfg.parent / "state" / "control.sock", "info", {}, timeout_s=10)
+    assert doc.get("ok"), doc
+    return doc["result"]["maintenance"]
+
+
+def test_no_terminal_and_no_yes_is_refused_and_shelfcal_always_ends_its_maintenance(daemon, tmp_path):
+    """A step that asks for masses needs a terminal or --yes; whatever way shelfcal exits (done,
+    failed, refused, Ctrl-C), the plate it took out of service is back in service."""
+    cfg, proc = daemon
+    assert _maintenance(cfg) == {}
+    for args in (("verify", "--plate", WRONG, "--mass-g", "700"), ("tare", "--plate", WRONG),
+                 ("calibrate", "--plate", WRONG, "--mass-g", "500"),
+                 ("planogram", "measure", "--plate", WRONG, "--count", "2")):
+        r = ok(shelfcal(cfg, *args), 64)  # stdin is /dev/null
+        assert r.stderr.strip() == ("shelfcal: no terminal to prompt on: pass --yes (the masses are already "
+                                    "where the step says) or run it in a terminal"), r.stderr
+        assert _maintenance(cfg) == {}
+    # done: a tare
+    ok(shelfcal(cfg, "tare", "--plate", WRONG, "--yes"))
+    assert _maintenance(cfg) == {}
+    # failed: the factory scale of this plate is 5 % off
+    place(cfg, WRONG, 300)
+    r = ok(shelfcal(cfg, "verify", "--plate", WRONG, "--mass-g", "300", "--yes"), 65)
+    assert "FAIL" in r.stdout
+    assert _maintenance(cfg) == {}
+    # a maintenance set by hand before keeps what is left of it
+    ok(shelfcal(cfg, "maintenance", "--plate", WRONG, "--minutes", "5"))
+    ok(shelfcal(cfg, "verify", "--plate", WRONG, "--mass-g", "300", "--yes"), 65)
+    left = _maintenance(cfg)
+    assert set(left) == {WRONG} and 200 < left[WRONG] <= 300, left
+    ok(shelfcal(cfg, "maintenance", "--plate", WRONG, "--off"))
+    assert _maintenance(cfg) == {}
+
+    # Ctrl-C while it waits for rest: a hand keeps the plate moving until the signal is in
+    stop = threading.Event()
+
+    def hand() -> None:
+        k = 0
+        while not stop.is_set():
+            k += 1
+            place(cfg, WRONG, 300 + 150 * (k % 2))
+            stop.wait(0.1)
+
+    mover = threading.Thread(target=hand, daemon=True)
+    mover.start()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "calibration.cli", "--config", str(cfg), "verify", "--plate",
+                              WRONG, "--mass-g", "300", "--yes", "--rest-timeout", "60"], cwd=REPO,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        deadline = time.monotonic() + 30
+        while WRONG not in _maintenance(cfg):  # it took the plate out of service and waits for rest
+            assert time.monotonic() < deadline and p.poll() is None, p.communicate()
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=20)
+    finally:
+        stop.set()
+        mover.join()
+    assert p.returncode == 130, err
+    assert _maintenance(cfg) == {}
+    assert proc.poll() is None
