@@ -9,12 +9,17 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from daemon.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE
+from daemon.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .store import Store
 
 log = logging.getLogger("cartd")
 
@@ -51,6 +56,8 @@ def cli() -> None:
       cartd run      --config cartd.yaml     the service
       cartd receipts --config cartd.yaml     stored receipts, one JSON per line
       cartd broker-config --units a,b --out DIR   broker identities and ACL (Mosquitto)
+      cartd user add NAME --config cartd.yaml --role reviewer   a staff console account
+      cartd review list|decide --config cartd.yaml              the review queue
     """
 
 
@@ -111,6 +118,147 @@ def receipts(config: Path, session: str | None) -> None:
         _storage_error(cfg, exc)
     for p in payloads:
         click.echo(p)
+
+
+def _writable_store(cfg: Config) -> Store:
+    """cartd's database for a one-off write (accounts, decisions): migrated as `cartd run` would."""
+    from .schema import SchemaTooNew
+    from .store import open_store
+    try:
+        store = open_store(cfg.storage)
+        store.migrate()
+    except SchemaTooNew as exc:
+        click.echo(f"cartd: {exc}", err=True)
+        sys.exit(EX_CONFIG)
+    except Exception as exc:  # noqa: BLE001 - unreachable or unwritable storage: one line
+        _storage_error(cfg, exc)
+    return store
+
+
+@cli.group()
+def user() -> None:
+    """Staff console accounts (kept in cartd's database): add, list, disable."""
+
+
+@user.command("add")
+@click.argument("username")
+@click.option("--config", "config", type=click.Path(path_type=Path), required=True)
+@click.option("--role", type=click.Choice(["viewer", "reviewer", "supervisor"]), default="reviewer", show_default=True,
+              help="viewer: sees; reviewer: also decides reviews and restocks; supervisor: also maintenance")
+@click.option("--password-file", type=click.Path(path_type=Path), default=None,
+              help="read the password from this file (first line); otherwise asked on the terminal")
+def user_add(username: str, config: Path, role: str, password_file: Path | None) -> None:
+    """Create (or reset) a console account. Exit 64 when no password can be had."""
+    from .console.accounts import AccountError, Accounts
+    cfg, _ = _load(config)
+    if password_file is not None:
+        try:
+            password = password_file.read_text().splitlines()[0] if password_file.read_text() else ""
+        except OSError as exc:
+            click.echo(f"cartd user add: cannot read {password_file}: {exc.strerror}", err=True)
+            sys.exit(EX_NOINPUT)
+    elif sys.stdin.isatty():
+        password = click.prompt(f"password for {username}", hide_input=True, confirmation_prompt=True)
+    else:
+        click.echo("cartd user add: no terminal to ask for the password: pass --password-file FILE", err=True)
+        sys.exit(EX_USAGE)
+    store = _writable_store(cfg)
+    try:
+        new = Accounts(store).add_user(username, password, role)
+    except AccountError as exc:
+        click.echo(f"cartd user add: {exc}", err=True)
+        sys.exit(EX_USAGE)
+    finally:
+        store.close()
+    click.echo(f"{'added' if new else 'updated'} {username} ({role})")
+
+
+@user.command("list")
+@click.option("--config", "config", type=click.Path(path_type=Path), required=True)
+def user_list(config: Path) -> None:
+    """Accounts, one per line: name, role, enabled or disabled."""
+    from .console.accounts import Accounts
+    cfg, _ = _load(config)
+    store = _writable_store(cfg)
+    try:
+        for name, role, disabled, _created in Accounts(store).users():
+            click.echo(f"{name}\t{role}\t{'disabled' if disabled else 'enabled'}")
+    finally:
+        store.close()
+
+
+@user.command("disable")
+@click.argument("username")
+@click.option("--config", "config", type=click.Path(path_type=Path), required=True)
+def user_disable(username: str, config: Path) -> None:
+    """Disable an account and end its sign-ins at once (exit 65 when there is no such account)."""
+    from .console.accounts import Accounts
+    cfg, _ = _load(config)
+    store = _writable_store(cfg)
+    try:
+        ok = Accounts(store).disable_user(username)
+    finally:
+        store.close()
+    if not ok:
+        click.echo(f"cartd user disable: no account {username!r}", err=True)
+        sys.exit(EX_DATAERR)
+    click.echo(f"disabled {username}")
+
+
+@cli.group()
+def review() -> None:
+    """The review queue from the command line: list it, decide a line."""
+
+
+@review.command("list")
+@click.option("--config", "config", type=click.Path(path_type=Path), required=True)
+def review_list(config: Path) -> None:
+    """Lines awaiting review, one JSON document per line (with their evidence)."""
+    import json
+
+    from .views import Views
+    cfg, cat = _load(config)
+    store = _writable_store(cfg)
+    try:
+        for item in Views(cfg, store, cat).review_queue(limit=100000):
+            click.echo(json.dumps(item, default=str))
+    finally:
+        store.close()
+
+
+@review.command("decide")
+@click.argument("line_id", type=int)
+@click.option("--config", "config", type=click.Path(path_type=Path), required=True)
+@click.option("--by", "actor", required=True, help="who decides (a console account name)")
+@click.option("--accept", "action", flag_value="accept", help="the line is right as it is")
+@click.option("--remove", "action", flag_value="remove", help="the line should not be on any receipt")
+@click.option("--product", "sku", default=None, help="the product was this SKU")
+@click.option("--quantity", type=int, default=None, help="with --product: how many")
+@click.option("--shopper", "session_id", default=None, help="the line belongs to this session")
+def review_decide(line_id: int, config: Path, actor: str, action: str | None, sku: str | None,
+                  quantity: int | None, session_id: str | None) -> None:
+    """Queue a decision for cartd (applied on its next tick; a receipt already sent is corrected)."""
+    from .console.accounts import Accounts, Staff
+    from .console.desk import Desk, DeskError
+    chosen = [a for a in (action, "product" if sku else None, "shopper" if session_id else None) if a]
+    if len(chosen) != 1:
+        raise click.UsageError("give exactly one of --accept, --remove, --product SKU, --shopper SESSION")
+    cfg, cat = _load(config)
+    store = _writable_store(cfg)
+    try:
+        acc = Accounts(store)
+        u = acc.proxy_user(actor)
+        if u is None or not u.may("review"):
+            click.echo(f"cartd review decide: {actor!r} is not an enabled account allowed to review", err=True)
+            sys.exit(EX_USAGE)
+        body = {"action": chosen[0], "sku": sku, "quantity": quantity, "session_id": session_id}
+        did = Desk(store, cat, acc.lock).decide(Staff(u.username, u.role, ""), line_id, body)
+    except DeskError as exc:
+        click.echo(f"cartd review decide: {exc}", err=True)
+        sys.exit(EX_DATAERR)
+    finally:
+        store.close()
+    click.echo(f"decision {did} queued for line {line_id}")
 
 
 @cli.command("broker-config")

@@ -108,6 +108,38 @@ class ReceiptConfig(_Strict):
     currency: str = "USD"
 
 
+class ReviewConfig(_Strict):
+    # A pick or put-back whose identification confidence is below this (or that its unit flagged
+    # with `review: true`) goes to the staff review queue, as does a misplaced return.
+    event_confidence_below: float = Field(0.8, ge=0, le=1)
+    # Hold a receipt while its session has lines awaiting review, for at most this long after the
+    # exit (0: issue at once; a decision made later issues a correction receipt).
+    hold_receipt_s: float = Field(0.0, ge=0, le=86400)
+
+
+class SsoConfig(_Strict):
+    # Behind the store's single sign-on proxy: the proxy authenticates and passes the user name in
+    # this header; it is believed only from these proxy addresses, and the name must be a console
+    # account (its role comes from there). Unset: the console's own sign-in page.
+    header: str | None = None
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+
+
+class LowStockConfig(_Strict):
+    # A facing with this many units or fewer raises a low-stock alert; per-SKU overrides.
+    default: int = Field(2, ge=0)
+    skus: dict[str, int] = {}
+
+
+class ConsoleConfig(_Strict):
+    # Signed-in sessions last this long (then sign in again).
+    session_ttl_s: float = Field(12 * 3600.0, ge=60, le=30 * 86400)
+    # Mark the session cookie Secure (the console is served over HTTPS, e.g. behind a TLS proxy).
+    secure_cookies: bool = False
+    sso: SsoConfig = SsoConfig()
+    low_stock: LowStockConfig = LowStockConfig()
+
+
 class ResendConfig(_Strict):
     # A seq gap that is still open after this long triggers a resend request to the unit.
     gap_wait_s: float = Field(1.0, ge=0)
@@ -142,6 +174,8 @@ class Config(_Strict):
     units: list[UnitConfig] = []
     association: AssociationConfig = AssociationConfig()
     receipts: ReceiptConfig = ReceiptConfig()
+    review: ReviewConfig = ReviewConfig()
+    console: ConsoleConfig = ConsoleConfig()
     resend: ResendConfig = ResendConfig()
     batch: BatchConfig = BatchConfig()
     limits: LimitsConfig = LimitsConfig()

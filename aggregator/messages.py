@@ -76,6 +76,17 @@ class ItemEvent(_Msg):
     confidence: float = Field(ge=0, le=1)
     candidates: list[Candidate]
     historical: bool = False
+    review: bool = False     # the unit's own doubt (confidence below its detection.review_below)
+    misplaced: bool = False  # a product that does not belong on these plates
+
+    def flags(self, confidence_below: float) -> str | None:
+        """The unit's reasons to have a person look at this event, comma-separated (or None)."""
+        out = []
+        if self.type in ("pick", "put_back") and (self.review or self.confidence < confidence_below):
+            out.append("low_confidence")
+        if self.misplaced:
+            out.append("misplaced")
+        return ",".join(out) or None
 
     _t = field_validator("t_start", "t_end", mode="before")(lambda v: _ts(v))
 

@@ -111,9 +111,45 @@ CREATE TABLE IF NOT EXISTS pending_exits (
 );
 """
 
+# The staff console (issue 13): a review state per line, the unit's own review flags per event,
+# staff decisions queued for cartd to apply, the audit log, local staff accounts and sign-ins.
+_V2 = """
+ALTER TABLE lines ADD COLUMN review_state TEXT;     -- NULL nothing to review | open | accepted | changed | removed
+ALTER TABLE lines ADD COLUMN reviewed_by TEXT;
+ALTER TABLE lines ADD COLUMN reviewed_at {REAL};
+UPDATE lines SET review_state = 'open' WHERE needs_review = 1;
+ALTER TABLE events ADD COLUMN flags TEXT;           -- the unit own doubts: low_confidence, misplaced
+CREATE INDEX IF NOT EXISTS lines_review ON lines (review_state);
+CREATE TABLE IF NOT EXISTS review_decisions (       -- written by the console, applied by cartd
+  id {ID},
+  line_id {INT} NOT NULL,
+  action TEXT NOT NULL,                             -- accept | product | shopper | remove
+  sku TEXT, quantity {INT}, session_id TEXT,
+  actor TEXT NOT NULL, decided_at {REAL} NOT NULL,
+  applied_at {REAL}, result TEXT
+);
+CREATE INDEX IF NOT EXISTS review_decisions_todo ON review_decisions (applied_at);
+CREATE TABLE IF NOT EXISTS audit (
+  id {ID}, t {REAL} NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+  target TEXT, detail TEXT
+);
+CREATE INDEX IF NOT EXISTS audit_t ON audit (t);
+CREATE TABLE IF NOT EXISTS staff_users (
+  username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+  created_at {REAL} NOT NULL, disabled {INT} NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS staff_sessions (         -- sign-ins, keeping only a digest of the cookie token
+  token_sha256 TEXT PRIMARY KEY, username TEXT NOT NULL, csrf TEXT NOT NULL,
+  created_at {REAL} NOT NULL, expires_at {REAL} NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)
+"""
+
 MIGRATIONS: list[Migration] = [
     Migration(1, "the schema of cartd before versioned schemas (every statement IF NOT EXISTS, so an"
                  " unversioned database of that schema is adopted as it is)", _V1),
+    Migration(2, "staff console: line review states, event flags, review decisions, audit log, staff accounts",
+              _V2),
 ]
 LATEST = len(MIGRATIONS)
 

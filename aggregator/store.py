@@ -92,7 +92,9 @@ class Store:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path, readonly: bool = False):
+    def __init__(self, path: Path, readonly: bool = False, threads: bool = False):
+        """``threads``: the connection is used from several threads, each time under the caller's
+        lock (the staff console)."""
         super().__init__()
         path = self.path = Path(path)
         if readonly:
@@ -100,7 +102,7 @@ class SqliteStore(Store):
                                         check_same_thread=False, timeout=10)
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+            self.conn = sqlite3.connect(str(path), isolation_level=None, timeout=30, check_same_thread=not threads)
             # WAL: readers (the staff page) never block the writer. FULL: a commit is on disk
             # before the broker gets our PUBACK, so a power cut cannot lose an acknowledged event.
             # One fsync per burst of messages, so this costs little.
@@ -192,7 +194,7 @@ class PostgresStore(Store):
         return f"postgres database {info.dbname!r} on {info.host}:{info.port}, schema {self.schema!r}"
 
 
-def open_store(storage: SqliteStorage | PostgresStorage, readonly: bool = False) -> Store:
+def open_store(storage: SqliteStorage | PostgresStorage, readonly: bool = False, threads: bool = False) -> Store:
     if isinstance(storage, SqliteStorage):
-        return SqliteStore(storage.path, readonly=readonly)
+        return SqliteStore(storage.path, readonly=readonly, threads=threads)
     return PostgresStore(storage.dsn, storage.schema_name, readonly=readonly)

@@ -85,18 +85,61 @@ class Views:
             rows = self._q("SELECT payload FROM receipts ORDER BY issued_at DESC, n DESC LIMIT ?", (limit,))
         return [json.loads(p) for (p,) in rows]
 
-    def review_lines(self, limit: int = 200) -> list[dict[str, Any]]:
-        """Cart lines marked needs_review, newest first, with the association candidates."""
-        rows = self._q(
-            "SELECT l.session_id, l.event_id, l.sku, l.qty, l.reason, l.candidates, e.t_end, e.unit_id, e.shelf"
-            " FROM lines l JOIN events e ON e.event_id = l.event_id WHERE l.needs_review = 1"
-            " ORDER BY e.t_end DESC LIMIT ?",
-            (limit,),
-        )
-        return [{"session_id": sid, "event_id": eid, "sku": sku, "name": self._name(sku), "quantity": qty,
-                 "reason": reason, "candidates": json.loads(c) if c else [], "t_end": fmt_ts(t_end),
-                 "unit_id": unit, "shelf": shelf}
-                for sid, eid, sku, qty, reason, c, t_end, unit, shelf in rows]
+    _REVIEW_COLS = ("SELECT l.id, l.session_id, l.event_id, l.sku, l.qty, l.reason, l.candidates, l.review_state,"
+                    " l.reviewed_by, l.reviewed_at, l.after_receipt, e.t_start, e.t_end, e.unit_id, e.shelf, e.payload,"
+                    " s.state, s.receipt_n FROM lines l JOIN events e ON e.event_id = l.event_id"
+                    " LEFT JOIN sessions s ON s.session_id = l.session_id")
+
+    def review_queue(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Lines awaiting a person's decision, oldest event first, each with its evidence."""
+        rows = self._q(self._REVIEW_COLS + " WHERE l.review_state = 'open' ORDER BY e.t_end LIMIT ?", (limit,))
+        return [self._review_item(r) for r in rows]
+
+    def review_item(self, line_id: int) -> dict[str, Any] | None:
+        rows = self._q(self._REVIEW_COLS + " WHERE l.id = ?", (line_id,))
+        if not rows:
+            return None
+        item = self._review_item(rows[0])
+        item["decisions"] = [
+            {"id": i, "action": a, "sku": sku, "quantity": q, "session_id": s, "actor": who,
+             "decided_at": fmt_ts(t), "applied_at": fmt_ts(at), "result": res}
+            for i, a, sku, q, s, who, t, at, res in self._q(
+                "SELECT id, action, sku, quantity, session_id, actor, decided_at, applied_at, result"
+                " FROM review_decisions WHERE line_id=? ORDER BY id", (line_id,))]
+        return item
+
+    def _review_item(self, r: tuple) -> dict[str, Any]:
+        (lid, sid, eid, sku, qty, reason, cands, state, by, at, after, t_start, t_end, unit, shelf, payload,
+         s_state, receipt_n) = r
+        try:
+            ev = json.loads(payload)
+        except ValueError:
+            ev = {}
+        products = [{**c, "name": self._name(c.get("sku"))} for c in ev.get("candidates", [])
+                    if isinstance(c, dict)][:6]
+        return {"line_id": lid, "session_id": sid, "event_id": eid, "sku": sku, "name": self._name(sku),
+                "quantity": qty, "reasons": (reason or "").split(",") if reason else [],
+                "review_state": state, "reviewed_by": by, "reviewed_at": fmt_ts(at), "after_receipt": bool(after),
+                "session_state": s_state, "receipted": bool(receipt_n),
+                "unit_id": unit, "shelf": shelf, "t_start": fmt_ts(t_start), "t_end": fmt_ts(t_end),
+                "event": {"type": ev.get("type"), "plates": ev.get("plates"), "delta_g": ev.get("delta_g"),
+                          "noise_g": ev.get("noise_g"), "confidence": ev.get("confidence"),
+                          "misplaced": ev.get("misplaced", False), "arrangement": ev.get("arrangement"),
+                          "plate_deltas": ev.get("plate_deltas"), "trace": ev.get("trace"),
+                          "vision": ev.get("vision"), "weight_only": ev.get("weight_only")},
+                "products": products,
+                "shoppers": json.loads(cands) if cands else []}
+
+    def audit(self, limit: int = 50) -> list[dict[str, Any]]:
+        return [{"id": i, "t": fmt_ts(t), "actor": who, "action": a, "target": tg,
+                 "detail": json.loads(d) if d else None}
+                for i, t, who, a, tg, d in self._q(
+                    "SELECT id, t, actor, action, target, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,))]
+
+    def restock_acks(self) -> dict[str, str]:
+        """target ("unit/shelf/sku") → time of its latest restock acknowledgement."""
+        return {tg: fmt_ts(t) or "" for tg, t in self._q(
+            "SELECT target, MAX(t) FROM audit WHERE action='restock.ack' GROUP BY target")}
 
     def deadletters(self, limit: int = 50) -> list[dict[str, Any]]:
         rows = self._q("SELECT id, t, reason, action, topic, detail, event_id, unit_id, session_id, payload"
@@ -125,6 +168,7 @@ class Views:
                 "awaiting_receipt": one("SELECT COUNT(*) FROM sessions WHERE state='exited'"),
                 "receipts": one("SELECT COUNT(*) FROM receipts WHERE n=1"),
                 "corrections": one("SELECT COUNT(*) FROM receipts WHERE n>1"),
-                "review_lines": one("SELECT COUNT(*) FROM lines WHERE needs_review=1"),
+                "review_lines": one("SELECT COUNT(*) FROM lines WHERE review_state='open'"),
+                "reviewed": one("SELECT COUNT(*) FROM lines WHERE reviewed_by IS NOT NULL"),
                 "deadletters": one("SELECT COUNT(*) FROM deadletters"),
                 "events": one("SELECT COUNT(*) FROM events")}

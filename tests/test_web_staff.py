@@ -1,19 +1,26 @@
-"""The staff page in a real headless browser (Debian's chromium driven by Playwright): a real
-Mosquitto, a real cartd subprocess, the page server as a subprocess; a shopper enters, takes
-something and leaves, and the open page shows the event, the cart and the receipt appear live,
-without a reload. Screenshot: bench/out/staff_page.png."""
+"""The staff console, for real: a real Mosquitto, a real `cartd run`, the console as a subprocess,
+accounts made with `cartd user add`, and Debian's chromium driven by Playwright.
+
+The browser signs in (a wrong password first), finds a doubtful line in the review queue with its
+evidence, picks the other product, and sees cartd's correction receipt and the audit entry; on the
+health view it sees the unit go offline and come back. Screenshots:
+bench/out/console-*.png (the README's pictures in docs/img/ are copies).
+The HTTP checks (sign-in, roles, CSRF, cross-site, bounds) run without a browser."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from http.cookiejar import CookieJar
 from pathlib import Path
 
 import pytest
-from cartd_support import BASE, Cartd, Pub, entry, exit_, health, item_event, tracking, write_config
+from cartd_support import Cartd, Pub, entry, exit_, health, item_event, tracking, ts, write_config
 from conftest import _skip_or_fail
 
 pytestmark = pytest.mark.integration
@@ -22,12 +29,22 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _user(cfg: Path, tmp: Path, name: str, role: str, password: str) -> None:
+    pw = tmp / f"{name}.pw"
+    pw.write_text(password + "\n")
+    r = subprocess.run([sys.executable, "-m", "aggregator.cli", "user", "add", name, "--config", str(cfg),
+                        "--role", role, "--password-file", str(pw)], cwd=REPO, env=ENV, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
 
 
 @pytest.fixture
@@ -52,14 +69,16 @@ def browser_page(tmp_path):
 def staff(tmp_path, mosquitto, subscriber_factory):
     cfg = write_config(tmp_path, mosquitto, units=[{"unit_id": "unit-a", "shelves": ["1", "2"]}],
                        receipts={"deadline_s": 8.0, "correction_delay_s": 0.3})
-    status = subscriber_factory(mosquitto, f"{BASE}/_store/cartd/status/+")
+    status = subscriber_factory(mosquitto, "gondola/v1/store-1/_store/cartd/status/+")
     cartd = Cartd(cfg, tmp_path / "cartd.log").start()
     status.wait_for(1, timeout=20, where=lambda m: m.json().get("state") == "online")
+    _user(cfg, tmp_path, "alice", "reviewer", "alice-password-1")
+    _user(cfg, tmp_path, "vic", "viewer", "vic-password-12")
     port = _free_port()
     with open(tmp_path / "web.log", "ab") as logf:
         web = subprocess.Popen([sys.executable, "-m", "aggregator.web", "--config", str(cfg), "--port", str(port),
                                 "--refresh-s", "30"],  # slow periodic rebuild: what we see must come by push
-                               cwd=REPO, stdout=logf, stderr=logf, env=dict(os.environ, PYTHONPATH=str(REPO)))
+                               cwd=REPO, stdout=logf, stderr=logf, env=ENV)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
     while True:
@@ -68,69 +87,193 @@ def staff(tmp_path, mosquitto, subscriber_factory):
             break
         except OSError:
             if web.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"staff page did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
+                pytest.fail(f"console did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
             time.sleep(0.2)
     pub = Pub(mosquitto)
-    yield {"url": url, "pub": pub, "web": web, "cartd": cartd, "tmp": tmp_path}
+    yield {"url": url, "pub": pub, "web": web, "cartd": cartd, "tmp": tmp_path, "cfg": cfg}
     pub.close()
     web.terminate()
     assert web.wait(10) == 0, (tmp_path / "web.log").read_text()[-2000:]
     assert cartd.stop() == 0, cartd.logtext()[-2000:]
 
 
-def test_staff_page_shows_event_cart_and_receipt_live(staff, browser_page):
+def _doubtful_visit(pub: Pub) -> dict:
+    """S-1 takes something the unit is unsure of (A at 0.55, B at 0.41) and leaves."""
+    now = time.time()
+    pub.send("unit-a/status", {"state": "online", "since": "2026-12-03T10:00:00.000Z"}, retain=True)
+    pub.send("unit-a/health", {**health(now, 0), "plates": {"1/1": {"state": "rest", "noise_g": 0.4}}}, retain=True)
+    pub.send("unit-a/state", {"facings": [{"sku": "A", "shelf": "1", "plates": [1], "units": 1, "source": "stock"},
+                                          {"sku": "B", "shelf": "1", "plates": [2], "units": 9, "source": "stock"}]},
+             retain=True)
+    pub.send("_store/gates/entry", entry("S-1", now - 8))
+    for k in range(6):
+        pub.send("_store/tracking", tracking(now - 6 + k, [("S-1", "unit-a", "1", 0.95)]))
+    ev = item_event("unit-a", 1, "1", "pick", "A", 1, now - 5, now - 4, confidence=0.55, review=True,
+                    candidates=[{"sku": "A", "quantity": 1, "score": 0.55}, {"sku": "B", "quantity": 1, "score": 0.41}],
+                    trace={"t0": ts(now - 6), "dt_s": 0.1,
+                           "plates": {"1": [500.0] * 10 + [480.0, 430.0, 400.0] + [300.0] * 17}})
+    pub.send("unit-a/events", ev)
+    pub.send("_store/gates/exit", exit_("S-1", now - 1))
+    pub.send("_store/tracking", tracking(time.time(), []))
+    pub.send("unit-a/health", {**health(time.time() + 3, 1), "plates": {"1/1": {"state": "rest", "noise_g": 0.4}}},
+             retain=True)
+    pub.flush()
+    return ev
+
+
+def test_console_review_correction_audit_and_unit_health_in_a_browser(staff, browser_page):
     page, pub = browser_page, staff["pub"]
     page.goto(staff["url"] + "/")
+    assert page.url.endswith("/login")  # viewing needs a signed-in account
+    page.fill("#username", "alice")
+    page.fill("#password", "not-her-password")
+    page.click("#signin")
+    page.wait_for_selector("#failed.on", timeout=10000)
+    page.fill("#username", "alice")
+    page.fill("#password", "alice-password-1")
+    page.click("#signin")
     page.wait_for_selector("#live.on", timeout=15000)
-    assert "nobody in the store" in page.inner_text("#carts")
+    assert "alice (reviewer)" in page.inner_text("#who")
     page.evaluate("window.__notReloaded = 42")
 
-    now = time.time()
+    _doubtful_visit(pub)
+    # the receipt goes out with the doubtful line flagged; the line waits in the review queue
+    page.click('nav button[data-view="store"]')
+    page.wait_for_selector('[data-receipt-id="S-1/1"]', timeout=20000)
+    assert "review" in page.locator('[data-receipt-id="S-1/1"]').inner_text()
+    page.click('nav button[data-view="review"]')
+    page.wait_for_selector(".queue .item", timeout=15000)
+    assert page.inner_text("#nreview") == "1"
+    page.click(".queue .item")
+    page.wait_for_selector("#products button[data-sku='B']", timeout=10000)
+    detail = page.inner_text("#detail")
+    assert "unsure product" in detail and "55%" in detail and "41%" in detail and "S-1" in detail
+    assert page.locator("svg.trace polyline").count() == 1  # the plates' weights around the event
+    shots = REPO / "bench" / "out"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "console-review.png"))
+
+    page.click("#products button[data-sku='B']")  # it was B
+    page.wait_for_selector("#outcome", timeout=15000)
+    assert page.inner_text("#outcome").startswith("product B × 1; correction for S-1 due")
+    page.wait_for_function("document.querySelector('#nreview').innerText === '0'", timeout=15000)
+    page.click('nav button[data-view="store"]')
+    page.wait_for_selector('[data-receipt-id="S-1/2"]', timeout=15000)
+    corr = page.locator('[data-receipt-id="S-1/2"]').inner_text()
+    assert "correction" in corr and "Bagel" in corr and "Apple" not in corr, corr
+    page.click('nav button[data-view="audit"]')
+    page.wait_for_function("document.querySelector('#audit').innerText.includes('review.product')", timeout=15000)
+    audit = page.inner_text("#audit")
+    assert "alice" in audit and "review.decided" in audit and "sign_in" in audit
+
+    page.click('nav button[data-view="stock"]')
+    page.wait_for_selector("#alerts table", timeout=10000)
+    assert "Apple" in page.inner_text("#alerts")  # 1 left ≤ the default threshold 2
+    page.screenshot(path=str(shots / "console-stock.png"))
+
+    page.click('nav button[data-view="health"]')
+    unit = '[data-unit="unit-a"] .state'
+    page.wait_for_selector(f'{unit}[data-state="online"]', timeout=10000)
+    pub.send("unit-a/status", {"state": "offline", "reason": "connection lost"}, retain=True)
+    pub.flush()
+    page.wait_for_selector(f'{unit}[data-state="offline"]', timeout=10000)
+    assert "connection lost" in page.inner_text('[data-unit="unit-a"]')
+    page.screenshot(path=str(shots / "console-health.png"))
     pub.send("unit-a/status", {"state": "online"}, retain=True)
-    pub.send("_store/gates/entry", entry("S-WEB-1", now - 6))
-    pub.send("_store/tracking", tracking(now - 4, [("S-WEB-1", "unit-a", "1", 0.97)]))
-    pub.send("_store/tracking", tracking(now - 3, [("S-WEB-1", "unit-a", "1", 0.96)]))
-    ev = item_event("unit-a", 1, "1", "pick", "A", 2, now - 4, now - 3)
-    pub.send("unit-a/events", ev)
     pub.flush()
-
-    # the event on its shelf, and the open cart with the product, appear without a reload
-    page.wait_for_selector(f'[data-event-id="{ev["event_id"]}"]', timeout=15000)
-    page.wait_for_selector('[data-session-id="S-WEB-1"]', timeout=15000)
-    page.wait_for_function(
-        "document.querySelector('[data-session-id=\"S-WEB-1\"]')"
-        " && document.querySelector('[data-session-id=\"S-WEB-1\"]').innerText.includes('Apple juice')",
-        timeout=15000,
-    )
-    # (the page rebuilds its nodes on every update: read through locators, never stale handles)
-    assert "5.00" in page.locator('[data-session-id="S-WEB-1"]').inner_text()
-    assert "no receipts yet" in page.inner_text("#receipts")
-
-    pub.send("_store/gates/exit", exit_("S-WEB-1", now - 1))
-    pub.send("_store/tracking", tracking(time.time(), []))
-    pub.send("unit-a/health", health(time.time() + 3, 1), retain=True)
-    pub.flush()
-    page.wait_for_selector('[data-receipt-id="S-WEB-1/1"]', timeout=20000)
-    text = page.locator('[data-receipt-id="S-WEB-1/1"]').inner_text()
-    assert "Apple juice" in text and "5.00" in text, text
-    # the cart left the open list once receipted
-    page.wait_for_function("!document.querySelector('[data-session-id=\"S-WEB-1\"]')", timeout=15000)
+    page.wait_for_selector(f'{unit}[data-state="online"]', timeout=10000)
     assert page.evaluate("window.__notReloaded") == 42, "the page reloaded instead of updating live"
-    out = REPO / "bench" / "out"
-    out.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(out / "staff_page.png"), full_page=True)
-    assert (out / "staff_page.png").stat().st_size > 10_000
 
 
-def test_staff_page_is_read_only_and_reports_bad_config(tmp_path, staff):
-    req = urllib.request.Request(staff["url"] + "/api/state", data=b"{}", method="POST")
-    with pytest.raises(urllib.error.HTTPError) as exc:
-        urllib.request.urlopen(req, timeout=5)
-    assert exc.value.code == 405
+class Client:
+    """A browser-less client with a cookie jar (urllib)."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.jar = CookieJar()
+        self.op = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.csrf = ""
+
+    def call(self, path: str, body: bytes | dict | None = None, headers: dict | None = None) -> tuple[int, dict]:
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        h = {"Content-Type": "application/json", "X-CSRF-Token": self.csrf, **(headers or {})}
+        req = urllib.request.Request(self.url + path, data=data, headers=h,
+                                     method="POST" if data is not None else "GET")
+        try:
+            with self.op.open(req, timeout=10) as r:
+                return r.status, json.loads(r.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"{}")
+
+    def sign_in(self, name: str, password: str) -> int:
+        code, doc = self.call("/login", {"username": name, "password": password})
+        self.csrf = doc.get("csrf", "")
+        return code
+
+
+def test_console_http_refuses_what_it_must(staff):
+    url, pub = staff["url"], staff["pub"]
+    anon = Client(url)
+    assert anon.call("/api/state")[0] == 401
+    _doubtful_visit(pub)
+    alice, vic = Client(url), Client(url)
+    assert alice.sign_in("alice", "alice-password-1") == 200 and vic.sign_in("vic", "vic-password-12") == 200
+    deadline = time.monotonic() + 20
+    while not alice.call("/api/state")[1].get("review") and time.monotonic() < deadline:
+        time.sleep(0.3)
+    (item,) = alice.call("/api/state")[1]["review"]
+    line = f"/api/review/{item['line_id']}"
+    # a viewer sees but may not decide
+    assert vic.call(line)[0] == 200
+    code, doc = vic.call(line, {"action": "accept"})
+    assert (code, doc["error"]) == (403, "role viewer may not decide reviews")
+    # CSRF: no token, a wrong token, a cross-site origin, a cross-site fetch
+    assert alice.call(line, {"action": "accept"}, {"X-CSRF-Token": ""})[0] == 403
+    assert alice.call(line, {"action": "accept"}, {"X-CSRF-Token": "forged"})[0] == 403
+    code, doc = alice.call(line, {"action": "accept"}, {"Origin": "http://evil.example"})
+    assert code == 403 and "cross-site" in doc["error"]
+    assert alice.call(line, {"action": "accept"}, {"Sec-Fetch-Site": "cross-site"})[0] == 403
+    # bounded, one-line answers
+    code, doc = alice.call(line, b"x" * 20000)
+    assert code == 413 and "16384" in doc["error"]
+    code, doc = alice.call(line, {"action": "steal"})
+    assert code == 400 and doc["error"].startswith("action: expected one of accept, product, shopper, remove")
+    code, doc = alice.call(line, {"action": "product", "sku": "NOT-SOLD-HERE"})
+    assert (code, doc["error"]) == (400, "sku 'NOT-SOLD-HERE' is not in the catalogue")
+    code, doc = alice.call(line, {"action": "shopper", "session_id": "S-NEVER"})
+    assert code == 400 and "was not in the store" in doc["error"]
+    assert alice.call("/api/review/999999", {"action": "accept"})[0] == 400
+    # a good decision is queued and applied by cartd
+    code, doc = alice.call(line, {"action": "accept"})
+    assert code == 202
+    deadline = time.monotonic() + 15
+    while not (out := alice.call(f"/api/decision/{doc['decision']}")[1]).get("applied") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert out["result"].startswith("accepted")
+    # signing out ends the session on the server, not only in the browser
+    cookies = list(alice.jar)
+    assert alice.call("/logout", {})[0] == 200
+    replay = Client(url)
+    for c in cookies:
+        replay.jar.set_cookie(c)
+    assert replay.call("/api/state")[0] == 401
+    # five wrong passwords, then the name is throttled (even with the right one)
+    for _ in range(5):
+        assert Client(url).sign_in("vic", "wrong-password") == 401
+    assert Client(url).sign_in("vic", "vic-password-12") == 429
+
+
+def test_console_start_errors_are_one_line_with_sysexits(tmp_path, mosquitto):
+    def run(cfg: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "aggregator.web", "--config", str(cfg), "--port", "0"],
+                              cwd=REPO, capture_output=True, text=True, timeout=30, env=ENV)
     bad = tmp_path / "bad.yaml"
     bad.write_text("version: 1\nstore_id: s\nstorage: {type: sqlite}\n")
-    r = subprocess.run([sys.executable, "-m", "aggregator.web", "--config", str(bad), "--port", "0"],
-                       cwd=REPO, capture_output=True, text=True, timeout=30,
-                       env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert r.returncode == 78, r.stderr
-    assert "storage.path" in r.stderr and "Traceback" not in r.stderr
+    r = run(bad)
+    assert r.returncode == 78 and "storage.path" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = run(tmp_path / "missing.yaml")
+    assert r.returncode == 66 and r.stderr.strip().endswith("missing.yaml: no such file"), r.stderr
+    cfg = write_config(tmp_path, mosquitto)  # cartd never ran: no database yet
+    r = run(cfg)
+    assert r.returncode == 69 and "does not exist yet (start cartd first)" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -14,6 +14,7 @@ One module per job, each a mixin over ``base.EngineBase`` (the state a transacti
 - events.py        item events: validation, refusals, dedupe
 - association.py   which shopper an event belongs to; cart lines
 - gaps.py          seq gaps, resend requests, lost events, watermarks
+- reviews.py       staff review decisions (queued by the console) applied to lines
 - receipts.py      receipts and corrections
 - publication.py   publish-after-commit bookkeeping, the health document
 
@@ -28,6 +29,7 @@ from .feeds import Feeds
 from .gaps import LEADER_GAPS, Gaps, Watermark, watermarks
 from .publication import Publication
 from .receipts import Receipts, cart
+from .reviews import Reviews
 from .routing import Routing
 from .sessions import Sessions
 from .transactions import FLUSH_ORDER, Transactions
@@ -35,7 +37,7 @@ from .transactions import FLUSH_ORDER, Transactions
 __all__ = ["FLUSH_ORDER", "TRACK_WINDOW_S", "Engine", "Message", "Outbound", "Watermark", "cart", "watermarks"]
 
 
-class Engine(Transactions, Routing, Sessions, Feeds, Events, Association, Gaps, Receipts, Publication):
+class Engine(Transactions, Routing, Sessions, Feeds, Events, Association, Gaps, Reviews, Receipts, Publication):
     """cartd's engine: ``handle_batch``, ``tick``, ``mark_published``, ``unpublished``, ``health``."""
 
     def _tick(self) -> None:
@@ -43,6 +45,7 @@ class Engine(Transactions, Routing, Sessions, Feeds, Events, Association, Gaps, 
         self._pending(now)
         if self.store.try_leader(LEADER_GAPS):
             self._scan_gaps(now)
+        self._decisions(now)
         self._receipts(now)
         self._corrections(now)
 

@@ -27,7 +27,8 @@ class Association(EngineBase):
                 mem = (self._tracker_t is not None
                        and self._tracker_t >= r.t_end + tol + self.cfg.association.context_after_s)
                 self._associate(r.event_id, r.unit_id, r.shelf, r.type, r.sku, r.quantity, r.t_start, r.t_end,
-                                f"{self.base}/{r.unit_id}/events", from_memory=mem, lo_hint=lo_hint)
+                                f"{self.base}/{r.unit_id}/events", from_memory=mem, lo_hint=lo_hint,
+                                flags=r.flags)
         self._flush_lines()
 
     def _tracking_ready(self, t_end: float, received_at: float, now: float) -> bool:
@@ -53,7 +54,7 @@ class Association(EngineBase):
 
     def _associate(self, event_id: str, unit_id: str, shelf: str, etype: str, sku: str | None, qty: int,
                    t_start: float, t_end: float, topic: str, *, from_memory: bool = False,
-                   lo_hint: float | None = None) -> None:
+                   lo_hint: float | None = None, flags: str | None = None) -> None:
         a = self.cfg.association
         lo, hi = t_start - a.clock_tolerance_s, t_end + a.clock_tolerance_s
         # Presence over the window widened by the context (associate.py: a sum, not the best sighting).
@@ -106,6 +107,7 @@ class Association(EngineBase):
         best, reasons, ranked = decision.session_id, decision.reasons, decision.candidates
         if etype not in ("pick", "put_back") or sku is None:
             reasons.append("unresolved")
+        reasons += [f for f in (flags or "").split(",") if f and f not in reasons]
         signed = qty if etype == "pick" else -qty if etype == "put_back" else 0
         if sku is not None and signed and self.catalogue.products and self.catalogue.get(sku) is None:
             self._deadletter("unpriced_sku", topic, f"sku {sku} of event {event_id} is not in the catalogue",
@@ -135,11 +137,14 @@ class Association(EngineBase):
         for l in staged:
             st = state.get(l.session_id)
             after = st[1] if st and st[0] == "receipted" else 0
-            row = lines.LineRow(l.session_id, l.event_id, l.sku, l.signed, int(bool(l.reasons)),
-                                ",".join(l.reasons) or None, l.evidence, json.dumps(l.candidates), after, now)
+            # A line that changes a receipt already sent is always looked at by a person.
+            reasons = [*l.reasons, "after_receipt"] if after and "after_receipt" not in l.reasons else l.reasons
+            row = lines.LineRow(l.session_id, l.event_id, l.sku, l.signed, int(bool(reasons)),
+                                ",".join(reasons) or None, l.evidence, json.dumps(l.candidates), after, now,
+                                "open" if reasons else None)
             (late if after else rows).append(row)
             self.counters["lines"] += 1
-            if l.reasons:
+            if reasons:
                 self.counters["review_lines"] += 1
         lines.insert(self.store, rows)
         for row in late:  # after the receipt: this line makes a correction

@@ -92,7 +92,8 @@ class Events(EngineBase):
             return
         new = events.insert_new(self.store, [
             events.NewEvent(ev.event_id, ev.unit_id, ev.seq, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start,
-                            ev.t_end, ev.confidence, int(ev.historical), now, payload.decode("utf-8"))
+                            ev.t_end, ev.confidence, int(ev.historical), now, payload.decode("utf-8"),
+                            ev.flags(self.cfg.review.event_confidence_below))
             for _, ev, payload in evs])
         if len(new) < len(evs):
             # Already known event_ids: a redelivery (same content; a resend adds "historical") is a
@@ -185,6 +186,7 @@ class Events(EngineBase):
                 topic,
                 from_memory=True,
                 lo_hint=lo_all,
+                flags=ev.flags(self.cfg.review.event_confidence_below),
             )
         else:
             self.counters["waiting_for_tracking"] += 1

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..catalogue import Catalogue
 from ..messages import fmt_ts
+from ..money import fmt_money
 from ..store import RetryTransaction, Store
 from ..tables import events, receipts, sessions
 from ..tables import lines as lines_t
@@ -73,6 +74,9 @@ class Receipts(EngineBase):
             if (lagging or pending) and not overdue:
                 lagging_all.update(lagging)
                 continue
+            hold = self.cfg.review.hold_receipt_s
+            if hold and now < (exit_rx or now) + hold and lines_t.open_reviews(self.store, sid):
+                continue  # staff are to look at a line first (review.hold_receipt_s)
             self._issue(sid, now, complete=not lagging and not pending, waited_for=lagging)
         for u in sorted(lagging_all):
             self._rebirth(u, now)
@@ -113,8 +117,9 @@ class Receipts(EngineBase):
             raise RetryTransaction(f"receipt {session_id}/{n} raced")
         receipts.insert(self.store, doc["receipt_id"], session_id, n, doc["kind"], now, doc["total"], text)
         self.counters["receipts" if n == 1 else "corrections"] += 1
-        log.info("%s %s: %d lines, total %d %s%s", doc["kind"], doc["receipt_id"], len(lines), doc["total"],
-                 doc["currency"], "" if complete else f" (deadline; no word from {', '.join(waited_for)})")
+        log.info("%s %s: %d lines, total %s%s", doc["kind"], doc["receipt_id"], len(lines),
+                 fmt_money(doc["total"], doc["currency"]),
+                 "" if complete else f" (deadline; no word from {', '.join(waited_for)})")
         self._out.append(
             Outbound(f"{self.base}/_store/receipts/{session_id}", text, kind="receipt", ref=doc["receipt_id"])
         )

@@ -8,8 +8,8 @@ from ..store import Store
 from ._util import CHUNK, marks
 
 _COLS = ("(event_id, unit_id, seq, shelf, type, sku, quantity, t_start, t_end, confidence, historical,"
-         " received_at, state, payload)")
-_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+         " received_at, state, payload, flags)")
+_ROW = "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
 class NewEvent(NamedTuple):
@@ -27,6 +27,7 @@ class NewEvent(NamedTuple):
     historical: int
     received_at: float
     payload: str
+    flags: str | None = None  # the unit's own doubts, comma-separated (low_confidence, misplaced)
 
 
 def insert_new(store: Store, rows: list[NewEvent]) -> set[str]:
@@ -36,7 +37,7 @@ def insert_new(store: Store, rows: list[NewEvent]) -> set[str]:
         part = rows[i:i + CHUNK]
         params: list[Any] = []
         for r in part:
-            params += (*r[:12], "pending", r.payload)
+            params += (*r[:12], "pending", r.payload, r.flags)
         values = ",".join([_ROW] * len(part))
         new.update(x[0] for x in store.q(
             f"INSERT INTO events {_COLS} VALUES {values} ON CONFLICT (event_id) DO NOTHING RETURNING event_id", params))
@@ -71,12 +72,13 @@ class Pending(NamedTuple):
     t_start: float
     t_end: float
     received_at: float
+    flags: str | None
 
 
 def pending(store: Store) -> list[Pending]:
     """Events waiting for tracking, oldest t_end first (SKIP LOCKED: another instance has them)."""
     return [Pending(*r) for r in store.q(
-        "SELECT event_id, unit_id, shelf, type, sku, quantity, t_start, t_end, received_at"
+        "SELECT event_id, unit_id, shelf, type, sku, quantity, t_start, t_end, received_at, flags"
         " FROM events WHERE state='pending' ORDER BY t_end LIMIT 5000" + store.skip_locked())]
 
 
