@@ -18,6 +18,7 @@ from pathlib import Path
 import click
 
 from daemon.cli_entry import run_click
+from daemon.control_handlers import NOISE_WINDOW_S
 from daemon.exitcodes import EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 
 from . import camera, planogram, report
@@ -67,7 +68,8 @@ def cli(ctx: click.Context, config: Path, via: str, timeout: float) -> None:
 
 
 @cli.command()
-@click.option("--seconds", type=float, default=3.0, show_default=True, help="Samples to judge (own drivers).")
+@click.option("--seconds", type=float, default=NOISE_WINDOW_S, show_default=True,
+              help="Seconds of samples to judge (the last ones; `live` shows noise over the same).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
 @click.pass_obj
 def diag(obj: Ctx, seconds: float, as_json: bool) -> None:
@@ -110,6 +112,15 @@ def _num(x, digits):
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+LIVE_COLUMNS = ("plate", "weight g", "state", "noise g")
+
+
+def live_rows(snap: dict) -> list[tuple[str, str, str, str]]:
+    """`shelfcal live`'s rows. Noise is the snapshot's plate figure: the white σ over the last
+    NOISE_WINDOW_S of samples, as diag's per channel (not the detector's running estimate)."""
+    return [(k, _num(p["weight_g"], 1), p["state"], _num(p["noise_g"], 2)) for k, p in snap["plates"].items()]
+
+
 # ---------------------------------------------------------------- live
 
 
@@ -127,12 +138,12 @@ def live(obj: Ctx, interval: float, count: int) -> None:
     wait_for_data(unit.link, 1.0)
 
     def table():
-        snap = unit.link.call("snapshot", seconds=2.0)
+        snap = unit.link.call("snapshot", seconds=NOISE_WINDOW_S)
         t = Table(title=f"unit {unit.unit_id} ({unit.link.kind}) calibration {snap['calibration_id'] or 'none'}")
-        for col in ("plate", "weight g", "state", "noise g"):
+        for col in LIVE_COLUMNS:
             t.add_column(col, justify="right" if col != "plate" else "left")
-        for k, p in snap["plates"].items():
-            t.add_row(k, _num(p["weight_g"], 1), p["state"], _num(p["noise_g"], 2))
+        for row in live_rows(snap):
+            t.add_row(*row)
         return t
 
     con = console()

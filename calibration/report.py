@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from daemon.control_handlers import white_sigma
+from daemon.control_handlers import NOISE_WINDOW_S, noise_g
 from daemon.exitcodes import EX_CANTCREAT, EX_USAGE
 
 from .context import Ctx
@@ -44,7 +44,8 @@ def _last_verifies(state_dir: Path) -> dict[str, dict]:
     "--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the PNGs and summary.txt."
 )
 @click.option("--plate", "plates", multiple=True, help="Only these plates (default: every calibrated plate).")
-@click.option("--seconds", type=float, default=5.0, show_default=True, help="Noise trace length.")
+@click.option("--seconds", type=float, default=NOISE_WINDOW_S, show_default=True,
+              help="Noise trace length (σ as `shelfcal diag` and `live` figure it).")
 @click.pass_obj
 def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None:
     """Plots per plate and a text summary of the calibration in force, for the service record."""
@@ -85,9 +86,10 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
             g = (v - cc.offset) / cc.scale
             grams = g if grams is None else grams + g
         good = ~np.isnan(grams) if grams is not None else np.zeros(0, bool)
-        # white-noise σ from sample-to-sample differences: a mass set down during the trace
-        # (a verify just before) must not read as noise
-        sigma = white_sigma(grams[good]) if good.sum() > 4 else math.nan
+        # white-noise σ from sample-to-sample differences (a mass set down during the trace, a
+        # verify just before, must not read as noise): the figure diag and live show
+        sig = noise_g(grams) if grams is not None else None
+        sigma = math.nan if sig is None else sig
         fits = []
         for c in p.channels:
             pts = cal.channels[c].points

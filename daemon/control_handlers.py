@@ -35,6 +35,7 @@ ADC_HALF_RANGE = float(HX711_MAX + 1)  # 2^23 counts: "offset as a share of the 
 DEFAULT_WINDOW_S = 1.5                 # rest window for a tare or a calibration point
 SUSPICIOUS_OFFSET_SHARE = 0.5          # a zero beyond half the ADC range leaves little headroom
 MAX_RAW_ROWS = 20_000                  # one `raw` reply at most (≈ 5 min at 60 Hz on one channel)
+NOISE_WINDOW_S = 3.0                   # `shelfcal diag` and `shelfcal live` judge noise over this
 
 
 # ---------------------------------------------------------------- raw sample history
@@ -96,6 +97,14 @@ def white_sigma(x: np.ndarray) -> float:
         return float("nan")
     d = np.diff(x)
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
+
+
+def noise_g(grams: np.ndarray) -> float | None:
+    """The noise figure shelfcal shows (diag per channel, live per plate, report): the white σ
+    of a gram series (NaN where a sample was flagged), None below 4 samples. A channel is the
+    series of its own grams, a plate the sum of its channels'."""
+    sig = white_sigma(grams)
+    return None if math.isnan(sig) else round(sig, 3)
 
 
 def assess_rest(values: np.ndarray, flags: np.ndarray, rate_hz: float, window_s: float,
@@ -283,8 +292,13 @@ class UnitControl:
 
     def snapshot(self, req: Request) -> dict[str, Any]:
         """Per channel: what `shelfcal diag` judges; per plate: what `shelfcal live` shows."""
-        seconds = float(req.args.get("seconds", 5.0))
+        seconds = float(req.args.get("seconds", NOISE_WINDOW_S))
         t, v, f = self.ring.last(seconds)
+        grams = {}  # channel → its grams over the window (NaN where flagged), when calibrated
+        for ch, j in self.col.items():
+            cal = self.calibration.channels.get(ch) if self.calibration else None
+            if cal is not None:
+                grams[ch] = np.where(f[:, j] == 0, (v[:, j] - cal.offset) / cal.scale, np.nan)
         span = float(t[-1] - t[0]) + 1.0 / self.rate_hz if len(t) else 0.0
         counters = self.source.counters() if self.source is not None else {}
         diags = {}
@@ -312,7 +326,7 @@ class UnitControl:
                 "distinct_values": int(len(np.unique(good))),
                 "mean_counts": None if not len(good) else float(np.mean(good)),
                 "noise_counts": None if math.isnan(sig) else round(sig, 2),
-                "noise_g": None if (math.isnan(sig) or cal is None) else round(sig / abs(cal.scale), 3),
+                "noise_g": noise_g(grams[ch]) if ch in grams else None,
                 "offset_share": None if math.isnan(ref) else round(abs(ref) / ADC_HALF_RANGE, 4),
                 "scale": cal.scale if cal else None,
                 "since_start": counters[ch].as_dict() if ch in counters else None,
@@ -325,10 +339,12 @@ class UnitControl:
             d: dict[str, Any] = {"channels": list(p.channels), "capacity_g": p.capacity_g}
             if pipe is not None:
                 g = pipe.last_grams[p.index]
-                d.update(weight_g=None if math.isnan(g) else round(float(g), 1), state=states[p.index],
-                         noise_g=round(float(pipe.detector.sigma[p.index]), 2))
+                d.update(weight_g=None if math.isnan(g) else round(float(g), 1), state=states[p.index])
             else:
-                d.update(weight_g=None, state="uncalibrated", noise_g=None)
+                d.update(weight_g=None, state="uncalibrated")
+            # the same figure as diag's per channel (one-channel plates: equal), over the same window
+            calibrated = bool(p.channels) and all(c in grams for c in p.channels)
+            d["noise_g"] = noise_g(sum(grams[c] for c in p.channels)) if calibrated else None
             plates[p.key] = d
         return {"t": self.ring.t_last, "seconds": round(span, 2), "unit_id": self.cfg.unit_id,
                 "calibration_id": self.calibration.calibration_id if self.calibration else None,

@@ -492,3 +492,32 @@ def test_no_terminal_and_no_yes_is_refused_and_shelfcal_always_ends_its_maintena
     assert p.returncode == 130, err
     assert _maintenance(cfg) == {}
     assert proc.poll() is None
+
+
+def test_live_and_diag_show_the_same_noise_figure_on_the_same_samples(tmp_path):
+    """One snapshot (what both commands ask the unit for): `live`'s plate noise is diag's channel
+    noise (one channel per plate here), the white σ over the same window, not the detector's
+    running estimate; on the σ 8 g plate both say about 8 g."""
+    from calibration.cli import live_rows
+    from calibration.diag import judge
+    from calibration.link import LocalUnit, wait_for_data
+    from daemon.control_handlers import NOISE_WINDOW_S
+
+    cfg = load_config(make_unit(tmp_path, factory=True))
+    unit = LocalUnit(cfg)
+    try:
+        wait_for_data(unit, NOISE_WINDOW_S + 1.0)
+        snap = unit.call("snapshot", seconds=NOISE_WINDOW_S)
+    finally:
+        unit.close()
+    assert unit.control.pipeline is not None  # calibrated: live shows weights and detector states
+    verdicts = judge(cfg, snap)
+    rows = {r[0]: r for r in live_rows(snap)}
+    for plate, ch in (("1/1", "sim-1-1"), ("1/2", "sim-1-2"), (NOISY, "sim-1-3")):
+        figure = snap["channels"][ch]["noise_g"]
+        assert figure is not None and snap["plates"][plate]["noise_g"] == figure, (plate, snap["plates"][plate])
+        assert rows[plate][3] == f"{figure:.2f}"
+    noisy = snap["channels"]["sim-1-3"]["noise_g"]
+    assert 5.0 < noisy < 11.0, noisy  # the simulator's σ 8 g
+    assert f"noisy: σ {noisy:.1f} g" in verdicts["sim-1-3"]["text"]
+    assert rows[DEAD][3] == "-" and snap["plates"][DEAD]["noise_g"] is None  # no samples, no figure
