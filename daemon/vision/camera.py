@@ -23,9 +23,9 @@ import logging
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -50,6 +50,13 @@ class CameraSource(Protocol):
     def read(self, timeout: float) -> tuple[float, np.ndarray] | None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class FrameClockedSource(CameraSource, Protocol):
+    """A ``synchronous`` source (sim, replay): the sample thread advances it by stream time."""
+
+    def frames_until(self, t: float) -> Iterator[Frame]: ...
 
 
 # ---------------------------------------------------------------- decoding (v4l2)
@@ -81,7 +88,7 @@ def decode_yuyv(data: bytes, width: int, height: int) -> np.ndarray:
     u = np.repeat(a[..., 1], 2, axis=1) - 128.0
     v = np.repeat(a[..., 3], 2, axis=1) - 128.0
     rgb = np.stack([y + 1.402 * v, y - 0.344136 * u - 0.714136 * v, y + 1.772 * u], axis=-1)
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    return rgb.clip(0, 255).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- hardware sources
@@ -104,7 +111,7 @@ class V4l2Source:
 
     def start(self) -> None:
         try:
-            from linuxpy.video.device import BufferType, Device, VideoCapture  # type: ignore
+            from linuxpy.video.device import BufferType, Device, VideoCapture
         except ImportError:
             raise CameraError("v4l2 camera needs the linuxpy package (pip install 'gondola[usb-camera]')") from None
         try:
@@ -166,7 +173,7 @@ class Picamera2Source:
 
     def start(self) -> None:
         try:
-            from picamera2 import Picamera2  # type: ignore
+            from picamera2 import Picamera2
         except ImportError:
             raise CameraError("picamera2 is not importable: apt install python3-picamera2 and create the venv "
                               "with --system-site-packages") from None
@@ -221,7 +228,7 @@ class CameraRunner:
     Threaded sources run on the runner's own thread; synchronous ones (sim, replay) are advanced
     by ``pump(t)`` from the sample thread (cheap: they hand out lazy frames)."""
 
-    def __init__(self, source, ring: FrameRing, *, width: int, height: int, fps: float,
+    def __init__(self, source: CameraSource, ring: FrameRing, *, width: int, height: int, fps: float,
                  stall_s: float = 3.0, wall: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] | None = None):
         self.source = source
@@ -265,9 +272,11 @@ class CameraRunner:
         """Frames of a data-clocked source up to stream time ``t`` into the ring; returns how many."""
         if not getattr(self.source, "synchronous", False) or self.stats.state == "unavailable":
             return 0
+        src = self.source
+        assert isinstance(src, FrameClockedSource)  # every synchronous source is frame-clocked
         n = 0
         try:
-            for fr in self.source.frames_until(t):
+            for fr in src.frames_until(t):
                 if fr.decoded and not self._valid(fr.image):
                     continue
                 self.ring.push(fr)
@@ -332,7 +341,7 @@ class CameraRunner:
             backoff = min(BACKOFF_MAX_S, backoff * 2)
 
     # -- checks and figures
-    def _valid(self, img) -> bool:
+    def _valid(self, img: object) -> bool:
         ok = isinstance(img, np.ndarray) and img.dtype == np.uint8 and img.ndim == 3 \
             and img.shape[2] == 3 and img.shape[0] == self.height and img.shape[1] == self.width
         if not ok:
@@ -356,7 +365,7 @@ class CameraRunner:
         self.stats.last_error = msg
         self._log_once(msg.split(":")[0], "camera: %s (restarting with back-off; weight events continue)", msg)
 
-    def _log_once(self, key: str, fmt: str, *args) -> None:
+    def _log_once(self, key: str, fmt: str, *args: object) -> None:
         if key not in self._logged:
             self._logged.add(key)
             log.warning(fmt, *args)
@@ -372,7 +381,7 @@ class CameraRunner:
     def healthy(self) -> bool:
         return self.stats.state == "running"
 
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         s = self.stats
         return {"state": s.state, "fps": round(self.fps_measured(), 2), "expected_fps": self.fps,
                 "frames": s.frames, "rejected": s.rejected, "dropped": s.rejected + self.ring.out_of_order,

@@ -18,17 +18,22 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .engine import VisionResult
 
 log = logging.getLogger(__name__)
 
 
 class CaptureStore:
     def __init__(self, folder: str | Path, *, min_confidence: float = 0.98, max_mb: float = 200.0,
-                 max_age_days: float = 14.0, clock=time.time):
+                 max_age_days: float = 14.0, clock: Callable[[], float] = time.time):
         self.folder = Path(folder)
         self.min_confidence = min_confidence
         self.max_bytes = int(max_mb * 1e6)
@@ -40,7 +45,7 @@ class CaptureStore:
         self.pruned = 0
         self.errors = 0
 
-    def offer(self, event: dict, weight_confidence: float, result) -> bool:
+    def offer(self, event: dict[str, Any], weight_confidence: float, result: VisionResult) -> bool:
         """Save the crops of ``event`` if weight alone was sure; never raises."""
         if event.get("type") not in ("pick", "put_back") or event.get("sku") is None \
                 or weight_confidence < self.min_confidence or result.before is None:
@@ -56,7 +61,7 @@ class CaptureStore:
             log.warning("capture: cannot save crops (%s); capture continues", exc)
             return False
 
-    def _save(self, event: dict, conf: float, result) -> None:
+    def _save(self, event: dict[str, Any], conf: float, result: VisionResult) -> None:
         from PIL import Image
 
         now = self._clock()
@@ -65,7 +70,7 @@ class CaptureStore:
         d.mkdir(parents=True, exist_ok=True)
         safe_sku = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(event["sku"]))
         stem = f"{int(now * 1000)}-{event['type']}-{safe_sku}"
-        files = {}
+        files: dict[str, str] = {}
         for name, img in (("before", result.before), ("after", result.after), ("item", result.item)):
             if img is None or not isinstance(img, np.ndarray) or img.size == 0:
                 continue
@@ -106,6 +111,6 @@ class CaptureStore:
     def usage_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.folder.glob("*/*.png")) if self.folder.exists() else 0
 
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         return {"saved": self.saved, "skipped": self.skipped, "pruned": self.pruned, "errors": self.errors,
                 "mb": round(self.usage_bytes() / 1e6, 2)}

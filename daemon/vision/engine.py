@@ -22,11 +22,19 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .frames import FrameRing, select_frames
+from .frames import FrameRing, Selection, select_frames
+from .models import EmbeddingModel
 from .render import crop, item_crop, union_roi
+
+if TYPE_CHECKING:
+    from .camera import CameraRunner
+    from .gallery import Gallery
+    from .models import ActionModel, ProductModel
+    from .rois import ROI
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +83,9 @@ class ChangeView:
 
 
 class VisionEngine:
-    def __init__(self, ring: FrameRing, rois: dict | None, *, runner=None, action_model=None,
-                 product_model=None, margin_s: float = 0.25, block_when_busy: bool = False,
+    def __init__(self, ring: FrameRing, rois: dict[str, ROI] | None, *, runner: CameraRunner | None = None,
+                 action_model: ActionModel | None = None, product_model: ProductModel | None = None,
+                 margin_s: float = 0.25, block_when_busy: bool = False,
                  product_calibration: float | str | None = "auto"):
         self.ring = ring
         self.rois = rois or {}
@@ -105,7 +114,7 @@ class VisionEngine:
 
     # -- models' identity for events and health
     def model_hashes(self) -> dict[str, str]:
-        out = {}
+        out: dict[str, str] = {}
         if self.action_model is not None:
             out["action"] = self.action_model.sha256
         if self.product_model is not None:
@@ -120,18 +129,18 @@ class VisionEngine:
         if self.runner is not None:
             self.runner.pump(t)
 
-    def submit(self, change: ChangeView) -> Future:
+    def submit(self, change: ChangeView) -> Future[VisionResult]:
         """Pick the frames now (the ring moves on), analyse them on the worker; the Future's
         result is a VisionResult."""
         if not self._slots.acquire(blocking=self.block_when_busy):
             self.counts["busy"] += 1
-            f: Future = Future()
+            f: Future[VisionResult] = Future()
             f.set_result(VisionResult("busy", models=self.model_hashes(), reason="vision queue full"))
             return f
         sel = select_frames(self.ring, change.t_start, change.t_end, margin_s=self.margin_s)
         return self._pool.submit(self._run, change, sel)
 
-    def _run(self, change: ChangeView, sel) -> VisionResult:
+    def _run(self, change: ChangeView, sel: Selection) -> VisionResult:
         try:
             return self.analyze(change, sel)
         finally:
@@ -141,7 +150,7 @@ class VisionEngine:
         self.counts["timeouts"] += 1
 
     # -- the analysis
-    def analyze(self, change: ChangeView, sel=None) -> VisionResult:
+    def analyze(self, change: ChangeView, sel: Selection | None = None) -> VisionResult:
         t0 = time.perf_counter()
         self.counts["analyses"] += 1
         res = self._analyze(change, sel)
@@ -154,8 +163,8 @@ class VisionEngine:
             del self._ms[:-200]
         return res
 
-    def _analyze(self, change: ChangeView, sel=None) -> VisionResult:
-        if not self.camera_ok():
+    def _analyze(self, change: ChangeView, sel: Selection | None = None) -> VisionResult:
+        if self.runner is not None and not self.runner.healthy:  # not camera_ok()
             return VisionResult("unavailable", reason=f"camera {self.runner.stats.state}")
         keys = [f"{change.shelf}/{p}" for p in change.looked_at()]
         rois = [self.rois[k] for k in keys if k in self.rois]
@@ -163,30 +172,33 @@ class VisionEngine:
             return VisionResult("no_roi", reason=f"no camera ROI for plate(s) {', '.join(keys)}")
         if sel is None:
             sel = select_frames(self.ring, change.t_start, change.t_end, margin_s=self.margin_s)
-        if not sel.usable:
+        first, last = sel.before, sel.after
+        if first is None or last is None:  # not sel.usable
             return VisionResult("no_frames", flags=sel.flags, reason="no frame " + " / ".join(sel.flags))
         roi = union_roi(rois)
+        pm = self.product_model
         try:
-            before = crop(sel.before.image, roi)
-            after = crop(sel.after.image, roi)
+            before = crop(first.image, roi)
+            after = crop(last.image, roi)
             if before.shape != after.shape:
                 return VisionResult("no_frames", flags=sel.flags + ["size_changed"],
                                     reason="before and after frames differ in size")
             action = self.action_model.classify(before, after) if self.action_model is not None else None
             item = self._item_crop(before, after, change.delta_g)
-            skus = self._product_scores(item) if self.product_model is not None else None
+            skus = self._product_scores(pm, item) if pm is not None else None
         except Exception as exc:  # noqa: BLE001 - one bad inference must not stop the unit
             self._log_once(type(exc).__name__, "vision analysis failed (%s: %s); events go weight-only",
                            type(exc).__name__, exc)
             return VisionResult("error", reason=f"{type(exc).__name__}: {exc}")
         return VisionResult("ok", action=action, skus=skus or None, flags=sel.flags,
-                            frame_times=(sel.before.t, sel.after.t), before=before, after=after, item=item)
+                            frame_times=(first.t, last.t), before=before, after=after, item=item)
 
-    def _gallery(self):
-        g = getattr(self.product_model, "gallery", None)
-        if g is None or getattr(self.product_model, "head", None) is not None:
+    def _gallery(self) -> Gallery | None:
+        """The embedding model's gallery, when it scores with one (no linear head)."""
+        pm = self.product_model
+        if not isinstance(pm, EmbeddingModel) or pm.head is not None:
             return None
-        return g
+        return pm.gallery
 
     def calibrate(self) -> None:
         """Fit the gallery's scoring on its own images (call again after enrolling)."""
@@ -202,26 +214,26 @@ class VisionEngine:
         else:
             self.product_temperature = float(setting)
 
-    def _product_scores(self, item: np.ndarray) -> dict[str, float]:
+    def _product_scores(self, pm: ProductModel, item: np.ndarray) -> dict[str, float]:
         g = self._gallery()
-        if g is not None and len(g) and (self.verifier is not None or self.product_temperature is not None):
-            e = self.product_model.embed(item)
+        if isinstance(pm, EmbeddingModel) and g is not None and len(g):
             if self.verifier is not None:
-                return self.verifier.scores(g.similarities(e))
-            return g.scores(e, temperature=self.product_temperature)
-        return self.product_model.scores(item)
+                return self.verifier.scores(g.similarities(pm.embed(item)))
+            if self.product_temperature is not None:
+                return g.scores(pm.embed(item), temperature=self.product_temperature)
+        return pm.scores(item)
 
     @staticmethod
     def _item_crop(before: np.ndarray, after: np.ndarray, delta_g: float) -> np.ndarray:
         return item_crop(before, after, took=delta_g < 0)
 
-    def _log_once(self, key: str, fmt: str, *args) -> None:
+    def _log_once(self, key: str, fmt: str, *args: object) -> None:
         if key not in self._logged:
             self._logged.add(key)
             log.warning(fmt, *args)
 
     # -- figures
-    def health(self) -> dict:
+    def health(self) -> dict[str, Any]:
         ms = np.array(self._ms) if self._ms else None
         return {"models": {role: sha[:12] for role, sha in self.model_hashes().items()},
                 "product_calibration": (self.verifier.describe() if self.verifier is not None
@@ -302,7 +314,8 @@ class Verifier:
 
     def llr(self, s: np.ndarray) -> np.ndarray:
         (m1, s1), (m0, s0) = self.same, self.diff
-        return (-0.5 * ((s - m1) / s1) ** 2 - np.log(s1)) - (-0.5 * ((s - m0) / s0) ** 2 - np.log(s0))
+        llr: np.ndarray = (-0.5 * ((s - m1) / s1) ** 2 - np.log(s1)) - (-0.5 * ((s - m0) / s0) ** 2 - np.log(s0))
+        return llr
 
     def scores(self, similarities: dict[str, float]) -> dict[str, float]:
         if not similarities:
@@ -313,5 +326,5 @@ class Verifier:
         p = z / z.sum()
         return {k: float(v) for k, v in zip(names, p)}
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"verify": {"same": [round(v, 4) for v in self.same], "different": [round(v, 4) for v in self.diff]}}

@@ -16,12 +16,13 @@ the time of the samples it has processed, and frames are decoded only when an ev
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .. import jsonlines
 from ..jsonlines import create_with_header
 from .camera import CameraError
 from .frames import Frame
+from .rois import ROI
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,7 @@ def encode_jpeg(img: np.ndarray, quality: int = 90) -> bytes:
 
 class FrameWriter:
     def __init__(self, path: str | Path, *, unit_id: str, width: int, height: int, fps: float,
-                 rois: dict | None = None, quality: int = 90):
+                 rois: dict[str, ROI] | None = None, quality: int = 90):
         self.path = Path(path)
         self.quality = quality
         self._fh: IO[str] = create_with_header(self.path, {
@@ -67,11 +69,11 @@ class FrameWriter:
         self._fh.close()
 
 
-def _check_header(h: dict) -> None:
+def _check_header(h: dict[str, Any]) -> None:
     h["width"], h["height"], h["fps"] = int(h["width"]), int(h["height"]), float(h["fps"])
 
 
-def read_header(path: str | Path) -> dict:
+def read_header(path: str | Path) -> dict[str, Any]:
     return jsonlines.read_header(Path(path), FORMAT, _check_header, error=CameraError, missing="frames file not found",
                                  noun="frames file", header_noun="frames header")
 
@@ -101,7 +103,7 @@ class ReplayCameraSource:
             self._fh.close()
             self._fh = None
 
-    def read(self, timeout: float):  # pragma: no cover - synchronous sources are pumped
+    def read(self, timeout: float) -> tuple[float, np.ndarray] | None:  # pragma: no cover - pumped instead
         raise NotImplementedError("the replay camera is pumped with frames_until(t)")
 
     def _next(self) -> tuple[float, str] | None:
@@ -133,7 +135,7 @@ class ReplayCameraSource:
             if tf > t:
                 return
             self._pending = None
-            yield Frame.lazy(tf, lambda b64=b64: _decode_b64_jpeg(b64))
+            yield Frame.lazy(tf, functools.partial(_decode_b64_jpeg, b64))
 
 
 def _decode_b64_jpeg(b64: str) -> np.ndarray:

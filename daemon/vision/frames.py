@@ -17,6 +17,7 @@ records only *when* a frame was taken and renders it if an event asks for it.
 from __future__ import annotations
 
 import bisect
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +47,9 @@ class Frame:
     @property
     def image(self) -> np.ndarray:
         if self._image is None:
-            self._image = self._make()
+            make = self._make
+            assert make is not None  # __init__ demands an image or a way to make one
+            self._image = make()
             self._make = None
         return self._image
 
@@ -116,7 +119,7 @@ class FrameRing:
             kept = old
         else:
             data = _jpeg(old._image)
-            kept = Frame.lazy(old.t, lambda data=data: _unjpeg(data), seq=old.seq)
+            kept = Frame.lazy(old.t, functools.partial(_unjpeg, data), seq=old.seq)
             kept._tail_bytes = len(data)
         self._tail.append(kept)
         self._tail_bytes += _tail_size(kept)

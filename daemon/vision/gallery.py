@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class Gallery:
         self.dim = dim
         self.embeddings = np.zeros((0, dim), np.float32)
         self.skus: list[str] = []
-        self.meta: dict[str, dict] = {}
+        self.meta: dict[str, dict[str, Any]] = {}
         self.version = 0
 
     # ---------------------------------------------------------------- open / save
@@ -199,12 +199,12 @@ class Gallery:
         return {n: float(v) for n, v in zip(names, p)}
 
 
-def _read_json(folder: Path) -> dict | None:
+def _read_json(folder: Path) -> dict[str, Any] | None:
     p = Path(folder) / "gallery.json"
     if not p.is_file():
         return None
     try:
-        d = json.loads(p.read_text())
+        d: dict[str, Any] = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise GalleryError(f"{p}: not valid JSON ({e})") from None
     if d.get("schema") != GALLERY_SCHEMA or "npz" not in d or "backbone_sha256" not in d:

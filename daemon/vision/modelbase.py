@@ -16,10 +16,12 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = np.asarray(x, np.float64)
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
-    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    p: np.ndarray = (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+    return p
 
 
 def l2_normalise(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = np.asarray(x, np.float32)
     n = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(n, 1e-12)
+    unit: np.ndarray = x / np.maximum(n, 1e-12)
+    return unit

@@ -74,22 +74,24 @@ def models_dir() -> Path:
 # The project's own default action model (trained by ``python -m training.action``); a config may
 # name any other file instead.
 DEFAULT_ACTION_MODEL = models_dir() / "action" / "action-v1.tflite"
-_DTYPES = {"uint8": np.uint8, "int8": np.int8, "float32": np.float32}
+_INT_DTYPES: dict[str, type[np.integer[Any]]] = {"uint8": np.uint8, "int8": np.int8}
+_DTYPES: dict[str, type[np.generic]] = {**_INT_DTYPES, "float32": np.float32}
 
 
 # ---------------------------------------------------------------- runtime
 
 
-def _interpreter_class():
-    """ai_edge_litert first (the maintained package), tflite_runtime as the fallback."""
+def _interpreter_class() -> Any:
+    """ai_edge_litert first (the maintained package), tflite_runtime as the fallback; None when
+    neither is installed."""
     try:
-        from ai_edge_litert.interpreter import Interpreter  # type: ignore
+        from ai_edge_litert.interpreter import Interpreter
 
         return Interpreter
     except ImportError:
         pass
     try:
-        from tflite_runtime.interpreter import Interpreter  # type: ignore
+        from tflite_runtime.interpreter import Interpreter
 
         return Interpreter
     except ImportError:
@@ -136,7 +138,7 @@ class ModelSpec:
     gallery: str | None = None
     head: str | None = None
     temperature: float = 0.05
-    raw: dict = field(default_factory=dict, compare=False, repr=False)
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def height(self) -> int:
@@ -256,7 +258,7 @@ def _beside(sidecar: Path, model: Path, name: str) -> Path:
     return first if first.exists() else model.parent / p
 
 
-def write_sidecar(path: str | Path, sidecar: dict) -> Path:
+def write_sidecar(path: str | Path, sidecar: dict[str, Any]) -> Path:
     """Write ``<model>.json`` with the .tflite's current sha256 filled in (used by training)."""
     path = Path(path)
     d = {"schema": SIDECAR_SCHEMA, **sidecar, "sha256": file_sha256(path)}
@@ -305,7 +307,7 @@ def resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
 
     c = img.shape[2]
     src = img[..., 0] if c == 1 else img
-    out = np.asarray(Image.fromarray(src).resize((width, height), Image.BILINEAR))
+    out = np.asarray(Image.fromarray(src).resize((width, height), Image.Resampling.BILINEAR))
     return out[..., None] if c == 1 else out
 
 
@@ -368,7 +370,7 @@ class Model:
     def labels(self) -> tuple[str, ...]:
         return self.spec.labels
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {"name": self.spec.name, "role": self.spec.role, "sha256": self.sha256}
 
     @property
@@ -383,12 +385,12 @@ class Model:
         mean = np.tile(self._mean, reps) if len(self._mean) > 1 else self._mean
         std = np.tile(self._std, reps) if len(self._std) > 1 else self._std
         x = (pixels.astype(np.float32) - mean) / std
-        dt = _DTYPES[self.spec.dtype]
-        if dt is np.float32:
+        dt = _INT_DTYPES.get(self.spec.dtype)
+        if dt is None:  # float32
             return x
         info = np.iinfo(dt)
-        q = np.rint(x / self._in_scale + self._in_zp)
-        return np.clip(q, info.min, info.max).astype(dt)
+        q: np.ndarray = np.clip(np.rint(x / self._in_scale + self._in_zp), info.min, info.max)
+        return q.astype(dt)
 
     def invoke(self, tensor: np.ndarray) -> np.ndarray:
         """Run one prepared input tensor (shape = the model's input); returns float32 output."""
@@ -396,7 +398,7 @@ class Model:
         with self._lock:
             self._it.set_tensor(self._in["index"], tensor.reshape(self._in["shape"]))
             self._it.invoke()
-            raw = self._it.get_tensor(self._out["index"]).copy()
+            raw: np.ndarray = self._it.get_tensor(self._out["index"]).copy()
         self.stats.add((time.perf_counter() - t0) * 1000.0)
         if raw.dtype != np.float32:
             scale = self._out_scale or 1.0
@@ -452,9 +454,9 @@ class EmbeddingModel(ProductModel):
 
     role = "embedding"
 
-    def __init__(self, *a, **kw):
+    def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.gallery = None  # set by attach_gallery / load_model(state_dir=…)
+        self.gallery: Gallery | None = None  # set by attach_gallery / load_model(state_dir=…)
         self.head: LinearHead | None = None
 
     @property
@@ -464,7 +466,7 @@ class EmbeddingModel(ProductModel):
     def embed(self, crop: np.ndarray) -> np.ndarray:
         return l2_normalise(self.run_image(crop))
 
-    def attach_gallery(self, gallery) -> None:
+    def attach_gallery(self, gallery: Gallery) -> None:
         self.gallery = gallery
 
     def scores_for_embedding(self, e: np.ndarray) -> dict[str, float]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..layout import Layout
     from .camera import CameraSource
+    from .rois import ROI
 
 
 class VisionConfigError(Exception):
@@ -29,7 +30,7 @@ class VisionConfigError(Exception):
 
 #: ``factory(cfg, layout, sensing_source) -> (source, rois the source knows or None)``; imports
 #: camera libraries when called (or in the source's ``start()``)
-CameraFactory = Callable[["Config", "Layout", Any], "tuple[CameraSource, dict | None]"]
+CameraFactory = Callable[["Config", "Layout", Any], "tuple[CameraSource, dict[str, ROI] | None]"]
 
 CAMERAS: Registry[CameraFactory] = Registry("camera", "type", "camera type")
 

@@ -25,9 +25,13 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from ..layout import Layout
 
 ROI = tuple[float, float, float, float]
 
@@ -107,7 +111,7 @@ class ShelfGeometry:
                 self._rects[f"{s}/{pid}"] = (x0 + 0.006, y0, x0 + w - 0.006, y1)
 
     @classmethod
-    def from_layout(cls, layout, width: int = WIDTH, height: int = HEIGHT) -> ShelfGeometry:
+    def from_layout(cls, layout: Layout, width: int = WIDTH, height: int = HEIGHT) -> ShelfGeometry:
         return cls([(p.shelf, p.id) for p in layout.plates], width, height)
 
     def plate_roi(self, shelf: str, plate: int) -> ROI:
@@ -252,7 +256,12 @@ def render_clean(scene: SceneState, geom: ShelfGeometry) -> Image.Image:
         if not slots:
             continue
         for i in range(f.count):
-            box = slots[i] if i < len(slots) else tuple(v + 2 * (i // len(slots)) for v in slots[i % len(slots)])
+            if i < len(slots):
+                box = slots[i]
+            else:  # more units than slots: stack them, 2 px apart
+                sx0, sy0, sx1, sy1 = slots[i % len(slots)]
+                off = 2 * (i // len(slots))
+                box = (sx0 + off, sy0 + off, sx1 + off, sy1 + off)
             _draw_unit(d, app, box)
     for key, skus in scene.foreign.items():
         if key not in geom.rois() or not skus:
@@ -325,7 +334,7 @@ class Optics:
 def render_frame(scene: SceneState, geom: ShelfGeometry, rng: np.random.Generator,
                  optics: Optics = Optics()) -> np.ndarray:
     """One camera frame, (H, W, 3) uint8, deterministic for the generator's state."""
-    img = np.asarray(render_clean(scene, geom), dtype=np.float32)
+    img: np.ndarray = np.asarray(render_clean(scene, geom), dtype=np.float32)
     gain = 1.0 + optics.light * rng.standard_normal()
     cast = 1.0 + optics.cast * rng.standard_normal(3)
     img = img * (gain * cast)[None, None, :]
@@ -335,14 +344,14 @@ def render_frame(scene: SceneState, geom: ShelfGeometry, rng: np.random.Generato
     if j > 0:
         dx, dy = (int(v) for v in rng.integers(-j, j + 1, 2))
         img = _shift(img, dx, dy)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    return img.clip(0, 255).astype(np.uint8)
 
 
 def _shift(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
     if dx == 0 and dy == 0:
         return img
     h, w = img.shape[:2]
-    pad = np.pad(img, ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
+    pad: np.ndarray = np.pad(img, ((abs(dy), abs(dy)), (abs(dx), abs(dx)), (0, 0)), mode="edge")
     return pad[abs(dy) - dy:abs(dy) - dy + h, abs(dx) - dx:abs(dx) - dx + w]
 
 
@@ -357,7 +366,7 @@ def crop(frame: np.ndarray, roi: ROI) -> np.ndarray:
 
 def resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(H, W, 3) uint8 → ``size`` = (width, height), bilinear (Pillow)."""
-    return np.asarray(Image.fromarray(img).resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(img).resize(size, Image.Resampling.BILINEAR))
 
 
 def align(before: np.ndarray, after: np.ndarray, max_shift: int = 4) -> tuple[int, int]:
@@ -396,7 +405,8 @@ def changed_box(before: np.ndarray, after: np.ndarray, thresh: float = 45.0,
     gain = (a.reshape(-1, 3).mean(0) + 1.0) / (b_shift.reshape(-1, 3).mean(0) + 1.0)
     diff = np.abs(a - b_shift * gain[None, None, :]).max(axis=2)
     k = np.pad(diff, 1, mode="edge")
-    diff = sum(k[i:i + diff.shape[0], j:j + diff.shape[1]] for i in range(3) for j in range(3)) / 9.0
+    diff = sum((k[i:i + diff.shape[0], j:j + diff.shape[1]] for i in range(3) for j in range(3)),
+               np.zeros_like(diff)) / 9.0
     m = 4  # the shifted-in border is made up
     diff[:m, :] = diff[-m:, :] = 0
     diff[:, :m] = diff[:, -m:] = 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from ..atomicfile import atomic_write
 from ..timefmt import now_iso
@@ -31,7 +32,7 @@ class RoiError(Exception):
     """camera.json unusable; one line naming the file and the problem."""
 
 
-def _check(key: str, v, where: str) -> ROI:
+def _check(key: str, v: Any, where: str) -> ROI:
     if not (isinstance(v, (list, tuple)) and len(v) == 4 and all(isinstance(x, (int, float)) for x in v)):
         raise RoiError(f"{where}: rois[{key!r}] must be [x0, y0, x1, y1], got {v!r}")
     x0, y0, x1, y1 = (float(x) for x in v)

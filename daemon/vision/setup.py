@@ -11,13 +11,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .camera import CameraRunner
 from .capture import CaptureStore
 from .engine import VisionEngine
 from .frames import FrameRing
 from .registry import CAMERAS, VisionConfigError
-from .rois import RoiError, load_rois, save_rois
+from .rois import ROI, RoiError, load_rois, save_rois
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..layout import Layout
+    from .camera import CameraSource
+    from .models import ActionModel, ProductModel
+    from .registry import CameraSettings
 
 log = logging.getLogger(__name__)
 
@@ -28,26 +36,32 @@ __all__ = ["VisionConfigError", "VisionSetup", "build_vision", "check_vision", "
            "make_camera_source", "open_camera"]
 
 
-def load_models(cfg, state_dir: Path | None = None):
+def load_models(cfg: Config, state_dir: Path | None = None) -> tuple[ActionModel | None, ProductModel | None]:
     """(action model | None, product model | None) or VisionConfigError naming each bad file."""
-    from .models import ModelError, load_model
+    from .models import ActionModel, ModelError, ProductModel, load_model
 
     v = cfg.vision
     if v is None:
         return None, None
-    problems, action, product = [], None, None
+    problems: list[str] = []
+    action: ActionModel | None = None
+    product: ProductModel | None = None
     if v.action_model is not None:
         try:
-            action = load_model(v.action_model, role="action", num_threads=v.threads)
+            model = load_model(v.action_model, role="action", num_threads=v.threads)
+            assert isinstance(model, ActionModel)  # load_model checked the sidecar's role
+            action = model
         except ModelError as exc:
             problems.append(f"vision.action_model: {exc}")
     if v.product_model is not None:
         try:
-            product = load_model(v.product_model, sidecar=v.product_sidecar, state_dir=state_dir,
-                                 num_threads=v.threads)
-            if product.spec.role not in ("product", "embedding"):
+            model = load_model(v.product_model, sidecar=v.product_sidecar, state_dir=state_dir,
+                               num_threads=v.threads)
+            if isinstance(model, ProductModel):  # the product and embedding roles
+                product = model
+            else:
                 problems.append(f"vision.product_model: {v.product_model}: sidecar role is "
-                                f"{product.spec.role!r}, expected 'product' or 'embedding'")
+                                f"{model.spec.role!r}, expected 'product' or 'embedding'")
         except ModelError as exc:
             problems.append(f"vision.product_model: {exc}")
     if problems:
@@ -55,7 +69,7 @@ def load_models(cfg, state_dir: Path | None = None):
     return action, product
 
 
-def check_vision(cfg) -> list[str]:
+def check_vision(cfg: Config) -> list[str]:
     """Problems ``shelfd check`` reports for the camera/vision sections (models are loaded)."""
     if cfg.camera is None:
         return []
@@ -81,7 +95,7 @@ class VisionSetup:
     floor: float
     deadline_s: float
 
-    def pipeline_kwargs(self) -> dict:
+    def pipeline_kwargs(self) -> dict[str, Any]:
         return {"vision": self.engine, "fusion": (self.tau, self.floor),
                 "vision_deadline_s": self.deadline_s, "capture": self.capture}
 
@@ -92,8 +106,8 @@ class VisionSetup:
         self.runner.stop()
         self.engine.close()
 
-    def health(self) -> dict:
-        d = {"camera": self.runner.health(), "vision": self.engine.health()}
+    def health(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"camera": self.runner.health(), "vision": self.engine.health()}
         if self.capture is not None:
             d["capture"] = self.capture.health()
         return d
@@ -107,13 +121,20 @@ class VisionSetup:
         return []
 
 
-def make_camera_source(cfg, layout, sensing_source):
+def make_camera_source(cfg: Config, layout: Layout,
+                       sensing_source: Any) -> tuple[CameraSource, dict[str, ROI] | None]:
     """(source, the ROIs it knows or None) from ``camera.type``'s own factory
     (:mod:`daemon.vision.cameras`)."""
-    return CAMERAS.factory_for(cfg.camera)(cfg, layout, sensing_source)
+    return CAMERAS.factory_for(_camera(cfg))(cfg, layout, sensing_source)
 
 
-def build_vision(cfg, layout, sensing_source, *, offline: bool = False) -> VisionSetup | None:
+def _camera(cfg: Config) -> CameraSettings:
+    if cfg.camera is None:
+        raise VisionConfigError(["camera: the unit has no camera section"])
+    return cfg.camera
+
+
+def build_vision(cfg: Config, layout: Layout, sensing_source: Any, *, offline: bool = False) -> VisionSetup | None:
     if cfg.camera is None:
         return None
     cam = cfg.camera
@@ -149,9 +170,10 @@ def build_vision(cfg, layout, sensing_source, *, offline: bool = False) -> Visio
     return VisionSetup(engine, runner, ring, capture, tau, floor, deadline)
 
 
-def open_camera(cfg, layout, sensing_source) -> tuple[CameraRunner, FrameRing, dict | None]:
+def open_camera(cfg: Config, layout: Layout,
+                sensing_source: Any) -> tuple[CameraRunner, FrameRing, dict[str, ROI] | None]:
     """Just the camera (no models): what ``shelfd record`` needs to save frames beside samples."""
-    cam = cfg.camera
+    cam = _camera(cfg)
     source, source_rois = make_camera_source(cfg, layout, sensing_source)
     try:
         rois = load_rois(cfg.state_dir, cfg.unit_id) or source_rois

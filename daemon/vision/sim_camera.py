@@ -16,14 +16,20 @@ for frames nobody looks at.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from . import render as R
 from .frames import Frame
+
+if TYPE_CHECKING:
+    from ..sensing.sim import SimSource
+    from .models import EmbeddingModel
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +41,7 @@ HAND_OUT_S = 0.2     # ... and gone this long before the shelf is at rest again 
 class SimCameraSource:
     synchronous = True
 
-    def __init__(self, sim, geom: R.ShelfGeometry, fps: float = 5.0, seed: int = 0,
+    def __init__(self, sim: SimSource, geom: R.ShelfGeometry, fps: float = 5.0, seed: int = 0,
                  optics: R.Optics = R.Optics()):
         self.sim = sim
         self.geom = geom
@@ -48,7 +54,7 @@ class SimCameraSource:
         self._t0 = float(sim.t0)
         self._next_k = 0
         self._truth_n = -1
-        self._rows: list[dict] = []
+        self._rows: list[dict[str, Any]] = []
         self.rendered = 0
         self.render_ms = 0.0      # total time spent drawing frames (benchmarks subtract it)
 
@@ -59,7 +65,7 @@ class SimCameraSource:
     def close(self) -> None:
         pass
 
-    def read(self, timeout: float):  # pragma: no cover - synchronous sources are pumped
+    def read(self, timeout: float) -> tuple[float, np.ndarray] | None:  # pragma: no cover - pumped instead
         raise NotImplementedError("the sim camera is pumped with frames_until(t)")
 
     def frames_until(self, t: float) -> Iterator[Frame]:
@@ -70,10 +76,10 @@ class SimCameraSource:
                 return
             k = self._next_k
             self._next_k += 1
-            yield Frame.lazy(tk, lambda tk=tk, k=k: self.render_at(tk, k), seq=k)
+            yield Frame.lazy(tk, functools.partial(self.render_at, tk, k), seq=k)
 
     # -- the scene
-    def _timeline(self) -> list[dict]:
+    def _timeline(self) -> list[dict[str, Any]]:
         n = len(self.sim.ground_truth)
         if n != self._truth_n:
             self._truth_n = n
@@ -107,7 +113,7 @@ class SimCameraSource:
         return R.SceneState(facings, foreign, hand)
 
     @staticmethod
-    def _apply(facings: list[R.FacingView], foreign: dict[str, list[str]], row: dict, shelf: str,
+    def _apply(facings: list[R.FacingView], foreign: dict[str, list[str]], row: dict[str, Any], shelf: str,
                plates: tuple[int, ...]) -> None:
         sku, q = row.get("sku"), int(row.get("quantity") or 0)
         if sku is None or q <= 0:
@@ -138,15 +144,18 @@ class SimCameraSource:
         return img
 
 
-def enroll_sim_gallery(model, skus: list[str], per_sku: int = 6, seed: int = 0,
+def enroll_sim_gallery(model: EmbeddingModel, skus: list[str], per_sku: int = 6, seed: int = 0,
                        geom: R.ShelfGeometry | None = None) -> int:
     """Enrol rendered crops of ``skus`` into ``model``'s gallery (an EmbeddingModel with a gallery
     attached): what a store does with ``shelfcal`` and a few photos, done for the sim's products.
     Crops are cut the way the runtime cuts them (``render.product_crop``), on ``geom`` (the unit's
     own camera geometry) when given."""
+    gallery = model.gallery
+    if gallery is None:
+        raise ValueError(f"{model.name}: no gallery attached to enrol into")
     rng = np.random.default_rng(seed)
     n = 0
     for sku in skus:
         crops = [R.product_crop(rng, sku, skus, geom=geom) for _ in range(per_sku)]
-        n += model.gallery.enroll(sku, crops, replace=True)   # saves the gallery
+        n += gallery.enroll(sku, crops, replace=True)   # saves the gallery
     return n

@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from ...config import Config
     from ...layout import Layout
     from ..camera import CameraSource
+    from ..rois import ROI
 
 
 class Picamera2Camera(CameraSettings):
@@ -18,7 +19,7 @@ class Picamera2Camera(CameraSettings):
     camera_num: int = Field(0, ge=0, le=7)
 
 
-def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict[str, ROI] | None]:
     from ..camera import Picamera2Source
     cam = cfg.camera
     assert isinstance(cam, Picamera2Camera)

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from ...config import Config
     from ...layout import Layout
     from ..camera import CameraSource
+    from ..rois import ROI
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class ReplayCamera(CameraSettings):
         return []
 
 
-def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict[str, ROI] | None]:
     from ..framefile import ReplayCameraSource
     cam = cfg.camera
     assert isinstance(cam, ReplayCamera)

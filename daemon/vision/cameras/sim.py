@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from ...config import Config
     from ...layout import Layout
     from ..camera import CameraSource
+    from ..rois import ROI
 
 
 class SimCamera(CameraSettings):
@@ -24,7 +25,7 @@ class SimCamera(CameraSettings):
         return []
 
 
-def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict[str, ROI] | None]:
     from ..render import ShelfGeometry
     from ..sim_camera import SimCameraSource
     cam = cfg.camera

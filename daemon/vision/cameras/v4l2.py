@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from ...config import Config
     from ...layout import Layout
     from ..camera import CameraSource
+    from ..rois import ROI
 
 
 class V4l2Camera(CameraSettings):
@@ -17,7 +18,7 @@ class V4l2Camera(CameraSettings):
     pixel_format: Literal["MJPG", "YUYV"] = "MJPG"
 
 
-def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict | None]:
+def _make(cfg: Config, layout: Layout, sensing_source: Any) -> tuple[CameraSource, dict[str, ROI] | None]:
     from ..camera import V4l2Source
     cam = cfg.camera
     assert isinstance(cam, V4l2Camera)
