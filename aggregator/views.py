@@ -117,6 +117,9 @@ class Views:
             ev = {}
         products = [{**c, "name": self._name(c.get("sku"))} for c in ev.get("candidates", [])
                     if isinstance(c, dict)][:6]
+        if sku is not None and not any(p.get("sku") == sku for p in products):
+            products.insert(0, {"sku": sku, "quantity": abs(qty), "score": ev.get("confidence", 1.0),
+                                "name": self._name(sku)})
         return {"line_id": lid, "session_id": sid, "event_id": eid, "sku": sku, "name": self._name(sku),
                 "quantity": qty, "reasons": (reason or "").split(",") if reason else [],
                 "review_state": state, "reviewed_by": by, "reviewed_at": fmt_ts(at), "after_receipt": bool(after),
