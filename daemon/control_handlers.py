@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +27,11 @@ from . import calstate
 from .calstate import CalibrationError, CalibrationState, ChannelCal
 from .control import CommandError, Commands, Request
 from .layout import Layout, Plate
-from .sensing.base import HX711_MAX, Flag, SampleBlock
+from .sensing.base import HX711_MAX, Flag, SampleBlock, SampleSource
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +170,9 @@ def assess_rest(values: np.ndarray, flags: np.ndarray, rate_hz: float, window_s:
 class UnitControl:
     """The unit's control surface. ``pipeline`` may be None (shelfcal on an uncalibrated unit)."""
 
-    def __init__(self, cfg, layout: Layout, channels: list[str], rate_hz: float, state_dir: Path,
-                 pipeline=None, source=None, on_calibration: Callable[[CalibrationState], None] | None = None):
+    def __init__(self, cfg: Config, layout: Layout, channels: list[str], rate_hz: float, state_dir: Path,
+                 pipeline: Pipeline | None = None, source: SampleSource | None = None,
+                 on_calibration: Callable[[CalibrationState], None] | None = None):
         self.cfg = cfg
         self.layout = layout
         self.channels = list(channels)
@@ -243,7 +248,7 @@ class UnitControl:
         out["plate"] = plate.key
         out["channels"] = list(plate.channels)
         out["t"] = self.ring.t_last
-        if out.get("level_counts") and all(self._scale(c) for c in plate.channels):
+        if out.get("level_counts") and self.calibration is not None and all(self._scale(c) for c in plate.channels):
             cal = self.calibration.channels
             out["grams"] = float(sum((m - cal[c].offset) / cal[c].scale
                                      for m, c in zip(out["level_counts"], plate.channels)))
@@ -334,7 +339,7 @@ class UnitControl:
             }
         plates = {}
         pipe = self.pipeline
-        states = pipe.detector.plate_states() if pipe is not None else None
+        states = pipe.detector.plate_states() if pipe is not None else []
         for p in self.layout.plates:
             d: dict[str, Any] = {"channels": list(p.channels), "capacity_g": p.capacity_g}
             if pipe is not None:
@@ -344,7 +349,7 @@ class UnitControl:
                 d.update(weight_g=None, state="uncalibrated")
             # the same figure as diag's per channel (one-channel plates: equal), over the same window
             calibrated = bool(p.channels) and all(c in grams for c in p.channels)
-            d["noise_g"] = noise_g(sum(grams[c] for c in p.channels)) if calibrated else None
+            d["noise_g"] = noise_g(sum((grams[c] for c in p.channels), np.zeros(len(t)))) if calibrated else None
             plates[p.key] = d
         return {"t": self.ring.t_last, "seconds": round(span, 2), "unit_id": self.cfg.unit_id,
                 "calibration_id": self.calibration.calibration_id if self.calibration else None,
@@ -375,6 +380,8 @@ class UnitControl:
             if missing:
                 raise CommandError(f"plate {p.key} is not calibrated yet (channel {missing[0]}): "
                                    f"run `shelfcal calibrate --plate {p.key}`")
+            cal = self.calibration
+            assert cal is not None  # its channels (a plate has one at least) all have a scale
             a = self._assess(p, window)
             if not a["rest"]:
                 raise CommandError(f"plate {p.key} is not at rest ({a.get('reason')}): "
@@ -382,7 +389,7 @@ class UnitControl:
             warnings, offsets, shift = [], {}, 0.0
             share = load_g / len(p.channels)
             for ch, level in zip(p.channels, a["level_counts"]):
-                old = self.calibration.channels[ch]
+                old = cal.channels[ch]
                 off = level - share * old.scale
                 offsets[ch] = off
                 shift += (off - old.offset) / old.scale
@@ -392,7 +399,7 @@ class UnitControl:
                 new[ch] = ChannelCal(off, old.scale, old.points)
             if abs(shift) > max(50.0, 0.02 * p.capacity_g):
                 warnings.append(f"plate {p.key}: zero moved by {shift:+.1f} g since calibration "
-                                f"{self.calibration.calibration_id}: is something still on the plate?")
+                                f"{cal.calibration_id}: is something still on the plate?")
             report[p.key] = {"offsets": offsets, "shift_g": round(shift, 2), "warnings": warnings,
                              "noise_g": a.get("sigma_g")}
             warnings_all += warnings
@@ -464,7 +471,7 @@ class UnitControl:
 
 
 def _plain(d: Any) -> Any:
-    if is_dataclass(d):
+    if is_dataclass(d) and not isinstance(d, type):
         return {k: _plain(v) for k, v in asdict(d).items()}
     if isinstance(d, dict):
         return {str(k): _plain(v) for k, v in d.items()}
