@@ -35,6 +35,7 @@ import os
 import pwd
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def _read_credentials(path: Path, identity: str) -> str | None:
     return pw
 
 
-def _private(mode: int):
+def _private(mode: int) -> Callable[[str], None]:
     return lambda tmp: os.chmod(tmp, mode)
 
 

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 
 _READ = 65536
 _HOOKS = all(hasattr(paho.Client, n) for n in ("_create_socket", "_packet_read", "_loop_rc_handle", "_packet_queue"))
@@ -42,7 +43,7 @@ class _BufferedSocket:
 
     def recv(self, n: int) -> bytes:
         if self._pos >= len(self._buf):
-            data = self._sock.recv(_READ)  # BlockingIOError / SSLWantReadError propagate to paho
+            data: bytes = self._sock.recv(_READ)  # BlockingIOError / SSLWantReadError propagate to paho
             if len(data) <= n:
                 self._buf, self._pos = b"", 0
                 return data
@@ -64,27 +65,27 @@ class _BufferedSocket:
 
 
 class FastClient(paho.Client):
-    def _create_socket(self):  # type: ignore[override]
+    def _create_socket(self) -> paho.SocketLike:
         sock = super()._create_socket()
         if self._transport == "websockets":
             return sock
         return _BufferedSocket(sock)
 
-    def loop_read(self, max_packets: int = 1) -> paho.MQTTErrorCode:
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         if not _HOOKS or not isinstance(self._sock, _BufferedSocket):
             return super().loop_read(max_packets)
         for _ in range(10000):  # bounded: writes (acks, pings) get their turn
             if self._sock is None:
-                return paho.MQTTErrorCode.MQTT_ERR_NO_CONN
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
-            if rc == paho.MQTTErrorCode.MQTT_ERR_AGAIN:
-                return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
             sock = self._sock
             if not isinstance(sock, _BufferedSocket) or sock.buffered() == 0:
-                return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
-        return paho.MQTTErrorCode.MQTT_ERR_SUCCESS
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack_many(self, mids: Iterable[int]) -> None:
         """PUBACK (QoS 1, success) for every mid, queued as one write."""
