@@ -179,3 +179,41 @@ def test_a_held_receipt_goes_out_when_the_hold_expires(shop):
     clock.t += 60
     (rec,) = _tick(eng, clock)
     assert rec["lines"][0]["needs_review"] is True
+
+
+def _cartd(*args, stdin=None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    return subprocess.run([sys.executable, "-m", "aggregator.cli", *args], cwd=repo, capture_output=True, text=True,
+                          timeout=60, stdin=stdin, env=dict(os.environ, PYTHONPATH=str(repo)))
+
+
+def test_cartd_user_and_review_commands(shop, tmp_path):
+    import subprocess
+    eng, store, clock = shop()
+    cfg = str(tmp_path / "cartd.yaml")
+    _visit(eng, clock, [_ev(1, "B", clock.t - 50, confidence=0.55)])
+    r = _cartd("user", "add", "erin", "--config", cfg, stdin=subprocess.DEVNULL)
+    assert r.returncode == 64 and "pass --password-file FILE" in r.stderr, r.stderr
+    (tmp_path / "pw").write_text("short\n")
+    r = _cartd("user", "add", "erin", "--config", cfg, "--password-file", str(tmp_path / "pw"))
+    assert r.returncode == 64 and "at least 10 characters" in r.stderr
+    (tmp_path / "pw").write_text("a-long-enough-password\n")
+    r = _cartd("user", "add", "erin", "--config", cfg, "--password-file", str(tmp_path / "pw"), "--role", "viewer")
+    assert r.returncode == 0 and r.stdout.strip() == "added erin (viewer)", r.stderr
+    (item,) = [json.loads(line) for line in _cartd("review", "list", "--config", cfg).stdout.splitlines()]
+    assert item["sku"] == "B" and item["reasons"] == ["low_confidence"]
+    r = _cartd("review", "decide", str(item["line_id"]), "--config", cfg, "--by", "erin", "--accept")
+    assert r.returncode == 64 and "not an enabled account allowed to review" in r.stderr  # a viewer
+    _cartd("user", "add", "erin", "--config", cfg, "--password-file", str(tmp_path / "pw"), "--role", "reviewer")
+    r = _cartd("review", "decide", str(item["line_id"]), "--config", cfg, "--by", "erin", "--product", "NOPE")
+    assert r.returncode == 65 and "'NOPE' is not in the catalogue" in r.stderr
+    r = _cartd("review", "decide", str(item["line_id"]), "--config", cfg, "--by", "erin", "--product", "C",
+               "--quantity", "2")
+    assert r.returncode == 0 and r.stdout.startswith("decision "), r.stderr
+    (corr,) = _tick(eng, clock)
+    assert [(l["sku"], l["quantity"]) for l in corr["lines"]] == [("C", 2)]
+    assert _cartd("review", "list", "--config", cfg).stdout == ""

@@ -9,6 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+NOTHING_TO_SCORE = "nothing to score"
+
+
+def ratio_text(num: int | float, den: int | float, digits: int = 3) -> str:
+    """``num / den`` for people; a ratio over nothing is no score: "—"."""
+    return f"{num / den:.{digits}f}" if den else "—"
+
+
+def prf_text(tp: int, fp: int, fn: int, digits: int = 3) -> str:
+    """"precision 0.900  recall 0.750  F1 0.818" for people, or "nothing to score" when there
+    was nothing to find and nothing was found (a perfect 1.000 over zero items says nothing)."""
+    if tp + fp + fn == 0:
+        return NOTHING_TO_SCORE
+    return (f"precision {ratio_text(tp, tp + fp, digits)}  recall {ratio_text(tp, tp + fn, digits)}  "
+            f"F1 {ratio_text(2 * tp, 2 * tp + fp + fn, digits)}")
+
 
 def final_receipts(receipts: list[dict]) -> dict[str, dict]:
     """The latest receipt document per session (largest ``n``)."""
@@ -55,6 +71,15 @@ class Score:
     def f1(self) -> float:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
+
+    @property
+    def empty(self) -> bool:
+        """No line item to find and none on a receipt: precision, recall and F1 mean nothing."""
+        return self.tp + self.fp + self.fn == 0
+
+    def text(self) -> str:
+        """The line-item score for people (``prf_text``): "nothing to score" over zero items."""
+        return prf_text(self.tp, self.fp, self.fn)
 
     def as_dict(self) -> dict:
         return {"precision": round(self.precision, 4), "recall": round(self.recall, 4), "f1": round(self.f1, 4),
@@ -106,6 +131,7 @@ def shelf_events(plan, events: list[dict], t0: float) -> dict:
     for e in evs:
         by_shelf.setdefault((e["unit_id"], e["shelf"]), []).append(e)
     used: set[str] = set()
+    matches: dict[str, str] = {}  # event_id → the planned interaction it is
     found = right = 0
     wrong: list[dict] = []
     real = [i for i in plan.interactions if i.type in ("pick", "put_back")]
@@ -122,6 +148,7 @@ def shelf_events(plan, events: list[dict], t0: float) -> dict:
             wrong.append({"interaction": i.id, "problem": "missed", "type": i.type, "sku": i.sku})
             continue
         used.add(match["event_id"])
+        matches[match["event_id"]] = i.id
         found += 1
         if match["type"] == i.type and match["sku"] == i.sku and match["quantity"] == i.quantity:
             right += 1
@@ -137,6 +164,7 @@ def shelf_events(plan, events: list[dict], t0: float) -> dict:
         "accuracy": round(right / len(real), 4) if real else 1.0,
         "errors": wrong,
         "phantom_events": [[e["unit_id"], e["shelf"], e["type"], e["sku"], e["quantity"], e["t_start"]] for e in extra],
+        "matches": matches,
     }
 
 
