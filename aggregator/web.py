@@ -57,6 +57,29 @@ def _open_storage(cfg: Config, wait_s: float) -> Store:
             time.sleep(0.2)
 
 
+class ConsoleServer(ThreadingHTTPServer):
+    """http.server prints a traceback for a handler's unexpected fault; we log the first of each
+    kind once, count every one (``/healthz``), and keep serving."""
+
+    daemon_threads = True
+
+    def __init__(self, addr: tuple[str, int], handler: type, console: Console):
+        super().__init__(addr, handler)
+        self.console = console
+        self._seen: set[str] = set()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+            return  # the browser went away
+        kind = type(exc).__name__
+        self.console.faults[kind] += 1
+        if kind not in self._seen:
+            self._seen.add(kind)
+            log.exception("unexpected fault while answering %s (logged once per kind; counted in /healthz)",
+                          client_address)
+
+
 def serve(config: Path, host: str = "127.0.0.1", port: int = 8080, refresh_s: float = 2.0,
           ready: threading.Event | None = None, stop: threading.Event | None = None, wait_storage_s: float = 0.0
           ) -> int:
@@ -86,13 +109,12 @@ def serve(config: Path, host: str = "127.0.0.1", port: int = 8080, refresh_s: fl
     accounts = Accounts(store, ttl_s=cfg.console.session_ttl_s)
     console = Console(cfg, Views(cfg, store, catalogue), accounts, Desk(store, catalogue, accounts.lock), refresh_s)
     try:
-        httpd = ThreadingHTTPServer((host, port), make_handler(console))
+        httpd = ConsoleServer((host, port), make_handler(console), console)
     except OSError as exc:
         print(f"aggregator.web: cannot listen on {host}:{port}: {exc.strerror}", file=sys.stderr)
         store.close()
         return EX_UNAVAILABLE
     console.start()
-    httpd.daemon_threads = True
     n_users = len(accounts.users())
     log.info("staff console on http://%s:%d/ (store %s, %d account(s)%s)", host, httpd.server_address[1],
              cfg.store_id, n_users, "" if n_users else ": add one with `cartd user add`")

@@ -257,6 +257,20 @@ def test_console_http_refuses_what_it_must(staff):
     for c in cookies:
         replay.jar.set_cookie(c)
     assert replay.call("/api/state")[0] == 401
+    # hostile unit documents are dropped and counted, and the console keeps its last good ones
+    pub.send("unit-a/health", b"not json")
+    pub.send("unit-a/health", b"[1, 2]")
+    pub.send("unit-a/state", b"{" + b" " * (300 * 1024) + b"}")
+    pub.send("unit-zz/status", {"state": "online"})  # not one of the store's units
+    pub.flush()
+    deadline = time.monotonic() + 10
+    want = {"not_json": 1, "not_object": 1, "too_large": 1, "unknown_unit": 1}
+    while (h := json.loads(urllib.request.urlopen(url + "/healthz", timeout=5).read()))[
+            "dropped_unit_messages"] != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert h["dropped_unit_messages"] == want and h["faults"] == {}, h
+    (unit,) = [u for u in vic.call("/api/state")[1]["units"] if u["unit_id"] == "unit-a"]
+    assert unit["plates"] == {"1/1": {"state": "rest", "noise_g": 0.4}}
     # five wrong passwords, then the name is throttled (even with the right one)
     for _ in range(5):
         assert Client(url).sign_in("vic", "wrong-password") == 401

@@ -22,6 +22,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from http import HTTPStatus
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler
@@ -128,6 +129,12 @@ class Console:
         self.snaps = Snapshots(self.state, refresh_s)
         self.units = UnitWatch(cfg, self.snaps.poke)
         self._csrf_signer = Signer(accounts.signer.secret_keys[-1], salt="gondola-console-sso-csrf")
+        self.faults: Counter[str] = Counter()  # unexpected faults while answering, by kind
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": True, "mqtt_connected": self.units.connected, "snapshot_version": self.snaps.version,
+                "snapshot_errors": self.snaps.errors, "faults": dict(self.faults),
+                "dropped_unit_messages": dict(self.units.dropped)}
 
     def start(self) -> None:
         self.snaps.start()
@@ -271,7 +278,7 @@ def make_handler(console: Console) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:  # http.server's naming
             path = urlsplit(self.path).path
             if path == "/healthz":
-                return self._send(200, b"ok\n", "text/plain")
+                return self._json(200, console.health())
             if path == "/login":
                 return self._send(200, login, "text/html; charset=utf-8")
             if path == "/static/console.js":
