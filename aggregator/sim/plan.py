@@ -20,6 +20,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,8 +77,8 @@ class Interaction:
     plates: list[int] | None = None
     wrong_place: bool = False
 
-    def script_line(self, store: Store) -> dict:
-        d = {"t": round(self.t, 3), "type": self.type, "shelf": self.shelf, "dur": round(self.dur, 3),
+    def script_line(self, store: Store) -> dict[str, Any]:
+        d: dict[str, Any] = {"t": round(self.t, 3), "type": self.type, "shelf": self.shelf, "dur": round(self.dur, 3),
              "id": self.id, "session_id": self.session_id}
         if self.sku is not None:
             p = store.products[self.sku]
@@ -100,17 +101,19 @@ class Plan:
 
     def truth(self) -> dict[str, dict[str, int]]:
         """What each shopper walks out with: {session_id: {sku: quantity}} (zero lines dropped)."""
-        carts: dict[str, Counter] = {s.session_id: Counter() for s in self.sessions}
+        carts: dict[str, Counter[str]] = {s.session_id: Counter() for s in self.sessions}
         for i in self.interactions:
+            if i.sku is None:  # a lean or a press
+                continue
             if i.type == "pick":
                 carts[i.session_id][i.sku] += i.quantity
             elif i.type == "put_back":
                 carts[i.session_id][i.sku] -= i.quantity
         return {sid: {k: v for k, v in sorted(c.items()) if v > 0} for sid, c in carts.items()}
 
-    def scripts(self, store: Store) -> dict[str, list[dict]]:
+    def scripts(self, store: Store) -> dict[str, list[dict[str, Any]]]:
         """Per unit, the simulator script lines (sorted by time)."""
-        out: dict[str, list[dict]] = {u.unit_id: [] for u in store.units}
+        out: dict[str, list[dict[str, Any]]] = {u.unit_id: [] for u in store.units}
         for i in sorted(self.interactions, key=lambda i: i.t):
             out[i.unit_id].append(i.script_line(store))
         return out
@@ -183,7 +186,8 @@ def make_plan(store: Store, params: PlanParams) -> Plan:
                 order = [open_[i] for i in rng.permutation(len(open_))]
                 key = min(order[:4], key=lambda k_: book.first_free(k_, t, 8.0))
             # what happens at this shelf, and how long the shopper stands there
-            acts: list[tuple] = []
+            # (type, sku, quantity, plates, wrong place)
+            acts: list[tuple[str, str | None, int, list[int] | None, bool]] = []
             if want_return:
                 plates = None
                 if wrong:
@@ -215,12 +219,12 @@ def make_plan(store: Store, params: PlanParams) -> Plan:
             book.book(key, t_arr, t_arr + stay)
             plan.stands.append(Stand(sid, key[0], key[1], t_arr, t_arr + stay))
             tt = t_arr + approach
-            for (typ, sku, q, plates, wr), d in zip(acts, durs):
+            for (typ, act_sku, q, plates, wr), d in zip(acts, durs):
                 k += 1
                 if typ in ("lean", "press"):
                     d = min(d, 1.5) if typ == "press" else d
-                plan.interactions.append(Interaction(f"{sid}-{k}", sid, key[0], key[1], tt, d, typ, sku,
-                                                     q if sku else 1, plates, wr))
+                plan.interactions.append(Interaction(f"{sid}-{k}", sid, key[0], key[1], tt, d, typ, act_sku,
+                                                     q if act_sku else 1, plates, wr))
                 tt += d + RING_S + BETWEEN_S
             t = t_arr + stay + float(rng.uniform(2.0, 5.0))  # walk to the next shelf
             visit += 1

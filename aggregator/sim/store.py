@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev dependencies
 
 # (sku, name, unit weight g, sd g, price in cents); AIM3S / common retail weights
 PRODUCTS: list[tuple[str, str, float, float, int]] = [
@@ -99,9 +100,9 @@ class Store:
     # ------------------------------------------------------------ files for the processes
 
     def unit_config(self, unit: Unit, *, port: int, state_dir: Path, script: Path, t0: float,
-                    seed: int, ground_truth: Path | None = None) -> dict:
+                    seed: int, ground_truth: Path | None = None) -> dict[str, Any]:
         """``shelfd`` YAML (as a dict) for one unit: sim backend in scripted mode on the store clock."""
-        sensing = {"backend": "sim", "seed": seed, "rate_hz": self.rate_hz, "speed": 1.0,
+        sensing: dict[str, Any] = {"backend": "sim", "seed": seed, "rate_hz": self.rate_hz, "speed": 1.0,
                    "noise_g": 0.7, "script": str(script), "t0": t0}
         if ground_truth is not None:
             sensing["ground_truth"] = str(ground_truth)
@@ -116,7 +117,7 @@ class Store:
                           for f in unit.facings],
         }
 
-    def catalogue(self) -> dict:
+    def catalogue(self) -> dict[str, Any]:
         """cartd's catalogue file (YAML ``items``; prices in cents)."""
         skus = [f.sku for f in self.facings()]
         return {"items": [{"sku": s, "name": self.products[s].name, "price": self.products[s].price,

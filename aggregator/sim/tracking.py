@@ -17,10 +17,11 @@ A batch every ``PERIOD_S`` (the contract asks for at least every 0.5 s; an empty
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from .plan import Plan
+from .plan import Plan, Stand
 from .store import Store
 
 PERIOD_S = 0.5
@@ -41,7 +42,7 @@ CLEAN_CONF = (0.9, 1.0)
 
 
 def batches(plan: Plan, store: Store, mode: str = "clean", seed: int = 1,
-            noise: NoiseParams | None = None) -> list[tuple[float, list[dict]]]:
+            noise: NoiseParams | None = None) -> list[tuple[float, list[dict[str, Any]]]]:
     """[(t, observations)] every ``PERIOD_S`` from the first entry to the last exit."""
     if mode not in ("clean", "noisy"):
         raise ValueError(f"tracking mode must be clean or noisy, got {mode!r}")
@@ -59,35 +60,35 @@ def batches(plan: Plan, store: Store, mode: str = "clean", seed: int = 1,
     swaps: list[tuple[float, float, str, str]] = []
     ghosts: list[tuple[float, float, str, str, str]] = []   # (a, b, session, unit, shelf)
     if mode == "noisy":
-        for i, a in enumerate(stands):
-            for b in stands[i + 1:]:
-                if b.t_arrive >= a.t_leave:
+        for i, sa in enumerate(stands):
+            for sb in stands[i + 1:]:
+                if sb.t_arrive >= sa.t_leave:
                     break
-                if a.unit_id != b.unit_id or a.session_id == b.session_id:
+                if sa.unit_id != sb.unit_id or sa.session_id == sb.session_id:
                     continue
-                lo, hi = max(a.t_arrive, b.t_arrive), min(a.t_leave, b.t_leave)
+                lo, hi = max(sa.t_arrive, sb.t_arrive), min(sa.t_leave, sb.t_leave)
                 if hi - lo > 1.0 and rng.random() < nz.swap_p:
                     d = float(rng.uniform(1.0, 3.0))
                     s0 = float(rng.uniform(lo, max(lo, hi - d)))
-                    swaps.append((s0, s0 + d, a.session_id, b.session_id))
-        by_session: dict[str, list] = {}
+                    swaps.append((s0, s0 + d, sa.session_id, sb.session_id))
+        by_session: dict[str, list[Stand]] = {}
         for s in stands:
             by_session.setdefault(s.session_id, []).append(s)
         for sid, ss in by_session.items():
-            for x, y in zip(ss, ss[1:]):
-                if y.t_arrive - x.t_leave > 1.5 and rng.random() < nz.ghost_p:
-                    a = float(rng.uniform(x.t_leave, y.t_arrive - 1.0))
+            for prev, nxt in zip(ss, ss[1:]):
+                if nxt.t_arrive - prev.t_leave > 1.5 and rng.random() < nz.ghost_p:
+                    g0 = float(rng.uniform(prev.t_leave, nxt.t_arrive - 1.0))
                     u = store.units[int(rng.integers(len(store.units)))].unit_id
-                    sh = shelves_of[u][int(rng.integers(len(shelves_of[u])))]
-                    ghosts.append((a, a + float(rng.uniform(0.5, 1.5)), sid, u, sh))
+                    gshelf = shelves_of[u][int(rng.integers(len(shelves_of[u])))]
+                    ghosts.append((g0, g0 + float(rng.uniform(0.5, 1.5)), sid, u, gshelf))
 
-    out: list[tuple[float, list[dict]]] = []
+    out: list[tuple[float, list[dict[str, Any]] | None]] = []
     j0 = 0
     for t in times:
         t = float(t)
         while j0 < len(stands) and stands[j0].t_leave < t - 60:
             j0 += 1
-        obs: list[dict] = []
+        obs: list[dict[str, Any]] = []
         if mode == "noisy" and rng.random() < nz.outage_p:
             out.append((t, None))  # the tracker was down: no batch at all
             continue
@@ -96,6 +97,7 @@ def batches(plan: Plan, store: Store, mode: str = "clean", seed: int = 1,
                 break
             if s.t_leave < t:
                 continue
+            shelf: str | None
             sid, unit, shelf = s.session_id, s.unit_id, s.shelf
             if mode == "clean":
                 obs.append(_obs(sid, unit, shelf, rng.uniform(*CLEAN_CONF)))
@@ -106,12 +108,13 @@ def batches(plan: Plan, store: Store, mode: str = "clean", seed: int = 1,
                 if a <= t <= b and sid in (x, y):
                     sid = y if sid == x else x
                     break
-            u = rng.random()
-            if u < nz.pos_p:
-                sh = shelves_of[unit]
-                i = sh.index(shelf)
-                shelf = sh[min(len(sh) - 1, i + 1)] if (rng.random() < 0.5 and i + 1 < len(sh)) or i == 0 else sh[i - 1]
-            elif u < nz.pos_p + nz.null_p:
+            draw = rng.random()
+            if draw < nz.pos_p:
+                unit_shelves = shelves_of[unit]
+                i = unit_shelves.index(s.shelf)
+                shelf = unit_shelves[min(len(unit_shelves) - 1, i + 1)] \
+                    if (rng.random() < 0.5 and i + 1 < len(unit_shelves)) or i == 0 else unit_shelves[i - 1]
+            elif draw < nz.pos_p + nz.null_p:
                 shelf = None
             obs.append(_obs(sid, unit, shelf, rng.uniform(*nz.conf)))
         for a, b, sid, unit, shelf in ghosts:
@@ -121,5 +124,5 @@ def batches(plan: Plan, store: Store, mode: str = "clean", seed: int = 1,
     return [(t, o) for t, o in out if o is not None]
 
 
-def _obs(sid: str, unit: str, shelf: str | None, conf: float) -> dict:
+def _obs(sid: str, unit: str, shelf: str | None, conf: float) -> dict[str, Any]:
     return {"session_id": sid, "unit_id": unit, "shelf": shelf, "confidence": round(float(conf), 3)}
