@@ -8,6 +8,10 @@ session without a receipt contributes only misses.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import Plan
 
 NOTHING_TO_SCORE = "nothing to score"
 
@@ -26,9 +30,9 @@ def prf_text(tp: int, fp: int, fn: int, digits: int = 3) -> str:
             f"F1 {ratio_text(2 * tp, 2 * tp + fp + fn, digits)}")
 
 
-def final_receipts(receipts: list[dict]) -> dict[str, dict]:
+def final_receipts(receipts: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The latest receipt document per session (largest ``n``)."""
-    out: dict[str, dict] = {}
+    out: dict[str, dict[str, Any]] = {}
     for r in receipts:
         sid = r.get("session_id")
         if sid is None:
@@ -38,7 +42,7 @@ def final_receipts(receipts: list[dict]) -> dict[str, dict]:
     return out
 
 
-def receipt_cart(receipt: dict) -> dict[str, int]:
+def receipt_cart(receipt: dict[str, Any]) -> dict[str, int]:
     cart: dict[str, int] = {}
     for line in receipt.get("lines", []):
         if line.get("sku") is None or int(line.get("quantity", 0)) <= 0:
@@ -57,7 +61,7 @@ class Score:
     review_lines: int = 0
     corrections: int = 0
     incomplete: int = 0
-    errors: list[dict] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def precision(self) -> float:
@@ -81,14 +85,14 @@ class Score:
         """The line-item score for people (``prf_text``): "nothing to score" over zero items."""
         return prf_text(self.tp, self.fp, self.fn)
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"precision": round(self.precision, 4), "recall": round(self.recall, 4), "f1": round(self.f1, 4),
                 "tp": self.tp, "fp": self.fp, "fn": self.fn, "sessions": self.sessions,
                 "receipts": self.receipts, "corrections": self.corrections, "incomplete": self.incomplete,
                 "review_lines": self.review_lines}
 
 
-def score(truth: dict[str, dict[str, int]], receipts: list[dict]) -> Score:
+def score(truth: dict[str, dict[str, int]], receipts: list[dict[str, Any]]) -> Score:
     final = final_receipts(receipts)
     s = Score(sessions=len(truth), receipts=len(final))
     s.corrections = sum(1 for r in receipts if r.get("kind") == "correction")
@@ -122,18 +126,18 @@ def _epoch(ts: str) -> float:
     return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
-def shelf_events(plan, events: list[dict], t0: float) -> dict:
+def shelf_events(plan: Plan, events: list[dict[str, Any]], t0: float) -> dict[str, Any]:
     """The units' item events against the planned interactions (diagnosis: was a wrong receipt
     line a shelf's mistake or the association's?). Each planned pick/put-back is matched to the
     first unused event of its unit and shelf whose span overlaps the touch (±1 s)."""
     evs = sorted((e for e in events), key=lambda e: e.get("seq", 0))
-    by_shelf: dict[tuple[str, str], list[dict]] = {}
+    by_shelf: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for e in evs:
         by_shelf.setdefault((e["unit_id"], e["shelf"]), []).append(e)
     used: set[str] = set()
     matches: dict[str, str] = {}  # event_id → the planned interaction it is
     found = right = 0
-    wrong: list[dict] = []
+    wrong: list[dict[str, Any]] = []
     real = [i for i in plan.interactions if i.type in ("pick", "put_back")]
     for i in real:
         a, b = t0 + i.t - 1.0, t0 + i.t + i.dur + 3.0
@@ -168,14 +172,15 @@ def shelf_events(plan, events: list[dict], t0: float) -> dict:
     }
 
 
-def tracking_evidence(plan, batches_: list[tuple[float, list[dict]]], tol_s: float = 2.0) -> dict:
+def tracking_evidence(plan: Plan, batches_: list[tuple[float, list[dict[str, Any]]]],
+                      tol_s: float = 2.0) -> dict[str, Any]:
     """How often the tracking alone points at the right shopper for each planned touch, by two
     rules over the window [touch - tol, touch end + ring-down + tol] at its (unit, shelf) (shelf
     unknown at half weight): the highest single confidence (``max``) and the highest summed
     confidence (``sum``, i.e. presence over time). A ceiling for any association that trusts
     tracking, independent of cartd; under identity swaps ``sum`` is the sturdier rule."""
     from collections import defaultdict
-    idx: dict[tuple, list[tuple[float, str, float]]] = defaultdict(list)
+    idx: dict[tuple[str, str | None], list[tuple[float, str, float]]] = defaultdict(list)
     for t, obs in batches_:
         for o in obs:
             idx[(o["unit_id"], o["shelf"])].append((t, o["session_id"], o["confidence"]))
@@ -194,15 +199,15 @@ def tracking_evidence(plan, batches_: list[tuple[float, list[dict]]], tol_s: flo
                     mx[sid] = max(mx[sid], w * c)
                     sm[sid] += w * c
         for rule, d in (("max", mx), ("sum", sm)):
-            if d and max(d, key=d.get) == i.session_id:
+            if d and max(d, key=d.__getitem__) == i.session_id:
                 right[rule] += 1
     return {"touches": n, **{f"right_by_{k}": v for k, v in right.items()},
             **{f"share_by_{k}": round(v / n, 4) if n else 1.0 for k, v in right.items()}}
 
 
-def association_replay(plan, batches_: list[tuple[float, list[dict]]], rule: str = "presence", tol_s: float = 1.0,
-                       min_confidence: float = 0.5, ambiguity_margin: float = 0.2,
-                       not_holding_factor: float = 0.2, before_s: float = 0.0, after_s: float = 0.0) -> dict:
+def association_replay(plan: Plan, batches_: list[tuple[float, list[dict[str, Any]]]], rule: str = "presence",
+                       tol_s: float = 1.0, min_confidence: float = 0.5, ambiguity_margin: float = 0.2,
+                       not_holding_factor: float = 0.2, before_s: float = 0.0, after_s: float = 0.0) -> dict[str, Any]:
     """cartd's association (aggregator/associate.py) replayed offline on the planned touches, with
     carts built as it goes (the put-back rule needs them): events are the touches as the units
     report them (measured: t_start ≈ touch, t_end ≈ touch end + 0.45 s; widened like cartd by
@@ -212,9 +217,9 @@ def association_replay(plan, batches_: list[tuple[float, list[dict]]], rule: str
     the resulting carts against the truth, and how many lines would be flagged for review."""
     from collections import defaultdict
 
-    from aggregator.associate import Presence, decide, presence
+    from aggregator.associate import Presence, Sighting, decide, presence
 
-    idx: dict[tuple, list[tuple[float, str, float]]] = defaultdict(list)
+    idx: dict[tuple[str, str], list[tuple[float, str, float]]] = defaultdict(list)
     for t, obs in batches_:
         for o in obs:
             idx[(o["unit_id"], o["shelf"] or "")].append((t, o["session_id"], o["confidence"]))
@@ -223,10 +228,13 @@ def association_replay(plan, batches_: list[tuple[float, list[dict]]], rule: str
     carts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     right = n_review = 0
     for i in touches:
+        sku = i.sku
+        assert sku is not None  # make_plan names the product of every pick and put-back
         lo, hi = i.t - tol_s - before_s, i.t + i.dur + 0.45 + tol_s + after_s
-        obs = [(sid, sh, t, c) for sh in (i.shelf, "") for t, sid, c in idx.get((i.unit_id, sh), ()) if lo <= t <= hi]
-        obs = [o for o in obs if spans[o[0]][0] <= hi and spans[o[0]][1] >= lo]
-        ev = presence(obs, i.shelf)
+        seen = [Sighting(sid, sh, t, c)
+                for sh in (i.shelf, "") for t, sid, c in idx.get((i.unit_id, sh), ()) if lo <= t <= hi]
+        seen = [o for o in seen if spans[o[0]][0] <= hi and spans[o[0]][1] >= lo]
+        ev = presence(seen, i.shelf)
         if rule == "max":  # the old rule: a candidate's score is its best single sighting
             ev = {sid: Presence(p.peak, p.peak, 1) for sid, p in ev.items()}
         if not ev:
@@ -235,8 +243,9 @@ def association_replay(plan, batches_: list[tuple[float, list[dict]]], rule: str
                 continue  # cartd dead-letters it (no_session)
             ev = {inside[0]: Presence(1.0, 1.0, 1)}
         put_back = i.type == "put_back"
-        holding = {sid: carts[sid][i.sku] for sid in ev} if put_back else None
-        if rule == "max" and put_back and len(ev) > 1:
+        holding = {sid: carts[sid][sku] for sid in ev} if put_back else None
+        holding_for_decide: dict[str, int] | None
+        if rule == "max" and holding is not None and len(ev) > 1:  # a put-back
             ev = {sid: Presence(p.evidence * (not_holding_factor if holding[sid] <= 0 else 1), p.peak, 1)
                   for sid, p in ev.items()}
             holding_for_decide = {sid: 1 for sid in ev}  # factor applied already
@@ -253,7 +262,7 @@ def association_replay(plan, batches_: list[tuple[float, list[dict]]], rule: str
         if d is None:
             continue
         right += d.session_id == i.session_id
-        carts[d.session_id][i.sku] += i.quantity if i.type == "pick" else -i.quantity
+        carts[d.session_id][sku] += i.quantity if i.type == "pick" else -i.quantity
         if d.reasons:
             n_review += 1
     truth = plan.truth()
