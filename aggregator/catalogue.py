@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from daemon.exitcodes import EX_NOINPUT
+
 from .config import ConfigError
 
 
@@ -38,7 +40,7 @@ class Catalogue:
         try:
             text = Path(path).read_text()
         except OSError as exc:
-            raise ConfigError([f"{path}: cannot read catalogue: {exc.strerror}"]) from None
+            raise ConfigError([f"{path}: cannot read catalogue: {exc.strerror}"], str(path), EX_NOINPUT) from None
         rows: list[tuple[str, dict]] = []
         if str(path).lower().endswith(".csv"):
             reader = csv.DictReader(text.splitlines())
@@ -56,7 +58,7 @@ class Catalogue:
             items = data.get("items") if isinstance(data, dict) else None
             if not isinstance(items, list):
                 raise ConfigError([f"{path}: expected a mapping with a list 'items'"])
-            rows = [(f"{path}: items[{i}]", r) for i, r in enumerate(items)]
+            rows = [(f"{path}: items item {i + 1}", r) for i, r in enumerate(items)]  # counted as people do
         problems: list[str] = []
         products: dict[str, Product] = {}
         for where, r in rows:

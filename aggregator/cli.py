@@ -1,7 +1,8 @@
 """``cartd``: the store's cart aggregator.
 
-Exit codes (sysexits): 0 ok, 64 usage, 69 storage unavailable, 70 internal fault, 73 cannot
-write (broker-config), 78 config (or a database written by a newer cartd).
+Exit codes (sysexits): 0 ok, 64 usage, 66 config (or catalogue) file missing or unreadable, 69
+storage unavailable, 70 internal fault, 73 cannot write (broker-config), 78 config (or a database
+written by a newer cartd).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _load(config: Path):
     except ConfigError as exc:
         for line in exc.problems:
             click.echo(line if line.startswith(str(config)) or line.startswith("/") else f"{config}: {line}", err=True)
-        sys.exit(EX_CONFIG)
+        sys.exit(exc.exit_code)  # 78, or 66 when a file cannot be read
     return cfg, cat
 
 

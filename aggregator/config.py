@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from daemon.config import BrokerConnection, ConfigError, error_text, field_path, read_yaml
+from daemon.config import BrokerConnection, ConfigError, error_text, field_path, load_yaml_config
 
 
 class _Strict(BaseModel):
@@ -229,17 +229,20 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         raise ConfigError(problems, source) from None
 
 
+def _resolve_paths(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    data = dict(data)
+    base = path.parent
+    for holder, key in ((data, "catalogue"), (data.get("storage"), "path"), ):
+        if isinstance(holder, dict) and isinstance(holder.get(key), str) and not os.path.isabs(holder[key]):
+            holder = holder if holder is data else data.setdefault("storage", holder)
+            holder[key] = str(base / holder[key])
+    mq = data.get("mqtt")
+    if isinstance(mq, dict) and isinstance(mq.get("password_file"), str) and not os.path.isabs(mq["password_file"]):
+        mq["password_file"] = str(base / mq["password_file"])
+    return data
+
+
 def load_config(path: str | Path) -> Config:
-    path = Path(path)
-    data = read_yaml(path)
-    if isinstance(data, dict):
-        data = dict(data)
-        base = path.parent
-        for holder, key in ((data, "catalogue"), (data.get("storage"), "path"), ):
-            if isinstance(holder, dict) and isinstance(holder.get(key), str) and not os.path.isabs(holder[key]):
-                holder = holder if holder is data else data.setdefault("storage", holder)
-                holder[key] = str(base / holder[key])
-        mq = data.get("mqtt")
-        if isinstance(mq, dict) and isinstance(mq.get("password_file"), str) and not os.path.isabs(mq["password_file"]):
-            mq["password_file"] = str(base / mq["password_file"])
-    return parse_config(data, str(path))
+    """The file's config; ConfigError lines ``FILE:LINE: key path: message`` (exit 78), or one
+    line and exit 66 when the file cannot be read."""
+    return load_yaml_config(path, parse_config, _resolve_paths)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from daemon.exitcodes import EX_CONFIG, EX_TEMPFAIL, EX_USAGE
+from daemon.exitcodes import EX_TEMPFAIL, EX_USAGE
 
 from .errors import ShelfcalError
 
@@ -43,9 +43,10 @@ class Ctx:
                 self._cfg = load_config(self.config_path)
             except ConfigError as exc:
                 first = exc.problems[0] if exc.problems else "invalid"
+                first = first if first.startswith(str(self.config_path)) else f"{self.config_path}: {first}"
                 more = f" (+{len(exc.problems) - 1} more: run `shelfd check --config {self.config_path}`)" \
                     if len(exc.problems) > 1 else ""
-                raise ShelfcalError(f"{self.config_path}: {first}{more}", EX_CONFIG) from None
+                raise ShelfcalError(f"{first}{more}", exc.exit_code) from None  # 78, 66: file unreadable
         return self._cfg
 
     def unit(self):

@@ -46,7 +46,7 @@ def _load(config: Path, notify: bool = False):
             from .sdnotify import Notifier
             more = f" (+{len(lines) - 1} more, see journal)" if len(lines) > 1 else ""
             Notifier().status_and_wait(f"config error, not restarting: {lines[0]}{more}")
-        sys.exit(EX_CONFIG)
+        sys.exit(exc.exit_code)  # 78, or 66 when the file cannot be read
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

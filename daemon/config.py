@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from .exitcodes import EX_CONFIG, EX_NOINPUT
 from .registry import StrictModel as _Strict
 
 # Importing the two lists registers every sensing backend and camera type. Their models live
@@ -33,11 +36,14 @@ from .vision.cameras.v4l2 import V4l2Camera as V4l2Camera
 
 
 class ConfigError(Exception):
-    """One or more problems, each a line ``path: message``."""
+    """One or more problems, each a line ``path: message`` (``FILE:LINE: path: message`` once
+    :func:`load_yaml_config` has placed them), and the exit code to leave with: 78 (EX_CONFIG),
+    or 66 (EX_NOINPUT) when the file itself cannot be read."""
 
-    def __init__(self, problems: list[str], source: str | None = None):
+    def __init__(self, problems: list[str], source: str | None = None, exit_code: int = EX_CONFIG):
         self.problems = problems
         self.source = source
+        self.exit_code = exit_code
         super().__init__("\n".join(problems))
 
 
@@ -328,7 +334,8 @@ def error_text(err: Any) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     if kind in ("literal_error", "greater_than", "greater_than_equal", "less_than_equal",
-                "less_than", "int_parsing", "float_parsing", "string_type", "too_short", "bool_parsing"):
+                "less_than", "int_parsing", "float_parsing", "string_type", "too_short", "bool_parsing",
+                "list_type", "dict_type", "model_type"):
         msg = f"{msg[0].lower()}{msg[1:]}, got {err.get('input')!r}"
     return msg
 
@@ -352,27 +359,125 @@ def parse_config(data: Any, source: str | None = None) -> Config:
         raise ConfigError(problems, source) from None
 
 
-def read_yaml(path: Path) -> Any:
-    """A config file's YAML; ConfigError with one line (file, line, column) when unreadable."""
+# ---------------------------------------------------------------- reading a config file
+
+KeyPath = tuple[str | int, ...]
+_KIND = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}
+
+
+class YamlDoc(NamedTuple):
+    data: dict[str, Any]
+    lines: dict[KeyPath, int]  # key path (list items by index) → 1-based line where it is written
+
+
+def read_yaml_doc(path: Path) -> YamlDoc:
+    """A config file's mapping and where each key and list item is written. ConfigError in one
+    line when the file cannot be read (exit 66), is not YAML (line and column), is empty or is
+    not a mapping of keys (78)."""
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"], str(path)) from None
+        raise ConfigError([f"{path}: cannot read config: {exc.strerror}"], str(path), EX_NOINPUT) from None
     try:
-        return yaml.safe_load(text)
+        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError([f"{path}:{where}: not valid YAML: {problem}"], str(path)) from None
+    if data is None:
+        what = "the file is empty" if not text.strip() else "the file holds only comments"
+        raise ConfigError([f"{path}: {what}; expected a mapping of config keys"], str(path))
+    if not isinstance(data, dict):
+        kind = _KIND.get(type(data), type(data).__name__)
+        raise ConfigError([f"{path}:{root.start_mark.line + 1 if root else 1}: expected a mapping of config keys "
+                           f"(key: value lines), got {kind}"], str(path))
+    lines: dict[KeyPath, int] = {}
+
+    def walk(node: yaml.Node, at: KeyPath) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = (*at, str(k.value))
+                lines.setdefault(key, k.start_mark.line + 1)
+                walk(v, key)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                lines.setdefault((*at, i), v.start_mark.line + 1)
+                walk(v, (*at, i))
+
+    if root is not None:
+        walk(root, ())
+    return YamlDoc(data, lines)
+
+
+_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\[\d+\]|\.[A-Za-z_][\w-]*)*")
+_PART = re.compile(r"([A-Za-z_][\w-]*)|\[(\d+)\]")
+_REF = re.compile(r"\b([a-z_]+)\[(\d+)\]((?:\.[a-z_]+)*)")
+_QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
+
+
+def key_parts(key: str) -> KeyPath:
+    """``shelves[0].plates[1]`` → ("shelves", 0, "plates", 1)."""
+    return tuple(int(i) if i else name for name, i in _PART.findall(key))
+
+
+def people_path(key: str) -> str:
+    """The key path as written, with its list items counted as people do: ``units[1].shelves``
+    → ``units[1].shelves (units item 2)``; a path without list items stays as it is
+    (``mqtt.port``)."""
+    parts = key_parts(key)
+    items = [f"{parts[k - 1]} item {p + 1}" for k, p in enumerate(parts) if isinstance(p, int) and k]
+    return f"{key} ({', '.join(items)})" if items else key
+
+
+def _people_refs(msg: str) -> str:
+    """References to list items inside a message (``also chips[0]``), 1-based; quoted values
+    (what the user wrote) are left alone."""
+    def ref(m: re.Match) -> str:
+        rest = m.group(3).lstrip(".")
+        return f"{m.group(1)} item {int(m.group(2)) + 1}" + (f"'s {rest}" if rest else "")
+    parts = _QUOTED.split(msg)
+    return "".join(p if i % 2 else _REF.sub(ref, p) for i, p in enumerate(parts))
+
+
+def place_problems(problems: list[str], path: Path, lines: dict[KeyPath, int]) -> list[str]:
+    """``key.path: message`` → ``FILE:LINE: key.path (list items 1-based): message``: the line of
+    the key (or of the nearest enclosing key or list item that is written, for a missing key)."""
+    out = []
+    for p in problems:
+        if p.startswith(str(path)):
+            out.append(p)
+            continue
+        key, sep, msg = p.partition(": ")
+        if not sep or not _PATH.fullmatch(key):
+            out.append(f"{path}: {_people_refs(p)}")
+            continue
+        parts = key_parts(key)
+        line = next((lines[parts[:n]] for n in range(len(parts), 0, -1) if parts[:n] in lines), None)
+        out.append(f"{path}{f':{line}' if line else ''}: {people_path(key)}: {_people_refs(msg)}")
+    return out
+
+
+T = TypeVar("T")
+
+
+def load_yaml_config(path: str | Path, parse: Callable[[Any, str], T],
+                     prepare: Callable[[dict[str, Any], Path], Any] | None = None) -> T:
+    """Read a config file, ``prepare`` its data (relative paths ...), ``parse`` it; every problem
+    comes out placed (:func:`place_problems`). shelfd's and cartd's configs both load this way."""
+    path = Path(path)
+    doc = read_yaml_doc(path)
+    data = prepare(doc.data, path) if prepare is not None else doc.data
+    try:
+        return parse(data, str(path))
+    except ConfigError as exc:
+        raise ConfigError(place_problems(exc.problems, path, doc.lines), str(path), exc.exit_code) from None
 
 
 def load_config(path: str | Path) -> Config:
-    path = Path(path)
-    data = read_yaml(path)
     # Relative paths in a config are relative to the config file, as users expect.
-    cfg = parse_config(_resolve_paths(data, path.parent), str(path))
-    return cfg
+    return load_yaml_config(path, parse_config, lambda data, p: _resolve_paths(data, p.parent))
 
 
 _CRED_VARS = ("${CREDENTIALS_DIRECTORY}", "$CREDENTIALS_DIRECTORY")

@@ -1,7 +1,7 @@
 """Exit codes of every Gondola command (shelfd, shelfcal, cartd): sysexits(3), one home.
 
-systemd's units rely on them: ``RestartPreventExitStatus=64 78`` (restarting cannot fix a usage
-or configuration error), 75 is retried after ``RestartSec``.
+systemd's units rely on them: ``RestartPreventExitStatus=64 66 78`` (restarting cannot fix a usage
+or configuration error, nor a missing config file), 75 is retried after ``RestartSec``.
 """
 from __future__ import annotations
 

@@ -24,9 +24,9 @@ def test_check_names_each_problem_and_exits_78(tmp_path):
     r = cartd("check", "--config", str(bad))
     assert r.returncode == 78
     lines = r.stderr.strip().splitlines()
-    assert f"{bad}: mqtt.port: must be 1..65535, got 0" in lines
-    assert f"{bad}: bogus: unknown key" in lines
-    assert any("storage: unknown storage type" in l for l in lines)
+    assert f"{bad}:3: mqtt.port: must be 1..65535, got 0" in lines
+    assert f"{bad}:4: bogus: unknown key" in lines
+    assert any(l.startswith(f"{bad}:2: storage: unknown storage type") for l in lines), lines
     assert "Traceback" not in r.stderr
 
 
@@ -54,6 +54,38 @@ def test_limits_are_checked(tmp_path):
     r = cartd("check", "--config", str(cfg))
     assert r.returncode == 78
     lines = r.stderr.strip().splitlines()
-    assert any(l.startswith(f"{cfg}: limits.max_payload_bytes: ") and "1024" in l for l in lines), lines
-    assert any(l.startswith(f"{cfg}: limits.max_seq_jump: ") and "1000" in l for l in lines), lines
-    assert f"{cfg}: limits.bogus: unknown key" in lines
+    assert any(l.startswith(f"{cfg}:3: limits.max_payload_bytes: ") and "1024" in l for l in lines), lines
+    assert any(l.startswith(f"{cfg}:3: limits.max_seq_jump: ") and "1000" in l for l in lines), lines
+    assert f"{cfg}:3: limits.bogus: unknown key" in lines
+
+
+def test_list_items_are_counted_from_one_on_their_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store_id: s\nstorage: {{type: sqlite, path: {tmp_path}/x.db}}\nunits:\n"
+                   "  - unit_id: a\n  - unit_id: b\n    shelves: 7\n  - shelves: []\n")
+    r = cartd("check", "--config", str(cfg))
+    assert r.returncode == 78
+    assert r.stderr.strip().splitlines() == [
+        f"{cfg}:6: units[1].shelves (units item 2): input should be a valid list, got 7",
+        f"{cfg}:7: units[2].unit_id (units item 3): required key is missing",
+    ]
+
+
+def test_an_empty_or_missing_config_is_one_line(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    r = cartd("check", "--config", str(empty))
+    assert r.returncode == 78 and r.stderr.strip() == f"{empty}: the file is empty; expected a mapping of config keys"
+    missing = tmp_path / "nope.yaml"
+    for cmd in ("check", "run", "receipts"):  # EX_NOINPUT, as for every missing input
+        r = cartd(cmd, "--config", str(missing))
+        assert r.returncode == 66, (cmd, r.stderr)
+        assert r.stderr.strip() == f"{missing}: cannot read config: No such file or directory", (cmd, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "aggregator.web", "--config", str(missing)], cwd=REPO,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 66 and len(r.stderr.strip().splitlines()) == 1 and str(missing) in r.stderr, r.stderr
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"store_id: s\nstorage: {{type: sqlite, path: {tmp_path}/x.db}}\ncatalogue: gone.csv\n")
+    r = cartd("check", "--config", str(cfg))
+    assert r.returncode == 66 and r.stderr.strip().endswith("gone.csv: cannot read catalogue: No such file or "
+                                                             "directory"), r.stderr

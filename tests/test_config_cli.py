@@ -1,8 +1,11 @@
 """`shelfd check`: valid configs pass; each kind of bad config gets one precise line and exit 78."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
-from helpers import shelfd, write_config
+from helpers import REPO, shelfd, write_config
 
 
 def test_example_config_is_valid(tmp_path):
@@ -45,10 +48,23 @@ def test_contradictions_each_get_a_line(tmp_path):
     r = shelfd("check", "--config", str(path))
     assert r.returncode == 78
     lines = r.stderr.strip().splitlines()
-    assert any("shelves[0].plates[1].channels: plate has no load-cell channel" in l for l in lines)
-    assert any("planogram[1].unit_weight_g: SKU 'a' weighs 120.0 g here but 100.0 g" in l for l in lines)
-    assert any("planogram[2].shelf: unknown shelf '9'" in l for l in lines)
-    assert len(lines) == 3
+    text = path.read_text().splitlines()
+
+    def line_of(problem: str) -> str:  # the file's line the problem names, as written
+        return text[int(problem.split(":")[1]) - 1].strip()
+
+    by_key = {l.split(": ")[1]: l for l in lines}
+    assert set(by_key) == {"shelves[0].plates[1].channels (shelves item 1, plates item 2)",
+                           "planogram[1].unit_weight_g (planogram item 2)", "planogram[2].shelf (planogram item 3)"}
+    # a missing key: the list item that lacks it
+    assert by_key["shelves[0].plates[1].channels (shelves item 1, plates item 2)"].endswith(
+        ": plate has no load-cell channel")
+    assert line_of(by_key["shelves[0].plates[1].channels (shelves item 1, plates item 2)"]) == "- id: 2"
+    assert by_key["planogram[1].unit_weight_g (planogram item 2)"].endswith(
+        ": SKU 'a' weighs 120.0 g here but 100.0 g in planogram item 1")
+    assert line_of(by_key["planogram[1].unit_weight_g (planogram item 2)"]) == "unit_weight_g: 120"
+    assert line_of(by_key["planogram[2].shelf (planogram item 3)"]) == "shelf: '9'"
+    assert all(l.startswith(f"{path}:") for l in lines) and len(lines) == 3
 
 
 def test_unreadable_yaml_names_the_line(tmp_path):
@@ -60,9 +76,50 @@ def test_unreadable_yaml_names_the_line(tmp_path):
     assert "not valid YAML" in r.stderr
 
 
-def test_missing_config_file(tmp_path):
-    r = shelfd("check", "--config", str(tmp_path / "nope.yaml"))
-    assert r.returncode == 78 and "cannot read config" in r.stderr
+def test_the_contract_line_names_the_file_line_and_key_path(tmp_path):
+    cfg = write_config(tmp_path / "unit.yaml", mqtt__port=0)
+    r = shelfd("check", "--config", str(cfg))
+    line = next(i for i, t in enumerate(cfg.read_text().splitlines(), 1) if t.strip() == "port: 0")
+    assert r.returncode == 78 and r.stderr.strip() == f"{cfg}:{line}: mqtt.port: must be 1..65535, got 0"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "the file is empty; expected a mapping of config keys"),
+    ("# nothing here yet\n\n", "the file holds only comments; expected a mapping of config keys"),
+])
+def test_an_empty_config_says_so(tmp_path, text, expected):
+    p = tmp_path / "unit.yaml"
+    p.write_text(text)
+    for cmd in ("check", "run"):
+        r = shelfd(cmd, "--config", str(p))
+        assert r.returncode == 78 and r.stderr.strip() == f"{p}: {expected}", r.stderr
+
+
+def test_a_config_that_is_not_a_mapping_says_so(tmp_path):
+    p = tmp_path / "unit.yaml"
+    p.write_text("# a list by mistake\n- version: 1\n- unit_id: u1\n")
+    r = shelfd("check", "--config", str(p))
+    assert r.returncode == 78
+    assert r.stderr.strip() == f"{p}:2: expected a mapping of config keys (key: value lines), got a list"
+
+
+def test_missing_config_file_is_66_everywhere(tmp_path):
+    """EX_NOINPUT, as the README says for missing input; one line naming the file."""
+    missing = tmp_path / "nope.yaml"
+    for args in (("check",), ("run",), ("replay", str(tmp_path), "--format", "shelfd")):
+        r = shelfd(*args, "--config", str(missing))
+        assert r.returncode == 66, (args, r.stderr)
+        assert r.stderr.strip() == f"{missing}: cannot read config: No such file or directory", (args, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "calibration.cli", "--config", str(missing), "diag"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 66 and r.stderr.strip() == f"shelfcal: {missing}: cannot read config: No such file or " \
+        "directory", r.stderr
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    r = subprocess.run([sys.executable, "-m", "calibration.cli", "--config", str(empty), "diag"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 78 and r.stderr.strip() == f"shelfcal: {empty}: the file is empty; expected a mapping " \
+        "of config keys", r.stderr
 
 
 def test_usage_error_is_64():

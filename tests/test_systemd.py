@@ -86,7 +86,8 @@ def test_unit_settings_that_matter():
     u = _unit()
     s = u["Service"]
     assert s["Type"] == ["notify"] and s["Restart"] == ["always"]
-    assert "78" in " ".join(s["RestartPreventExitStatus"]).split(), "a config error must not restart-loop"
+    prevent = " ".join(s["RestartPreventExitStatus"]).split()
+    assert "78" in prevent and "66" in prevent, "a config error (or no config file) must not restart-loop"
     assert int(s["WatchdogSec"][0]) >= 10
     assert int(u["Unit"]["StartLimitBurst"][0]) >= 1 and int(u["Unit"]["StartLimitIntervalSec"][0]) > 0
     assert s["DevicePolicy"] == ["closed"] and "PrivateDevices" not in s
@@ -265,7 +266,8 @@ def test_config_error_exits_78_fast_with_one_line_per_problem_and_a_status(tmp_p
     lines = log.read().splitlines()
     assert len(lines) == 2 and all(l.startswith("<3>") for l in lines), lines
     assert any("mqtt.port: must be 1..65535, got 0" in l for l in lines)
-    assert any(l.startswith(f"<3>{bad}: unit_id:") for l in lines)
+    line = next(i for i, t in enumerate(bad.read_text().splitlines(), 1) if t.startswith("unit_id:"))
+    assert any(l.startswith(f"<3>{bad}:{line}: unit_id:") for l in lines), lines
     status = notify.lines("STATUS=")
     assert status and status[-1].startswith("STATUS=config error, not restarting: ") and "+1 more" in status[-1]
     assert "BARRIER=1" in [l for _, ls in notify.messages for l in ls]

@@ -26,27 +26,29 @@ GOOD = [{"name": "a", "dout": 5, "sck": 6}, {"name": "b", "dout": 13, "sck": 19}
 CASES = {
     "shared dout": (
         [*GOOD, {"name": "c", "dout": 5, "sck": 21}],
-        "sensing.chips[2].dout: GPIO 5 is already chips[0].dout ('a')",
+        18, "sensing.chips[2].dout (chips item 3): GPIO 5 is already chips item 1's dout ('a')",
     ),
     "shared sck": (
         [*GOOD, {"name": "c", "dout": 20, "sck": 19}],
-        "sensing.chips[2].sck: GPIO 19 is already chips[1].sck ('b')",
+        19, "sensing.chips[2].sck (chips item 3): GPIO 19 is already chips item 2's sck ('b')",
     ),
     "dout on another chip's sck": (
         [*GOOD, {"name": "c", "dout": 6, "sck": 21}],
-        "sensing.chips[2].dout: GPIO 6 is already chips[0].sck ('a'): a DOUT wired to another chip's SCK",
+        18, "sensing.chips[2].dout (chips item 3): GPIO 6 is already chips item 1's sck ('a'): a DOUT wired to another "
+        "chip's SCK",
     ),
     "sck on another chip's dout": (
         [*GOOD, {"name": "c", "dout": 20, "sck": 13}],
-        "sensing.chips[2].sck: GPIO 13 is already chips[1].dout ('b'): a SCK wired to another chip's DOUT",
+        19, "sensing.chips[2].sck (chips item 3): GPIO 13 is already chips item 2's dout ('b'): a SCK wired to another "
+        "chip's DOUT",
     ),
     "dout and sck on one pin": (
         [*GOOD, {"name": "c", "dout": 20, "sck": 20}],
-        "sensing.chips[2].sck: GPIO 20 is also this chip's dout",
+        19, "sensing.chips[2].sck (chips item 3): GPIO 20 is also this chip's dout",
     ),
     "duplicate chip names": (
         [*GOOD, {"name": "a", "dout": 20, "sck": 21}],
-        "sensing.chips[2].name: duplicate chip name 'a' (also chips[0])",
+        17, "sensing.chips[2].name (chips item 3): duplicate chip name 'a' (also chips item 1)",
     ),
 }
 
@@ -58,14 +60,15 @@ def test_good_wiring_passes_check(tmp_path):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_wiring_errors_fail_check_and_run_with_one_line_each(tmp_path, case):
-    chips, expected = CASES[case]
+    chips, line, expected = CASES[case]
     cfg = _hx711_unit(tmp_path, chips)
     for cmd in ("check", "run"):
         r = shelfd(cmd, "--config", str(cfg), timeout=30)
         lines = r.stderr.strip().splitlines()
         assert r.returncode == 78, (cmd, r.stderr)
         assert "Traceback" not in r.stderr
-        assert len(lines) == 1 and lines[0].startswith(f"{cfg}: {expected}"), lines
+        # the file's line of the offending key; the key path as written, its list item counted from 1
+        assert len(lines) == 1 and lines[0].startswith(f"{cfg}:{line}: {expected}"), lines
 
 
 def test_every_problem_is_named_at_once(tmp_path):
@@ -75,9 +78,9 @@ def test_every_problem_is_named_at_once(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 78 and len(lines) == 3, lines
     assert {l.split(": ")[1] for l in lines} == {
-        "sensing.chips[1].name",
-        "sensing.chips[1].dout",
-        "sensing.chips[2].dout",
+        "sensing.chips[1].name (chips item 2)",
+        "sensing.chips[1].dout (chips item 2)",
+        "sensing.chips[2].dout (chips item 3)",
     }
 
 
@@ -92,8 +95,9 @@ def test_iio_duplicate_channels_are_refused(tmp_path):
     r = shelfd("check", "--config", str(cfg))
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 78 and len(lines) == 2, lines
-    assert any("sensing.channels[1].name: duplicate channel name 'a'" in l for l in lines)
-    assert any("sensing.channels[2].channel: label:hx711-a in_voltage0 is already channels[0]" in l for l in lines)
+    assert any("sensing.channels[1].name (channels item 2): duplicate channel name 'a'" in l for l in lines)
+    assert any("sensing.channels[2].channel (channels item 3): label:hx711-a in_voltage0 is already channels item 1"
+               in l for l in lines)
 
 
 def test_run_without_rpi_gpio_is_one_line_not_a_traceback(tmp_path):
