@@ -113,6 +113,8 @@ def main() -> int:
     blocks = list(range(0, n, args.block))
     print(f"Learned unit weights: seed {args.seed}, catalogue {100 * args.offset:.0f} % off, "
           f"{n} detected real events, blocks of {args.block}")
+    if not n:
+        print("  nothing to score: no real event was detected")
     print(f"  {'events':>11} {'true':>7} {'learning':>9} {'frozen':>7}   mean |weight error| (learning)")
     caught_up = None
     rows = []

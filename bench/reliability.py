@@ -32,8 +32,12 @@ def table(pairs: list[tuple[float, bool]]) -> dict:
 
 
 def print_table(rel: dict, title: str) -> None:
-    print(f"  reliability ({title}): {rel['n']} events, ECE {rel['ece']:.3f}; "
-          f"confidence ≥ 0.9: {rel['at_0.9']['n']} events, right {rel['at_0.9']['accuracy']}")
+    if not rel["n"]:
+        print(f"  reliability ({title}): nothing to score (no event)")
+        return
+    hi = rel["at_0.9"]
+    print(f"  reliability ({title}): {rel['n']} events, ECE {rel['ece']:.3f}; confidence ≥ 0.9: "
+          + (f"{hi['n']} events, right {hi['accuracy']}" if hi["n"] else "no event, nothing to score"))
     print("    confidence   events  mean conf  accuracy")
     for r in rel["bins"]:
         print(f"    {r['bin']:>11}  {r['n']:6d}  {r['mean_confidence']:9.3f}  {r['accuracy']:8.3f}")

@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import reliability  # noqa: E402
 
+from aggregator.sim.score import prf_text  # noqa: E402
 from daemon.pipeline import run_offline  # noqa: E402
 from daemon.sensing.replay_aifi import AifiReplaySource, load_layout  # noqa: E402
 
@@ -134,8 +135,8 @@ def main() -> int:
     print(
         "  missed / total by kind:", ", ".join(f"{k} {acc['missed'][k]}/{n}" for k, n in sorted(acc["total"].items()))
     )
-    print(f"  events F1 {ev['f1']:.4f} (P {ev['precision']:.4f} R {ev['recall']:.4f})   "
-          f"units F1 {un['f1']:.4f}   sent to review {acc['review']}/{acc['events']}")
+    print(f"  events {prf_text(ev['tp'], ev['fp'], ev['fn'], 4)}   units {prf_text(un['tp'], un['fp'], un['fn'], 4)}"
+          f"   sent to review {acc['review']}/{acc['events']}")
     reliability.print_table(rel, "semi-real")
     png = args.out / "semireal_reliability.png"
     reliability.plot(rel, png, f"semi-real, seeds {','.join(map(str, seeds))}")

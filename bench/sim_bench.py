@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from aggregator.sim.score import NOTHING_TO_SCORE, prf_text, ratio_text  # noqa: E402
 from daemon.config import Config, parse_config  # noqa: E402
 from daemon.layout import Layout  # noqa: E402
 from daemon.sensing.sim import SimSource, expected_real_events  # noqa: E402
@@ -343,19 +344,23 @@ def print_table(res: dict, meta: dict) -> None:
     print(f"\nGondola simulator bench: seed {meta['seed']}, {meta['duration_s']:.0f} s simulated in "
           f"{meta['wall_s']:.1f} s ({meta['speedup']:.0f}x), detector {meta['detector']}")
     print(f"  real events {e['tp'] + e['fn']}, predicted {e['tp'] + e['fp']}   non-events {res['non_events']}")
-    print(f"  events     precision {e['precision']:.3f}  recall {e['recall']:.3f}  F1 {e['f1']:.3f}"
-          f"   (tp {e['tp']}, fp {e['fp']}, fn {e['fn']})")
+    print(f"  events     {prf_text(e['tp'], e['fp'], e['fn'])}   (tp {e['tp']}, fp {e['fp']}, fn {e['fn']})")
     ia = res["item_accuracy"]
-    print(f"  items      detected {ia['detected']} (recall {ia['detection_recall']:.3f}), right sku+quantity "
-          f"{ia['right_sku_and_quantity']} → accuracy {ia['accuracy']:.3f}")
+    if ia["detected"]:
+        print(f"  items      detected {ia['detected']} (recall {ratio_text(ia['detected'], e['tp'] + e['fn'])}), "
+              f"right sku+quantity {ia['right_sku_and_quantity']} → accuracy "
+              f"{ratio_text(ia['right_sku_and_quantity'], ia['detected'])}")
+    else:
+        print(f"  items      {NOTHING_TO_SCORE} (no real event detected of {e['tp'] + e['fn']})")
     ph = res["phantoms"]
     print(f"  phantoms   {ph['total']} (on lean {ph['on_lean']}, press {ph['on_press']}, glitch {ph['on_glitch']});"
           f" other event types {ph['other_event_types']}")
     print(f"  {'kind':<14}{'found':>7}{'total':>7}{'recall':>9}")
     for k, v in res["per_kind"].items():
         print(f"  {k:<14}{v['found']:>7}{v['total']:>7}{v['recall']:>9.3f}")
-    print(f"  misplaced returns are {100 * res['misplaced_share']:.1f} % of real events "
-          f"(weight alone cannot name one that weighs what the plate's own units weigh)")
+    if e["tp"] + e["fn"]:
+        print(f"  misplaced returns are {100 * res['misplaced_share']:.1f} % of real events "
+              f"(weight alone cannot name one that weighs what the plate's own units weigh)")
     reliability.print_table(res["reliability"], "simulator, weight only")
 
 
