@@ -22,6 +22,17 @@ from .errors import ShelfcalError
 from .fit import fit_channel
 from .guided import LOG
 
+MIN_RESIDUAL_AXIS_G = 1.0  # the residual plot spans at least ±1 g
+
+
+def residual_view(residuals: list[float], n_points: int) -> tuple[float, str | None]:
+    """The residual plot's half-range (g) and a note. With 2 points (the zero and one mass) the
+    line passes through both: the residuals are 0 by construction, and matplotlib would scale
+    their float noise to a 1e-13 axis."""
+    if n_points <= 2 or not residuals:
+        return MIN_RESIDUAL_AXIS_G, f"{n_points} points: no residual to show"
+    return max(MIN_RESIDUAL_AXIS_G, 1.2 * max(abs(r) for r in residuals)), None
+
 
 def _last_verifies(state_dir: Path) -> dict[str, dict]:
     out: dict[str, dict] = {}
@@ -97,6 +108,8 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
                 fit_channel(c, [(a, b) for a, b in pts]) if len(pts) >= 2 and len({a for a, _ in pts}) >= 2 else None
             )
         resid = [r for f in fits if f for r in f.residuals_g]
+        n_points = max((len(cal.channels[c].points) for c in p.channels), default=0)
+        axis_g, no_residual = residual_view(resid, n_points)
         cap = min((f.capacity_g for f in fits if f), default=math.nan) * len(p.channels)
         lines.append(f"plate {p.key} ({', '.join(p.channels)}):")
         for c, _f in zip(p.channels, fits):
@@ -104,7 +117,8 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
             pts = ", ".join(f"{a * len(p.channels):g} g" for a, _ in cc.points) or "none recorded"
             lines.append(f"  channel {c}: scale {cc.scale:.4f} counts/g, offset {cc.offset:.0f} counts, "
                          f"points {pts}, updated {cc.updated or '?'}")
-        lines.append(f"  max |residual| {max((abs(r) for r in resid), default=0):.2f} g, implied capacity "
+        worst = no_residual or f"max |residual| {max(abs(r) for r in resid):.2f} g"
+        lines.append(f"  {worst}, implied capacity "
                      f"{cap:,.0f} g (rating {p.capacity_g:g} g), noise σ {sigma:.2f} g over {good.sum()} samples")
         v = verifies.get(p.key)
         if v:
@@ -124,7 +138,9 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
             ax[0].set(title=f"plate {p.key}: counts vs grams", xlabel="g on the channel", ylabel="counts")
             ax[0].legend(fontsize=7)
             ax[1].axhline(0, color="grey", lw=0.8)
-            ax[1].set(title="residuals", xlabel="g", ylabel="g")
+            ax[1].set(title="residuals", xlabel="g", ylabel="g", ylim=(-axis_g, axis_g))
+            if no_residual:
+                ax[1].text(0.5, 0.75, no_residual, transform=ax[1].transAxes, ha="center", va="center")
             if grams is not None and good.any():
                 ax[2].plot(t[good] - t[good][0], grams[good] - np.mean(grams[good]), lw=0.7)
             ax[2].set(title=f"noise trace (σ {sigma:.2f} g)", xlabel="s", ylabel="g − mean")

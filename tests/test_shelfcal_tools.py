@@ -93,6 +93,9 @@ def test_report_writes_plots_and_a_summary(tmp_path):
     summary = (out / "summary.txt").read_text()
     assert cal_doc(cfg)["calibration_id"] in summary
     assert "plate 1/1" in summary and "PASS" in summary and "plate 1/2" in summary
+    # the factory calibration has 2 points (zero and one mass): its residuals are 0 by construction
+    assert "points 0 g, 1000 g," in summary and "2 points: no residual to show" in summary
+    assert "max |residual|" not in summary
     for key in ("1-1", "1-2", "1-3", "1-4"):
         png = out / f"plate-{key}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
@@ -296,3 +299,12 @@ def test_camera_enrol_adds_photos_to_the_gallery(tmp_path, shared_dir):
     from daemon.vision.gallery import Gallery
     g = Gallery.open_raw(tmp_path / "state" / "vision" / "gallery")
     assert g.skus.count("A1") == 2
+
+
+def test_the_residual_axis_is_never_float_noise():
+    """2 points: the fitted line passes through both, residuals ~1e-13 g: say so on a ±1 g axis."""
+    from calibration.report import residual_view
+    assert residual_view([1e-13, -2e-13], 2) == (1.0, "2 points: no residual to show")
+    assert residual_view([0.01, -0.02, 0.005], 3) == (1.0, None)  # at least ±1 g
+    lim, note = residual_view([0.4, -2.5, 1.0], 3)
+    assert note is None and lim == pytest.approx(3.0)
