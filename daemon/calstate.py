@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, overload
 from ulid import ULID
 
 from .atomicfile import atomic_write
-from .timefmt import file_stamp, now_iso
+from .timefmt import file_stamp, now_iso, parse_rfc3339, rfc3339
 
 if TYPE_CHECKING:
     import numpy as np
@@ -184,3 +184,68 @@ def update(state_dir: Path, unit_id: str, channels: dict[str, ChannelCal], *, te
                                  source=source)
         save(state_dir, state)
         return state
+
+
+# ---------------------------------------------------------------- shelfcal's log, for health
+
+VERIFY_LOG = "shelfcal-log.jsonl"   # shelfcal's service record in state_dir (calibration.guided.LOG)
+_verify_cache: dict[Path, tuple[tuple[int, int], dict[str, dict[str, Any]]]] = {}
+
+
+def last_verifies(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per plate ("shelf/plate"), the last ``shelfcal verify`` in its log: ``{"time", "pass"}``
+    plus ``mass_g``, ``read_g`` and the ``calibration_id`` it checked, where the entry has them.
+
+    Read again only when the file's mtime or size changed. A missing, unreadable or corrupt log
+    is no verifies (a corrupt line is skipped): never an error."""
+    path = Path(state_dir) / VERIFY_LOG
+    try:
+        st = path.stat()
+        key = (st.st_mtime_ns, st.st_size)
+        hit = _verify_cache.get(path)
+        if hit is None or hit[0] != key:
+            hit = (key, _read_verifies(path.read_bytes().decode("utf-8", "replace")))
+            _verify_cache[path] = hit
+    except OSError:
+        _verify_cache.pop(path, None)
+        return {}
+    return {plate: dict(v) for plate, v in hit[1].items()}
+
+
+def _read_verifies(text: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        try:
+            e = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(e, dict) or e.get("kind") != "verify" or not isinstance(e.get("plate"), str) \
+                or not isinstance(e.get("pass"), bool):
+            continue
+        v: dict[str, Any] = {"time": _wire_time(e.get("time")), "pass": e["pass"]}
+        for k in ("mass_g", "read_g"):
+            if isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool):
+                v[k] = e[k]
+        if isinstance(e.get("calibration_id"), str):
+            v["calibration_id"] = e["calibration_id"]
+        out[e["plate"]] = v
+    return out
+
+
+def _wire_time(s: Any) -> str | None:
+    """A logged time as the wire's RFC 3339 (``…T05:06:49.000Z``); a string it cannot read as
+    is (evidence for a person), anything else None."""
+    t = parse_rfc3339(s)
+    if t is not None:
+        return rfc3339(t)
+    return s if isinstance(s, str) else None
+
+
+def health_block(state_dir: Path, cal: CalibrationState | None) -> dict[str, Any]:
+    """``health.calibration``: the calibration in force (ids null when the unit has none: a
+    recording in grams) and the last verify of each plate from shelfcal's log."""
+    return {"calibration_id": cal.calibration_id if cal else None,
+            "created": _wire_time(cal.created) if cal and cal.created else None,
+            "technician": cal.technician if cal else None,
+            "source": cal.source if cal else None,
+            "last_verify": last_verifies(state_dir)}

@@ -17,7 +17,7 @@ import numpy as np
 from .calstate import CalibrationState
 from .config import DetectionConfig
 from .events.identify import Evidence, Identifier, book_for
-from .events.item_event import build_event, rfc3339
+from .events.item_event import build_event, make_trace, rfc3339
 from .events.unit_weights import FILE_NAME as WEIGHTS_FILE
 from .layout import Layout
 from .sensing.base import SampleBlock, SampleSource
@@ -27,6 +27,19 @@ from .signal.detector import REST, Detector, DetectorParams, WeightChange
 log = logging.getLogger(__name__)
 
 EvidenceProvider = Callable[[WeightChange], list[Evidence]]
+
+# The weight trace in every event (docs/publishing.md): conditioned grams of the event's plates,
+# about TRACE_HZ, from TRACE_PAD_S before t_start to TRACE_PAD_S after t_end (or to the tick at
+# which the event left the detector and the press hold, when that came sooner), at most
+# TRACE_MAX_POINTS a plate and about TRACE_BUDGET values in all (longer windows are decimated
+# further), reaching at most TRACE_MAX_SPAN_S back; the ring keeps TRACE_KEEP_S before the block
+# being processed.
+TRACE_HZ = 10.0
+TRACE_PAD_S = 1.0
+TRACE_MAX_POINTS = 300
+TRACE_BUDGET = 800
+TRACE_MAX_SPAN_S = 50.0
+TRACE_KEEP_S = 70.0
 
 
 @dataclass
@@ -49,6 +62,57 @@ class PipelineStats:
 
     def count(self, kind: str) -> None:
         self.by_type[kind] = self.by_type.get(kind, 0) + 1
+
+
+class TraceRing:
+    """The last TRACE_KEEP_S of conditioned plate weights at about TRACE_HZ, for event traces.
+
+    A sample is kept when its index *in the whole stream* is a multiple of ``k``, so the kept
+    points (and every trace cut from them) are the same however the samples were cut into blocks.
+    Samples of the block being processed are all kept, plus ``keep`` points before it: a change the
+    detector decides anywhere in that block finds its window here."""
+
+    def __init__(self, n_plates: int, rate_hz: float):
+        self.k = max(1, int(round(rate_hz / TRACE_HZ)))
+        self.dt_s = self.k / rate_hz
+        self.keep = int(math.ceil(TRACE_KEEP_S / self.dt_s))
+        self.t = np.empty(2 * self.keep)
+        self.g = np.empty((2 * self.keep, n_plates))
+        self.n = 0      # rows in use
+        self.seen = 0   # samples of the stream so far
+
+    def push(self, t: np.ndarray, grams: np.ndarray, available: np.ndarray) -> None:
+        idx = np.arange((-self.seen) % self.k, len(t), self.k)
+        self.seen += len(t)
+        m = len(idx)
+        if not m:
+            return
+        if self.n + m > len(self.t):
+            old = min(self.n, self.keep)
+            cap = max(2 * self.keep, old + m)
+            t_new, g_new = np.empty(cap), np.empty((cap, self.g.shape[1]))
+            t_new[:old], g_new[:old] = self.t[self.n - old:self.n], self.g[self.n - old:self.n]
+            self.t, self.g, self.n = t_new, g_new, old
+        self.t[self.n:self.n + m] = t[idx]
+        self.g[self.n:self.n + m] = np.where(available[idx], grams[idx], np.nan)
+        self.n += m
+
+    @property
+    def last_t(self) -> float | None:
+        return float(self.t[self.n - 1]) if self.n else None
+
+    def trace(self, columns: list[int], plate_ids: list[int], t_from: float, t_to: float) -> dict | None:
+        """The ``trace`` of plates ``columns`` (named ``plate_ids``) over [t_from, t_to], or None
+        when no point lies there."""
+        t = self.t[:self.n]
+        sel = np.nonzero((t >= t_from) & (t <= t_to))[0]
+        if not len(sel):
+            return None
+        most = max(30, min(TRACE_MAX_POINTS, TRACE_BUDGET // max(1, len(columns))))
+        step = -(-len(sel) // most)   # ceil: decimate further, relative to the window's first point
+        sel = sel[::step]
+        return make_trace(float(t[sel[0]]), self.dt_s * step,
+                          {pid: self.g[sel, col].tolist() for pid, col in zip(plate_ids, columns)})
 
 
 class Pipeline:
@@ -85,7 +149,8 @@ class Pipeline:
         self.fusion = fusion
         self.vision_deadline_s = vision_deadline_s
         self.capture = capture
-        self._waiting: list[tuple[WeightChange, object, float]] = []  # (change, future|None, deadline)
+        # (change, future|None, deadline, trace)
+        self._waiting: list[tuple[WeightChange, object, float, dict | None]] = []
         self._held: list[WeightChange] = []   # put-backs waiting out the press hold
         self.press_hold_s = press_hold_s
         # benches: observer(change, weight-only identification, fused identification, vision result, event)
@@ -97,12 +162,14 @@ class Pipeline:
         self.maintenance: dict[str, float] = {}  # "shelf/plate" → monotonic time it ends
         self._last_grams = np.full(len(layout.plates), np.nan)
         self.state_changed = False
+        self.ring = TraceRing(len(layout.plates), rate_hz)
 
     # ------------------------------------------------------------------ processing
 
     def process(self, block: SampleBlock) -> list[dict]:
         t0 = time.process_time()
         cond = self.conditioner.process(block)
+        self.ring.push(cond.t, cond.grams, cond.available)
         if self.vision is not None and len(block):
             self.vision.pump(float(block.t[-1]))   # data-clocked cameras (sim, replay) catch up
         changes = self.detector.process(cond.t, cond.grams, cond.available)
@@ -143,20 +210,21 @@ class Pipeline:
     def _route(self, changes: list[WeightChange], wait: bool = False) -> list[dict]:
         """Events in detection order: without a camera at once; with one, each after its vision
         answer or its deadline, whichever comes first."""
-        changes = self._hold([part for c in changes for part in self._split(c)], final=wait)
+        ready = [(c, self._trace(c, t_out))
+                 for c, t_out in self._hold([part for c in changes for part in self._split(c)], final=wait)]
         if self.vision is None:
-            return [self._event(c) for c in changes]
+            return [self._event(c, trace=tr) for c, tr in ready]
         now = time.monotonic()
-        for c in changes:
+        for c, tr in ready:
             job = None
             if c.kind == "change":
                 from .vision.engine import ChangeView
                 job = self.vision.submit(ChangeView(c.shelf, list(c.plates), c.t_start, c.t_end, c.delta_g,
                                                     dict(c.plate_deltas)))
-            self._waiting.append((c, job, now + self.vision_deadline_s))
+            self._waiting.append((c, job, now + self.vision_deadline_s, tr))
         out = []
         while self._waiting:
-            c, job, deadline = self._waiting[0]
+            c, job, deadline, tr = self._waiting[0]
             if job is not None and not job.done():
                 left = deadline - time.monotonic()
                 if left > 0 and wait:
@@ -167,18 +235,31 @@ class Pipeline:
                 elif left > 0:
                     break
             self._waiting.pop(0)
-            out.append(self._event(c, job))
+            out.append(self._event(c, job, tr))
         return out
 
-    def _hold(self, changes: list[WeightChange], final: bool = False) -> list[WeightChange]:
+    def _trace(self, change: WeightChange, t_out: float) -> dict | None:
+        """The event's weight trace: its plates from TRACE_PAD_S before ``t_start`` to TRACE_PAD_S
+        after ``t_end``, or only to ``t_out`` (the data time of the tick at which it left the
+        detector and the press hold, or the stream's end) when that is sooner. Every cutting into
+        blocks has passed those samples by then, so the trace is the same however they came.
+        At most TRACE_MAX_SPAN_S before ``t_out``: the ring holds TRACE_KEEP_S before the block
+        that ``t_out`` lies in."""
+        t_to = min(change.t_end + TRACE_PAD_S, t_out)
+        t_from = max(change.t_start - TRACE_PAD_S, t_out - TRACE_MAX_SPAN_S)
+        cols = [self.layout.plate(change.shelf, p).index for p in change.plates]
+        return self.ring.trace(cols, list(change.plates), t_from, t_to)
+
+    def _hold(self, changes: list[WeightChange], final: bool = False) -> list[tuple[WeightChange, float]]:
         """Hold each put-back for ``press_hold_s`` of data time after it settled: a plate pressed
         steadily by a hand (or an item set down and taken straight back) goes back down by the
         same weight within that time. The pair nets zero for the shopper, so both are dropped
         (counted as ``press_cancelled``) instead of reaching the cart as a put-back and a pick.
 
         Decided at the detector's tick ends (its data clock), so the result never depends on how
-        samples were cut into blocks."""
-        out: list[WeightChange] = []
+        samples were cut into blocks. Each change comes out with the tick it is released at (the
+        end of the data for those the stream's end releases): its trace reaches no further."""
+        out: list[tuple[WeightChange, float]] = []
         by_tick: dict[float, list[WeightChange]] = {}
         for c in changes:
             by_tick.setdefault(c.t_detect, []).append(c)
@@ -192,15 +273,16 @@ class Pipeline:
                 if c.kind == "change" and c.delta_g > 0 and self.press_hold_s > 0:
                     self._held.append(c)
                 else:
-                    out.append(c)
+                    out.append((c, t_tick))
             for h in list(self._held):
                 until = h.t_end + self.press_hold_s
                 busy = open_since.get(h.shelf)
                 if final or (t_tick >= until and (busy is None or busy > until)):
                     self._held.remove(h)
-                    out.append(h)
+                    out.append((h, t_tick))
         if final:
-            out.extend(self._held)
+            end = self.ring.last_t
+            out.extend((h, math.inf if end is None else end) for h in self._held)
             self._held.clear()
         return out
 
@@ -259,13 +341,13 @@ class Pipeline:
         d = {p: change.plate_deltas[p] for p in plates}
         share = math.sqrt(len(plates) / max(1, len(change.plate_deltas)))
         return WeightChange(change.shelf, sorted(plates), d, float(sum(d.values())), change.t_start,
-                            change.t_end, change.noise_g * share, change.kind)
+                            change.t_end, change.noise_g * share, change.kind, change.t_detect)
 
     @property
     def vision_pending(self) -> int:
         return len(self._waiting)
 
-    def _event(self, change: WeightChange, job=None) -> dict:
+    def _event(self, change: WeightChange, job=None, trace: dict | None = None) -> dict:
         ident = weight_ident = None
         vres = None
         if self.vision is not None and change.kind == "change":
@@ -283,7 +365,7 @@ class Pipeline:
                 ident = self.identifier.identify(change.shelf, change.plates, change.delta_g,
                                                  change.noise_g, ev,
                                                  plate_deltas=change.plate_deltas, now=change.t_end)
-        event = build_event(self.store_id, self.unit_id, change, ident, self.review_below)
+        event = build_event(self.store_id, self.unit_id, change, ident, self.review_below, trace)
         if vres is not None:
             from .events.fusion import vision_block
             event["vision"] = vision_block(vres)
@@ -295,7 +377,10 @@ class Pipeline:
         self.stats.events += 1
         self.stats.count(event["type"])
         self._apply_inventory(event)
+        strays = self.identifier.known_strays(change.t_end)
         self.identifier.observe(event, now=change.t_end)
+        if self.identifier.known_strays(change.t_end) != strays:
+            self.state_changed = True   # state.misplaced changed
         self._learn(ident, event, change)
         log.info("%s shelf %s plates %s Δ=%+.1f g → %s ×%s (confidence %.2f)", event["type"],
                  event["shelf"], event["plates"], event["delta_g"], event["sku"], event["quantity"],
@@ -365,7 +450,14 @@ class Pipeline:
             "facings": [{"sku": f.sku, "shelf": f.shelf, "plates": list(f.plates), "units": f.units,
                          "source": f.source} for f in self.facings],
             "unit_weights": self.weights.snapshot(),   # SKUs it has learned from
+            "misplaced": self.misplaced(),
         }
+
+    def misplaced(self) -> list[dict]:
+        """Items believed to lie where they do not belong: the identifier's known strays
+        (misplaced returns seen on these plates and not taken back, in the last 4 h of data)."""
+        return [{"sku": k.sku, "shelf": k.shelf, "plates": list(k.plates), "units": k.units}
+                for k in self.identifier.known_strays(self.last_t)]
 
     def plate_health(self) -> dict:
         states = self.detector.plate_states()

@@ -302,6 +302,8 @@ class Service:
             "pipeline": {"samples": pipe.stats.samples, "events": pipe.stats.events,
                          "cpu_s": round(pipe.stats.cpu_seconds, 3),
                          "calibration_id": pipe.calibration.calibration_id if pipe.calibration else None},
+            # the calibration in force and each plate's last `shelfcal verify` (its log in state_dir)
+            "calibration": calstate.health_block(Path(self.cfg.state_dir), pipe.calibration),
             **self._camera_health(pipe),
         }
 

@@ -111,6 +111,16 @@ class _Held:
     units: int
 
 
+class KnownStray(NamedTuple):
+    """Units of a SKU believed to lie on plates that are not its own (misplaced returns seen
+    there, not yet taken back), and the data time they were last seen put there."""
+    sku: str
+    shelf: str
+    plates: tuple[int, ...]
+    units: int
+    t: float
+
+
 class Identifier:
     def __init__(self, layout: Layout, max_quantity: int = 12, quantity_decay: float = 0.35,
                  capacity_g: float = 20000.0, weights: WeightBook | None = None):
@@ -174,6 +184,30 @@ class Identifier:
         hits = {p: d[sku].units for (sh, p), d in self._strays.items() if sh == shelf and sku in d
                 and d[sku].units > 0 and now - d[sku].t <= STRAY_WINDOW_S}
         return frozenset(hits), max(hits.values(), default=0)
+
+    def known_strays(self, now: float | None = None) -> list[KnownStray]:
+        """The known strays identification counts on at data time ``now`` (default: the latest
+        seen): per SKU and run of adjacent plates of a shelf, the most units left on any one of
+        them (an item lying over two plates is one unit, as when it is taken back). Read-only;
+        sorted by shelf, first plate and SKU."""
+        now = self._now if now is None else now
+        by: dict[tuple[str, str], dict[int, _Held]] = {}
+        for (shelf, plate), d in self._strays.items():
+            for sku, held in d.items():
+                if held.units > 0 and now - held.t <= STRAY_WINDOW_S:
+                    by.setdefault((shelf, sku), {})[plate] = held
+        out: list[KnownStray] = []
+        for (shelf, sku), plates in by.items():
+            runs: list[list[int]] = []
+            for p in sorted(plates):
+                if runs and p == runs[-1][-1] + 1:
+                    runs[-1].append(p)
+                else:
+                    runs.append([p])
+            out.extend(KnownStray(sku, shelf, tuple(run), max(plates[q].units for q in run),
+                                  max(plates[q].t for q in run)) for run in runs)
+        out.sort(key=lambda s: (s.shelf, s.plates, s.sku))
+        return out
 
     def identify(self, shelf: str, plates: list[int], delta_g: float, noise_g: float,
                  evidence: list[Evidence] | None = None, *,

@@ -5,6 +5,8 @@ stores the event, so they survive a crash together.
 """
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..signal.detector import WeightChange
@@ -15,7 +17,9 @@ SCHEMA = "gondola.item-event/1"
 
 
 def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identification | None,
-                review_below: float = 0.8) -> dict[str, Any]:
+                review_below: float = 0.8, trace: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``trace``: the compact weight trace of the event's plates (:func:`make_trace`), added as
+    the event's last field when given."""
     base = {
         "schema": SCHEMA,
         "store_id": store_id,
@@ -34,6 +38,8 @@ def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identi
                     confidence=round(ident.best.score, 4) if ident else 0.0,
                     reason="no_rest" if change.kind == "unresolved" else "no_product_fits",
                     candidates=_cands(ident.candidates if ident else []))
+        if trace is not None:
+            base["trace"] = trace
         return base
     best = ident.best
     base.update(type="pick" if change.delta_g < 0 else "put_back", sku=best.sku,
@@ -43,7 +49,18 @@ def build_event(store_id: str, unit_id: str, change: WeightChange, ident: Identi
         base["arrangement"] = best.arrangement
     if best.score < review_below:
         base["review"] = True
+    if trace is not None:
+        base["trace"] = trace
     return base
+
+
+def make_trace(t0: float, dt_s: float, plates: Mapping[int, Sequence[float]]) -> dict[str, Any]:
+    """The event's ``trace``: ``{"t0": RFC 3339 of the first point, "dt_s": spacing of the
+    points, "plates": {"<plate>": [grams, ...]}}``, grams to 0.1 g, null where the plate had no
+    data (a gap longer than the conditioner bridges)."""
+    return {"t0": rfc3339(t0), "dt_s": round(dt_s, 6),
+            "plates": {str(p): [None if math.isnan(v) else round(v, 1) + 0.0 for v in vals]
+                       for p, vals in plates.items()}}
 
 
 def _cands(hyps: list[Hypothesis]) -> list[dict[str, Any]]:
