@@ -66,6 +66,17 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
                 p.kill()
 
 
+def format_event(e: dict[str, Any], names: dict[str, str]) -> str:
+    """One line per item event, in fixed columns whatever the plates, quantity or name."""
+    plates = ",".join(str(p) for p in e.get("plates") or [])
+    sku = str(e.get("sku") or "?")
+    name = names.get(sku, sku)
+    name = name if len(name) <= 26 else name[:25] + "…"
+    return (f"  #{e['seq']:<5} {e['t_end'][11:23]}  shelf {e['shelf']!s:<3} plates {plates:<7}"
+            f"  {e['type']:<14} {e['quantity']:>2} × {name:<26}"
+            f" Δ {e['delta_g']:+8.1f} g  confidence {e['confidence']:.2f}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=90.0)
@@ -87,10 +98,7 @@ def main() -> int:
 
         def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
             if msg.topic.endswith("/events"):
-                e = json.loads(msg.payload)
-                print(f"  #{e['seq']:<4} {e['t_end'][11:23]}  shelf {e['shelf']} plates {e['plates']}"
-                      f"  {e['type']:<14} {e['quantity']} × {names.get(e['sku'], e['sku'])!s:<26}"
-                      f" Δ {e['delta_g']:+8.1f} g  confidence {e['confidence']:.2f}", flush=True)
+                print(format_event(json.loads(msg.payload), names), flush=True)
             elif msg.topic.endswith("/status"):
                 s = json.loads(msg.payload)
                 print(f"  [status] {s['state']}{' — ' + s['reason'] if s.get('reason') else ''}", flush=True)
