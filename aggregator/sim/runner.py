@@ -28,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev dependencies
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .plan import Plan
 from .store import Store
@@ -51,7 +53,8 @@ def rfc3339(t: float) -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def mosquitto_bin() -> str | None:
@@ -91,7 +94,7 @@ class ChildExited(RuntimeError):
         self.name = name
 
 
-def _stop(proc: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
     if proc is None or proc.poll() is not None:
         return
     try:
@@ -117,7 +120,7 @@ class Broker:
         if os.geteuid() == 0:  # as root Mosquitto drops to user mosquitto, who cannot write our tmp
             lines.append(f"user {pwd.getpwuid(os.geteuid()).pw_name}")
         (workdir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         with open(self.dir / "mosquitto.log", "ab") as logf:
@@ -144,7 +147,7 @@ class RunOptions:
     noise: NoiseParams | None = None
     startup_s: float = 6.0             # t0 is this long after start(): daemons boot and settle
     receipt_grace_s: float = 40.0      # after the last exit, wait this long at most for receipts
-    cartd_overrides: dict = field(default_factory=dict)
+    cartd_overrides: dict[str, Any] = field(default_factory=dict)
     watch_events: bool = False         # also collect the units' item events (the demo prints them)
     web_port: int | None = None        # also serve the staff page (python -m aggregator.web) on this port
     cartd_online_timeout_s: float = 60.0  # start(): cartd must be online this soon when the page needs it
@@ -154,9 +157,9 @@ class StoreRun:
     """One simulated store run. ``start()``, then ``wait()``, then ``stop()`` (or use ``with``)."""
 
     def __init__(self, store: Store, plan: Plan, workdir: Path, opts: RunOptions | None = None,
-                 on_receipt: Callable[[dict], None] | None = None,
-                 on_event: Callable[[dict], None] | None = None,
-                 on_gate: Callable[[str, dict], None] | None = None,
+                 on_receipt: Callable[[dict[str, Any]], None] | None = None,
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
+                 on_gate: Callable[[str, dict[str, Any]], None] | None = None,
                  on_child_exit: Callable[[str], None] | None = None):
         self.store, self.plan, self.dir = store, plan, Path(workdir)
         self.opts = opts or RunOptions()
@@ -170,12 +173,12 @@ class StoreRun:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.broker = Broker(self.dir / "broker")
         self.base = f"{PREFIX}/{store.store_id}"
-        self.units: dict[str, subprocess.Popen] = {}
-        self.cartd: subprocess.Popen | None = None
-        self.web: subprocess.Popen | None = None
-        self.receipts: dict[str, dict] = {}       # receipt_id → document, as seen on the broker
+        self.units: dict[str, subprocess.Popen[bytes]] = {}
+        self.cartd: subprocess.Popen[bytes] | None = None
+        self.web: subprocess.Popen[bytes] | None = None
+        self.receipts: dict[str, dict[str, Any]] = {}       # receipt_id → document, as seen on the broker
         self.receipt_seen_at: dict[str, float] = {}
-        self.events: list[dict] = []
+        self.events: list[dict[str, Any]] = []
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._feeder: threading.Thread | None = None
@@ -218,9 +221,9 @@ class StoreRun:
         self.cartd_db = Path(storage["path"]) if storage.get("type") == "sqlite" and storage.get("path") else None
         self.plan.write(self.dir / "plan.json")
 
-    def _feed(self) -> list[tuple[float, str, dict, int]]:
+    def _feed(self) -> list[tuple[float, str, dict[str, Any], int]]:
         """Every gate and tracking message: (offset s, topic, payload, qos), in time order."""
-        msgs: list[tuple[float, str, dict, int]] = []
+        msgs: list[tuple[float, str, dict[str, Any], int]] = []
         for s in self.plan.sessions:
             msgs.append((s.t_entry, f"{self.base}/_store/gates/entry",
                          {"schema": "gondola.gate-entry/1", "session_id": s.session_id,
@@ -291,14 +294,14 @@ class StoreRun:
     def _connect(self) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"storesim-{self.store.store_id}",
                         protocol=mqtt.MQTTv5)
-        c.reconnect_delay_set(0.1, 1.0)
+        c.reconnect_delay_set(0.1, 1.0)  # type: ignore[arg-type]  # paho says int; it takes float seconds
         c.max_queued_messages_set(0)
         subs = [(f"{self.base}/_store/receipts/+", 1), (f"{self.base}/_store/cartd/status/+", 1)]
         if self.opts.watch_events or self.on_event:
             subs.append((f"{self.base}/+/events", 1))
         connected = threading.Event()
 
-        def on_connect(cl, _u, _f, rc, _p):
+        def on_connect(cl: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
             if not rc.is_failure:
                 cl.subscribe(subs)
                 connected.set()
@@ -307,7 +310,7 @@ class StoreRun:
         c.on_message = self._on_message
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         props.SessionExpiryInterval = 3600  # receipts published while we reconnect are kept for us
         c.connect("127.0.0.1", self.broker.port, keepalive=10, clean_start=False, properties=props)
         c.loop_start()
@@ -315,7 +318,7 @@ class StoreRun:
             raise RuntimeError("store simulator could not connect to its broker")
         return c
 
-    def _on_message(self, _c, _u, msg) -> None:
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         try:
             doc = json.loads(msg.payload)
         except ValueError:
@@ -340,7 +343,7 @@ class StoreRun:
             if self.on_event:
                 self.on_event(doc)
 
-    def _play(self, feed: list[tuple[float, str, dict, int]]) -> None:
+    def _play(self, feed: list[tuple[float, str, dict[str, Any], int]]) -> None:
         try:
             for off, topic, payload, qos in feed:
                 wait = self.t0 + off - time.time()
@@ -355,9 +358,9 @@ class StoreRun:
 
     # ------------------------------------------------------------ watching the children
 
-    def children(self) -> list[tuple[str, subprocess.Popen | None, Path]]:
+    def children(self) -> list[tuple[str, subprocess.Popen[bytes] | None, Path]]:
         """Every child process: (name, process, its log file)."""
-        out: list[tuple[str, subprocess.Popen | None, Path]] = [
+        out: list[tuple[str, subprocess.Popen[bytes] | None, Path]] = [
             ("mosquitto", self.broker.proc, self.broker.dir / "mosquitto.log")]
         out += [(f"shelfd {uid}", p, self.dir / uid / "shelfd.log") for uid, p in self.units.items()]
         out.append(("cartd", self.cartd, self.dir / "cartd.log"))
@@ -366,7 +369,7 @@ class StoreRun:
         return out
 
     @staticmethod
-    def _exit_line(name: str, proc: subprocess.Popen | None, logf: Path) -> str:
+    def _exit_line(name: str, proc: subprocess.Popen[bytes] | None, logf: Path) -> str:
         code = None if proc is None else proc.poll()
         return f"{name} exited with {exit_text(code)}; last line of {logf}: {last_line(logf) or '(empty)'}"
 
@@ -396,7 +399,7 @@ class StoreRun:
 
     # ------------------------------------------------------------ running
 
-    def sessions_receipted(self) -> set[str]:
+    def sessions_receipted(self) -> set[str | None]:
         with self._lock:
             return {r.get("session_id") for r in self.receipts.values()}
 
@@ -420,7 +423,7 @@ class StoreRun:
                 self._lock.wait(0.5)
         return want <= self.sessions_receipted()
 
-    def stored_receipts(self) -> list[dict]:
+    def stored_receipts(self) -> list[dict[str, Any]]:
         """cartd's stored receipts (``cartd receipts``), the record behind what was published."""
         try:
             out = subprocess.run([sys.executable, "-c", "import sys; from aggregator.cli import main; sys.exit(main())",
@@ -436,9 +439,9 @@ class StoreRun:
                 continue
         return docs
 
-    def all_receipts(self) -> list[dict]:
+    def all_receipts(self) -> list[dict[str, Any]]:
         with self._lock:
-            seen = dict(self.receipts)
+            seen: dict[str | None, dict[str, Any]] = dict(self.receipts.items())
         for d in self.stored_receipts():
             seen.setdefault(d.get("receipt_id"), d)
         return list(seen.values())
@@ -466,5 +469,5 @@ class StoreRun:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
