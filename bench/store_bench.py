@@ -10,6 +10,10 @@ run side by side, each with its own broker. Reports line-item precision / recall
 quantity and shopper, the AutoCheckout measure; its winner scored 84.4 %), how many shelf
 interactions the units reported exactly, receipt latency (exit gate → receipt on the broker), and
 writes ``store_bench.json`` and ``store_bench.png``.
+
+``--evidence-only``: no run; how often the tracking alone names the right shopper, and cartd's
+association rule replayed on the planned touches (``replay_association``, which
+bench/review_bench.py builds its staff-review figures on), in about a second.
 """
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ import json
 import sys
 import threading
 import time
+from bisect import bisect_left, bisect_right
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +33,116 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aggregator.sim.plan import PlanParams, make_plan  # noqa: E402
+from aggregator import associate  # noqa: E402
+from aggregator.config import AssociationConfig  # noqa: E402
+from aggregator.sim.plan import Interaction, Plan, PlanParams, make_plan  # noqa: E402
 from aggregator.sim.runner import RunOptions, StoreRun  # noqa: E402
-from aggregator.sim.score import association_replay, score, shelf_events, tracking_evidence  # noqa: E402
+from aggregator.sim.score import Score, score, shelf_events, tracking_evidence  # noqa: E402
 from aggregator.sim.store import build_store  # noqa: E402
 from aggregator.sim.tracking import batches  # noqa: E402
+
+# A unit reports a touch as t_start ≈ the touch, t_end ≈ the touch's end + 0.45 s (measured on the
+# store runs: the detector's settle), and flags a return set down on a plate that is not its
+# product's facing as ``misplaced`` (the identifier's stray check).
+EVENT_T_END_LAG_S = 0.45
+
+
+@dataclass
+class Line:
+    """One planned touch as cartd turns it into a cart line, replayed offline."""
+    touch: Interaction
+    session_id: str | None                  # who got it; None: dead-lettered (no_session)
+    reasons: list[str]                      # why it is in the review queue ([] = not queued)
+    candidates: list[tuple[str, float]]     # (session, score), best first, as stored with the line
+    evidence: str = "tracking"              # tracking | only_shopper | none (dead letter)
+
+    @property
+    def right(self) -> bool:
+        return self.session_id == self.touch.session_id
+
+    @property
+    def share(self) -> float:
+        """The winner's score (its share of the evidence, or its posterior): how sure cartd is."""
+        return self.candidates[0][1] if self.candidates else 0.0
+
+
+def replay_association(plan: Plan, batches_: list[tuple[float, list[dict]]],
+                       assoc: AssociationConfig | None = None, busy: bool = False) -> list[Line]:
+    """cartd's association rule (aggregator/associate.py) on the planned touches, fed the way the
+    engine feeds it (aggregator/engine/association.py): sightings at the event's (unit, shelf) and
+    (unit, shelf unknown) over [t_start - tol - context_before_s, t_end + tol + context_after_s],
+    candidates inside the store during [t_start - tol, t_end + tol], the only shopper inside when
+    nobody was seen (else a ``no_session`` dead letter), and for a put-back what each candidate's
+    cart holds from the lines before it. Events in t_end order, the events exact (the units
+    reported 584/586 touches exactly on the store run), so every wrong line is association's.
+    ``busy``: also hand ``associate.decide`` each candidate's earlier lines at another shelf that
+    overlap the event (one shopper, one shelf at a time), which the engine does not pass yet.
+    Returns one Line per pick/put-back, in that order (also bench/review_bench.py's input)."""
+    a = assoc or AssociationConfig()
+    idx: dict[tuple[str, str], tuple[list[float], list[associate.Sighting]]] = {}
+    for t, obs in batches_:
+        for o in obs:
+            ts, vals = idx.setdefault((o["unit_id"], o["shelf"] or ""), ([], []))
+            ts.append(t)
+            vals.append(associate.Sighting(o["session_id"], o["shelf"] or "", round(t, 3), o["confidence"]))
+    spans = {s.session_id: (s.t_entry, s.t_exit) for s in plan.sessions}
+    touches = sorted((i for i in plan.interactions if i.type in ("pick", "put_back")),
+                     key=lambda i: i.t + i.dur)
+    carts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    out: list[Line] = []
+    for i in touches:
+        t_start, t_end = i.t, i.t + i.dur + EVENT_T_END_LAG_S
+        lo, hi = t_start - a.clock_tolerance_s, t_end + a.clock_tolerance_s
+        w_lo, w_hi = lo - a.context_before_s, hi + a.context_after_s
+        seen: list[associate.Sighting] = []
+        for sh in (i.shelf, ""):
+            ts, vals = idx.get((i.unit_id, sh), ([], []))
+            seen += vals[bisect_left(ts, w_lo):bisect_right(ts, w_hi)]
+        scores = {sid: p for sid, p in associate.presence(seen, i.shelf, rounded=True).items()
+                  if spans[sid][0] <= hi and spans[sid][1] >= lo}
+        evidence = "tracking"
+        if not scores:
+            inside = [sid for sid, (x, y) in spans.items() if x <= hi and y >= lo]
+            if len(inside) != 1:
+                out.append(Line(i, None, ["no_session"], [], "none"))
+                continue
+            scores, evidence = {inside[0]: associate.Presence(1.0, 1.0, 1)}, "only_shopper"
+        put_back = i.type == "put_back"
+        holding = {sid: carts[sid][i.sku] for sid in scores} if put_back else None
+        engaged: dict[str, float] | None = None
+        if busy:
+            engaged = {}
+            for ln in reversed(out[-80:]):
+                o = ln.touch
+                if (ln.session_id in scores and (o.unit_id, o.shelf) != (i.unit_id, i.shelf)
+                        and o.t < t_end and o.t + o.dur + EVENT_T_END_LAG_S > t_start):
+                    engaged[ln.session_id] = max(engaged.get(ln.session_id, 0.0), ln.share)
+        d = associate.decide(scores, put_back=put_back, holding=holding, quantity=i.quantity,
+                             min_confidence=a.min_confidence, ambiguity_margin=a.ambiguity_margin,
+                             not_holding_factor=a.not_holding_factor, busy=engaged)
+        assert d is not None and i.sku is not None
+        carts[d.session_id][i.sku] += i.quantity if not put_back else -i.quantity
+        reasons = list(d.reasons)
+        if put_back and i.wrong_place:
+            reasons.append("misplaced")
+        out.append(Line(i, d.session_id, reasons, d.candidates, evidence))
+    return out
+
+
+def score_lines(plan: Plan, lines: list[Line], fixed: Callable[[Line], bool] | None = None,
+                truth: dict[str, dict[str, int]] | None = None) -> Score:
+    """Line-item P/R/F1 (sim/score.py) of the receipts the lines make; ``fixed(line)``: a person
+    resolved that line (it goes to its true shopper; a dead-lettered event is assigned). ``truth``:
+    ``plan.truth()``, when the caller has it already."""
+    carts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for ln in lines:
+        who = ln.touch.session_id if fixed is not None and fixed(ln) else ln.session_id
+        if who is None or ln.touch.sku is None:
+            continue
+        carts[who][ln.touch.sku] += ln.touch.quantity if ln.touch.type == "pick" else -ln.touch.quantity
+    receipts = [{"session_id": sid, "n": 1, "lines": [{"sku": k, "quantity": q} for k, q in c.items()]}
+                for sid, c in carts.items()]
+    return score(truth if truth is not None else plan.truth(), receipts)
 
 
 def one_run(store, plan, mode: str, workdir: Path, results: dict) -> None:
@@ -134,14 +247,18 @@ def main() -> int:
     for m, e in evidence.items():
         print(f"  tracking alone, {m}: right shopper for {e['right_by_max']}/{e['touches']} touches by highest "
               f"confidence, {e['right_by_sum']}/{e['touches']} by summed confidence", flush=True)
-    for m in args.tracking:  # cartd's association rule replayed offline (sim/score.py), with the old one
-        b = batches(plan, store, m, args.seed)
-        for rule in ("max", "presence"):
-            r = association_replay(plan, b, rule, before_s=1.0 if rule == "presence" else 0.0,
-                                   after_s=1.5 if rule == "presence" else 0.0)
-            evidence[m][f"replay_{rule}"] = r
-            print(f"  cartd rule replayed, {m}, {rule:>8}: right shopper {r['right']}/{r['touches']}, "
-                  f"line F1 {r['f1']:.3f}, lines for review {r['review']}", flush=True)
+    for m in args.tracking:  # cartd's association rule replayed offline on the planned touches
+        lines = replay_association(plan, batches(plan, store, m, args.seed))
+        sc = score_lines(plan, lines)
+        queued = Counter(r for ln in lines for r in ln.reasons if r != "misplaced")
+        assoc = sum(any(r != "misplaced" for r in ln.reasons) for ln in lines)
+        misplaced = sum("misplaced" in ln.reasons for ln in lines)
+        evidence[m]["replay"] = {"touches": len(lines), "right": sum(ln.right for ln in lines), **sc.as_dict(),
+                                 "review": assoc, "review_by_reason": queued, "misplaced": misplaced}
+        print(f"  cartd rule replayed, {m}: right shopper {evidence[m]['replay']['right']}/{len(lines)}, "
+              f"line P {sc.precision:.3f} R {sc.recall:.3f} F1 {sc.f1:.3f}, lines for review {assoc} "
+              f"({', '.join(f'{k} {v}' for k, v in sorted(queued.items())) or 'none'}) "
+              f"+ {misplaced} misplaced returns the units flag", flush=True)
     if args.evidence_only:
         return 0
     results: dict = {}
