@@ -35,6 +35,10 @@ class Views:
     def close(self) -> None:
         self.store.close()
 
+    def name(self, sku: str | None) -> str | None:
+        """The product's name from the catalogue (None when unknown)."""
+        return self._name(sku)
+
     def _name(self, sku: str | None) -> str | None:
         p = self.catalogue.get(sku)
         return p.name if p else None

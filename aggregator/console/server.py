@@ -223,7 +223,7 @@ def stock(docs: dict[str, dict[str, Any]], cfg: Config, acks: dict[str, str], vi
                 continue
             sku, units = f.get("sku"), f.get("units")
             threshold = low.skus.get(sku, low.default) if isinstance(sku, str) else low.default
-            row = {"unit_id": unit, "shelf": f.get("shelf"), "sku": sku, "name": views._name(sku),
+            row = {"unit_id": unit, "shelf": f.get("shelf"), "sku": sku, "name": views.name(sku),
                    "plates": f.get("plates"), "units": units, "source": f.get("source"), "threshold": threshold,
                    "low": isinstance(units, int) and units <= threshold}
             facings.append(row)
@@ -233,7 +233,7 @@ def stock(docs: dict[str, dict[str, Any]], cfg: Config, acks: dict[str, str], vi
         for m in (st.get("misplaced") or [])[:200]:
             if isinstance(m, dict):
                 misplaced.append({"unit_id": unit, "shelf": m.get("shelf"), "sku": m.get("sku"),
-                                  "name": views._name(m.get("sku")), "plates": m.get("plates"),
+                                  "name": views.name(m.get("sku")), "plates": m.get("plates"),
                                   "units": m.get("units")})
     return {"facings": facings, "alerts": alerts, "misplaced": misplaced}
 
