@@ -65,10 +65,9 @@ def browser_page(tmp_path):
             ctx.close()
 
 
-@pytest.fixture
-def staff(tmp_path, mosquitto, subscriber_factory):
+def _start(tmp_path, mosquitto, subscriber_factory, **over):
     cfg = write_config(tmp_path, mosquitto, units=[{"unit_id": "unit-a", "shelves": ["1", "2"]}],
-                       receipts={"deadline_s": 8.0, "correction_delay_s": 0.3})
+                       receipts={"deadline_s": 8.0, "correction_delay_s": 0.3}, **over)
     status = subscriber_factory(mosquitto, "gondola/v1/store-1/_store/cartd/status/+")
     cartd = Cartd(cfg, tmp_path / "cartd.log").start()
     status.wait_for(1, timeout=20, where=lambda m: m.json().get("state") == "online")
@@ -89,12 +88,43 @@ def staff(tmp_path, mosquitto, subscriber_factory):
             if web.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"console did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
             time.sleep(0.2)
-    pub = Pub(mosquitto)
-    yield {"url": url, "pub": pub, "web": web, "cartd": cartd, "tmp": tmp_path, "cfg": cfg}
-    pub.close()
-    web.terminate()
-    assert web.wait(10) == 0, (tmp_path / "web.log").read_text()[-2000:]
-    assert cartd.stop() == 0, cartd.logtext()[-2000:]
+    return {"url": url, "pub": Pub(mosquitto), "web": web, "cartd": cartd, "tmp": tmp_path, "cfg": cfg}
+
+
+def _stop(st: dict) -> None:
+    st["pub"].close()
+    st["web"].terminate()
+    assert st["web"].wait(10) == 0, (st["tmp"] / "web.log").read_text()[-2000:]
+    assert st["cartd"].stop() == 0, st["cartd"].logtext()[-2000:]
+
+
+@pytest.fixture
+def staff(tmp_path, mosquitto, subscriber_factory):
+    st = _start(tmp_path, mosquitto, subscriber_factory)
+    yield st
+    _stop(st)
+
+
+def test_behind_an_sso_proxy_the_header_signs_in_only_from_the_proxy(tmp_path, mosquitto, subscriber_factory):
+    st = _start(tmp_path, mosquitto, subscriber_factory,
+                console={"sso": {"header": "X-Forwarded-User", "trusted_proxies": ["127.0.0.1"]}})
+    try:
+        proxy = Client(st["url"])
+        assert proxy.call("/api/me")[0] == 401  # no header: nobody
+        code, me = proxy.call("/api/me", headers={"X-Forwarded-User": "alice"})
+        assert code == 200 and (me["username"], me["role"], me["sso"]) == ("alice", "reviewer", True)
+        assert proxy.call("/api/me", headers={"X-Forwarded-User": "mallory"})[0] == 401  # no such account
+        code, doc = proxy.call("/api/restock", {"unit_id": "unit-a", "shelf": "1", "sku": "A"},
+                               headers={"X-Forwarded-User": "alice"})
+        assert (code, doc["error"]) == (403, "missing or wrong X-CSRF-Token")
+        code, _ = proxy.call("/api/restock", {"unit_id": "unit-a", "shelf": "1", "sku": "A"},
+                             headers={"X-Forwarded-User": "alice", "X-CSRF-Token": me["csrf"]})
+        assert code == 200
+        code, doc = proxy.call("/api/restock", {"unit_id": "unit-a", "shelf": "1", "sku": "A"},
+                               headers={"X-Forwarded-User": "vic", "X-CSRF-Token": me["csrf"]})
+        assert code == 403  # alice's token is not vic's
+    finally:
+        _stop(st)
 
 
 def _doubtful_visit(pub: Pub) -> dict:
@@ -291,3 +321,22 @@ def test_console_start_errors_are_one_line_with_sysexits(tmp_path, mosquitto):
     r = run(cfg)
     assert r.returncode == 69 and "does not exist yet (start cartd first)" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_sso_header_is_ignored_from_any_other_address():
+    from types import SimpleNamespace
+
+    from aggregator.config import parse_config
+    from aggregator.console.server import Console
+
+    cfg = parse_config({"store_id": "s", "storage": {"type": "sqlite", "path": "/nonexistent/x.db"},
+                        "console": {"sso": {"header": "X-Forwarded-User", "trusted_proxies": ["10.0.0.5"]}}})
+    looked_up: list[str] = []
+    accounts = SimpleNamespace(proxy_user=lambda n: looked_up.append(n) or None)
+    fake = SimpleNamespace(cfg=cfg, accounts=accounts)
+    for addr in ("127.0.0.1", "10.0.0.6"):
+        handler = SimpleNamespace(client_address=(addr, 5000), headers={"X-Forwarded-User": "alice"})
+        assert Console.staff_for(fake, handler) is None  # type: ignore[arg-type]
+    assert looked_up == []  # the header was not even read
+    handler = SimpleNamespace(client_address=("10.0.0.5", 5000), headers={"X-Forwarded-User": "alice"})
+    assert Console.staff_for(fake, handler) is None and looked_up == ["alice"]  # trusted: the account decides
