@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +21,7 @@ from daemon.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX
 from . import __version__
 
 if TYPE_CHECKING:
+    from .catalogue import Catalogue
     from .config import Config
     from .store import Store
 
@@ -121,6 +124,17 @@ def receipts(config: Path, session: str | None) -> None:
         click.echo(p)
 
 
+@contextmanager
+def _database(config: Path) -> Iterator[tuple[Config, Catalogue, Store]]:
+    """(config, catalogue, cartd's database) for a one-off command; the database is closed after."""
+    cfg, cat = _load(config)
+    store = _writable_store(cfg)
+    try:
+        yield cfg, cat, store
+    finally:
+        store.close()
+
+
 def _writable_store(cfg: Config) -> Store:
     """cartd's database for a one-off write (accounts, decisions): migrated as `cartd run` would."""
     from .schema import SchemaTooNew
@@ -179,13 +193,9 @@ def user_add(username: str, config: Path, role: str, password_file: Path | None)
 def user_list(config: Path) -> None:
     """Accounts, one per line: name, role, enabled or disabled."""
     from .console.accounts import Accounts
-    cfg, _ = _load(config)
-    store = _writable_store(cfg)
-    try:
+    with _database(config) as (_cfg, _cat, store):
         for name, role, disabled, _created in Accounts(store).users():
             click.echo(f"{name}\t{role}\t{'disabled' if disabled else 'enabled'}")
-    finally:
-        store.close()
 
 
 @user.command("disable")
@@ -194,12 +204,8 @@ def user_list(config: Path) -> None:
 def user_disable(username: str, config: Path) -> None:
     """Disable an account and end its sign-ins at once (exit 65 when there is no such account)."""
     from .console.accounts import Accounts
-    cfg, _ = _load(config)
-    store = _writable_store(cfg)
-    try:
+    with _database(config) as (_cfg, _cat, store):
         ok = Accounts(store).disable_user(username)
-    finally:
-        store.close()
     if not ok:
         click.echo(f"cartd user disable: no account {username!r}", err=True)
         sys.exit(EX_DATAERR)
@@ -218,13 +224,9 @@ def review_list(config: Path) -> None:
     import json
 
     from .views import Views
-    cfg, cat = _load(config)
-    store = _writable_store(cfg)
-    try:
+    with _database(config) as (cfg, cat, store):
         for item in Views(cfg, store, cat).review_queue(limit=100000):
             click.echo(json.dumps(item, default=str))
-    finally:
-        store.close()
 
 
 @review.command("decide")
@@ -244,21 +246,18 @@ def review_decide(line_id: int, config: Path, actor: str, action: str | None, sk
     chosen = [a for a in (action, "product" if sku else None, "shopper" if session_id else None) if a]
     if len(chosen) != 1:
         raise click.UsageError("give exactly one of --accept, --remove, --product SKU, --shopper SESSION")
-    cfg, cat = _load(config)
-    store = _writable_store(cfg)
-    try:
+    with _database(config) as (_cfg, cat, store):
         acc = Accounts(store)
         u = acc.proxy_user(actor)
         if u is None or not u.may("review"):
             click.echo(f"cartd review decide: {actor!r} is not an enabled account allowed to review", err=True)
             sys.exit(EX_USAGE)
         body = {"action": chosen[0], "sku": sku, "quantity": quantity, "session_id": session_id}
-        did = Desk(store, cat, acc.lock).decide(Staff(u.username, u.role, ""), line_id, body)
-    except DeskError as exc:
-        click.echo(f"cartd review decide: {exc}", err=True)
-        sys.exit(EX_DATAERR)
-    finally:
-        store.close()
+        try:
+            did = Desk(store, cat, acc.lock).decide(Staff(u.username, u.role, ""), line_id, body)
+        except DeskError as exc:
+            click.echo(f"cartd review decide: {exc}", err=True)
+            sys.exit(EX_DATAERR)
     click.echo(f"decision {did} queued for line {line_id}")
 
 
