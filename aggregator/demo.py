@@ -23,9 +23,10 @@ import threading
 import time
 from pathlib import Path
 
+from .money import fmt_money
 from .sim.plan import PlanParams, make_plan
 from .sim.runner import ChildExited, RunOptions, StoreRun, mosquitto_bin
-from .sim.score import final_receipts, receipt_cart, score, shelf_events
+from .sim.score import NOTHING_TO_SCORE, final_receipts, receipt_cart, score, shelf_events
 from .sim.store import build_store
 
 _print_lock = threading.Lock()
@@ -36,8 +37,20 @@ def say(line: str = "") -> None:
         print(line, flush=True)
 
 
-def _money(cents: int | None) -> str:
-    return "   —   " if cents is None else f"${cents / 100:7.2f}"
+def format_receipt(r: dict, want: dict[str, int]) -> str:
+    """A receipt as the demo prints it, against what the shopper really took (``want``)."""
+    cur = r.get("currency") or "USD"
+    ok = "matches what they took" if receipt_cart(r) == want else "DIFFERS from what they took"
+    state = "complete" if r.get("complete", True) else "incomplete"
+    lines = [f"  ┌ receipt {r.get('receipt_id')}  ({r.get('kind', 'receipt')}, {state})"]
+    for ln in r.get("lines", []):
+        flag = "  ⚑ review" if ln.get("needs_review") else ""
+        lines.append(f"  │ {ln.get('quantity'):>2} × {str(ln.get('name') or ln.get('sku'))[:28]:<28} "
+                     f"{fmt_money(ln.get('amount'), cur):>10}{flag}")
+    if not r.get("lines"):
+        lines.append("  │ (nothing taken)")
+    lines.append(f"  └ total {fmt_money(r.get('total'), cur)}   — {ok}")
+    return "\n".join(lines)
 
 
 def _interrupt(*_a) -> None:
@@ -87,21 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  {'→ in ' if kind == 'entry' else '← out'}  {p['t'][11:21]}  {p['session_id']}")
 
     def on_receipt(r: dict) -> None:
-        sid = r.get("session_id")
-        want = truth.get(sid, {})
-        got = receipt_cart(r)
-        ok = "matches what they took" if got == want else "DIFFERS from what they took"
-        state = "complete" if r.get("complete", True) else "incomplete"
-        head = f"  ┌ receipt {r.get('receipt_id')}  ({r.get('kind', 'receipt')}, {state})"
-        lines = [head]
-        for ln in r.get("lines", []):
-            flag = "  ⚑ review" if ln.get("needs_review") else ""
-            lines.append(f"  │ {ln.get('quantity'):>2} × {str(ln.get('name') or ln.get('sku'))[:28]:<28} "
-                         f"{_money(ln.get('amount'))}{flag}")
-        if not r.get("lines"):
-            lines.append("  │ (nothing taken)")
-        lines.append(f"  └ total {_money(r.get('total'))}   — {ok}")
-        say("\n".join(lines))
+        say(format_receipt(r, truth.get(r.get("session_id"), {})))
 
     def on_child_exit(line: str) -> None:
         say(f"  ✗ {line}")
@@ -140,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def score_line(s, shoppers: int) -> str:
+    """The demo's line-item score; over zero line items (Ctrl-C before any receipt, shoppers who
+    took nothing) there is nothing to score."""
+    if s.empty:
+        return (f"{NOTHING_TO_SCORE} ({s.receipts}/{shoppers} receipts, no line items)" if shoppers
+                else f"{NOTHING_TO_SCORE} (no receipt yet)")
+    return (f"{s.text()}  ({s.tp} right, {s.fp} wrong, {s.fn} missed; {s.receipts}/{shoppers} receipts, "
+            f"{s.review_lines} line(s) for review)")
+
+
 def report(plan, truth, receipts, names, run, interrupted: bool) -> None:
     final = final_receipts(receipts)
     shown = [s.session_id for s in plan.sessions if not interrupted or s.session_id in final]
@@ -156,14 +165,10 @@ def report(plan, truth, receipts, names, run, interrupted: bool) -> None:
             say(f"      receipt says {g}")
     s = score({k: truth[k] for k in shown}, [r for r in receipts if r.get("session_id") in shown])
     ev = shelf_events(plan, run.events, run.t0) if run.events and not interrupted else None
-    say(f"\n  line items: precision {s.precision:.3f}  recall {s.recall:.3f}  F1 {s.f1:.3f}  "
-        f"({s.tp} right, {s.fp} wrong, {s.fn} missed; {s.receipts}/{len(shown)} receipts, "
-        f"{s.review_lines} line(s) for review)")
+    say(f"\n  line items: {score_line(s, len(shown))}")
     if ev:
-        say(
-            f"  shelf events: {ev['right']}/{ev['planned']} interactions seen exactly right, "
-            f"{ev['phantoms']} phantom(s)"
-        )
+        seen = f"{ev['right']}/{ev['planned']} interactions seen exactly right" if ev["planned"] else NOTHING_TO_SCORE
+        say(f"  shelf events: {seen}, {ev['phantoms']} phantom(s)")
     (run.dir / "result.json").write_text(
         json.dumps({"score": s.as_dict(), "errors": s.errors, "shelf_events": ev}, indent=1)
     )

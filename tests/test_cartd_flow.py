@@ -76,6 +76,8 @@ def test_one_shopper_receipt_with_prices_and_put_back(store):
     assert lines["A"]["quantity"] == 1 and lines["A"]["amount"] == 250
     assert lines["B"]["quantity"] == 1 and lines["B"]["amount"] == 120
     assert r["total"] == 370
+    # logged for people in the currency's units (it was written before the receipt went out)
+    assert "receipt S1/1: 2 lines, total $3.70" in store["cartd"].logtext()
     assert sorted(lines["A"]["events"]) == sorted([evs[0]["event_id"], evs[2]["event_id"]])
     assert not any(l["needs_review"] for l in r["lines"])
 

@@ -195,3 +195,30 @@ def test_a_rerun_into_the_same_folder_starts_from_a_clean_store(tmp_path, store,
     (keep / "mine.txt").write_text("x")
     StoreRun(store, plan, keep)
     assert (keep / "mine.txt").exists()
+
+
+def test_a_score_over_nothing_says_nothing_to_score(capsys):
+    """Ctrl-C before any receipt: no line item to find, none on a receipt. That is not F1 1.000."""
+    from aggregator.demo import score_line
+    from aggregator.sim.score import prf_text, ratio_text
+
+    s = score({}, [])
+    assert s.empty and s.text() == "nothing to score"
+    assert score_line(s, 0) == "nothing to score (no receipt yet)"
+    took_nothing = score({"a": {}}, [{"receipt_id": "a/1", "session_id": "a", "n": 1, "lines": []}])
+    assert score_line(took_nothing, 1) == "nothing to score (1/1 receipts, no line items)"
+    some = score({"a": {"X": 1}}, [])
+    assert not some.empty and score_line(some, 1).startswith("precision —  recall 0.000  F1 0.000  (0 right")
+    assert prf_text(2, 1, 1) == "precision 0.667  recall 0.667  F1 0.667"
+    assert ratio_text(0, 0) == "—" and ratio_text(1, 4) == "0.250"
+
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import reliability
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    reliability.print_table(reliability.table([]), "no events")
+    reliability.print_table(reliability.table([(0.5, True), (0.6, False)]), "unsure")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "  reliability (no events): nothing to score (no event)"
+    assert out[1].endswith("confidence ≥ 0.9: no event, nothing to score")
