@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -31,7 +31,7 @@ def _session_id(v: str) -> str:
 SessionId = Annotated[str, AfterValidator(_session_id)]
 
 
-def parse_ts(s: str) -> float:
+def parse_ts(s: object) -> float:
     """RFC 3339 UTC with milliseconds → epoch seconds (raises ValueError)."""
     if not isinstance(s, str) or not _TS.match(s):
         raise ValueError(f"not an RFC 3339 UTC timestamp with milliseconds: {s!r}")
@@ -50,7 +50,7 @@ class _Msg(BaseModel):
 
 
 def _ts(v: object) -> float:
-    return parse_ts(v)  # type: ignore[arg-type]
+    return parse_ts(v)
 
 
 class Candidate(_Msg):
@@ -153,7 +153,10 @@ def decode(payload: bytes) -> object:
         raise BadMessage("malformed_json", f"not JSON: {str(exc).splitlines()[0][:200]}") from None
 
 
-def validate(model: type[_Msg], data: object) -> _Msg:
+_M = TypeVar("_M", bound=_Msg)
+
+
+def validate(model: type[_M], data: object) -> _M:
     if not isinstance(data, dict):
         raise BadMessage("schema_violation", f"expected a JSON object, got {type(data).__name__}")
     try:
@@ -176,7 +179,7 @@ def health_fields(data: object) -> tuple[float | None, int | None]:
         return None, None
     t = None
     try:
-        t = parse_ts(data.get("t"))  # type: ignore[arg-type]
+        t = parse_ts(data.get("t"))
     except ValueError:
         pass
     ob = data.get("outbox")

@@ -46,11 +46,13 @@ class Store:
         if rows:
             self.conn.executemany(self.sql(s), rows)
 
-    def q(self, s: str, params: Iterable[Any] = ()) -> list[tuple]:
-        return self.ex(s, params).fetchall()
+    def q(self, s: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        rows: list[tuple[Any, ...]] = self.ex(s, params).fetchall()  # columns as the query names them
+        return rows
 
-    def q1(self, s: str, params: Iterable[Any] = ()) -> tuple | None:
-        return self.ex(s, params).fetchone()
+    def q1(self, s: str, params: Iterable[Any] = ()) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self.ex(s, params).fetchone()
+        return row
 
     def begin(self) -> None:
         raise NotImplementedError

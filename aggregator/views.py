@@ -43,7 +43,7 @@ class Views:
         p = self.catalogue.get(sku)
         return p.name if p else None
 
-    def _q(self, sql: str, params: tuple = ()) -> list[tuple]:
+    def _q(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
             return self.store.q(sql, params)
         finally:
@@ -51,7 +51,7 @@ class Views:
 
     def shelves(self, limit: int = 5) -> list[dict[str, Any]]:
         """Each (unit, shelf) that has published events, with its last ``limit`` events."""
-        out: dict[tuple[str, str], list[dict]] = {}
+        out: dict[tuple[str, str], list[dict[str, Any]]] = {}
         rows = self._q(
             "SELECT e.unit_id, e.shelf, e.event_id, e.type, e.sku, e.quantity, e.t_end, e.session_id, e.state,"
             " l.needs_review, e.historical FROM events e LEFT JOIN lines l ON l.event_id = e.event_id"
@@ -112,7 +112,7 @@ class Views:
                 " FROM review_decisions WHERE line_id=? ORDER BY id", (line_id,))]
         return item
 
-    def _review_item(self, r: tuple) -> dict[str, Any]:
+    def _review_item(self, r: tuple[Any, ...]) -> dict[str, Any]:
         (lid, sid, eid, sku, qty, reason, cands, state, by, at, after, t_start, t_end, unit, shelf, payload,
          s_state, receipt_n) = r
         try:

@@ -52,7 +52,7 @@ class StagedLine(NamedTuple):
     signed: int
     reasons: list[str]
     evidence: str
-    candidates: list[dict]
+    candidates: list[dict[str, object]]  # [{"session_id", "score"}], the best first
 
 
 class UnitHealth(NamedTuple):
@@ -184,7 +184,7 @@ class EngineBase:
                                   kind="deadletter", ref=dl.id))
 
 
-def deadletter_doc(dl: deadletters.DeadLetter) -> dict:
+def deadletter_doc(dl: deadletters.DeadLetter) -> dict[str, object]:
     """The published form (schema gondola.deadletter/1)."""
     return {"schema": "gondola.deadletter/1", "id": dl.id, "t": fmt_ts(dl.t), "reason": dl.reason,
             "action": dl.action, "topic": dl.topic, "detail": dl.detail, "event_id": dl.event_id,

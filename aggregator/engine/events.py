@@ -47,7 +47,7 @@ class Events(EngineBase):
                     ev = ItemEvent.model_validate_json(payload)
                 except ValidationError:
                     # The usual path says precisely what is wrong (malformed_json / schema_violation).
-                    ev = validate(ItemEvent, decode(payload))  # type: ignore[assignment]
+                    ev = validate(ItemEvent, decode(payload))
                 problem = ev.check()
                 if problem:
                     raise BadMessage("schema_violation", problem)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import Any, TypedDict
 
 from ..catalogue import Catalogue
 from ..messages import fmt_ts
@@ -23,19 +23,43 @@ from .gaps import Watermark
 log = logging.getLogger("aggregator.engine")
 
 
-def cart(store: Store, catalogue: Catalogue, session_id: str) -> tuple[list[dict], list[dict]]:
+class ReceiptLine(TypedDict):
+    """One line of a receipt (schema gondola.receipt/1, ``lines``)."""
+    sku: str
+    name: str | None
+    quantity: int
+    unit_price: int | None
+    amount: int
+    needs_review: bool
+    events: list[str]
+
+
+class UnresolvedLine(TypedDict):
+    """A cart line without a product or a quantity (schema gondola.receipt/1, ``unresolved``)."""
+    event_id: str
+    sku: str | None
+    reason: str
+
+
+class _Tally(TypedDict):
+    qty: int
+    review: bool
+    events: list[str]
+
+
+def cart(store: Store, catalogue: Catalogue, session_id: str) -> tuple[list[ReceiptLine], list[UnresolvedLine]]:
     """(receipt lines, unresolved lines) of a session's cart (read only: also the staff page's)."""
-    per: dict[str, dict[str, Any]] = {}
-    unresolved: list[dict] = []
+    per: dict[str, _Tally] = {}
+    unresolved: list[UnresolvedLine] = []
     for eid, sku, qty, review, reason in lines_t.of_session(store, session_id):
         if sku is None or qty == 0:
             unresolved.append({"event_id": eid, "sku": sku, "reason": reason or "unresolved"})
             continue
-        d = per.setdefault(sku, {"qty": 0, "review": False, "events": []})
+        d = per.setdefault(sku, _Tally(qty=0, review=False, events=[]))
         d["qty"] += qty
         d["review"] = d["review"] or bool(review)
         d["events"].append(eid)
-    out = []
+    out: list[ReceiptLine] = []
     for sku in sorted(per):
         d = per[sku]
         p = catalogue.get(sku)
@@ -50,7 +74,7 @@ def cart(store: Store, catalogue: Catalogue, session_id: str) -> tuple[list[dict
 
 
 class Receipts(EngineBase):
-    def cart(self, session_id: str) -> tuple[list[dict], list[dict]]:
+    def cart(self, session_id: str) -> tuple[list[ReceiptLine], list[UnresolvedLine]]:
         return cart(self.store, self.catalogue, session_id)
 
     def _expected_units(self, marks: dict[str, Watermark]) -> list[str]:
@@ -124,16 +148,16 @@ class Receipts(EngineBase):
             Outbound(f"{self.base}/_store/receipts/{session_id}", text, kind="receipt", ref=doc["receipt_id"])
         )
 
-    def _adjustments(self, doc: dict[str, Any], session_id: str, n_prev: int, lines: list[dict]) -> None:
+    def _adjustments(self, doc: dict[str, Any], session_id: str, n_prev: int, lines: list[ReceiptLine]) -> None:
         """A correction's difference to the previous receipt, per SKU, with the late events."""
         prev = receipts.payload(self.store, f"{session_id}/{n_prev}")
-        prev_doc = json.loads(prev) if prev else {"lines": [], "total": 0}
+        prev_doc: dict[str, Any] = json.loads(prev) if prev else {"lines": [], "total": 0}  # a stored receipt
         before = {l["sku"]: l for l in prev_doc["lines"]}
         after = {l["sku"]: l for l in lines}
-        late = defaultdict(list)
+        late: defaultdict[str | None, list[str]] = defaultdict(list)
         for eid, sku in lines_t.added_after(self.store, session_id, n_prev):
             late[sku].append(eid)
-        adj = []
+        adj: list[dict[str, object]] = []
         for sku in sorted(set(before) | set(after)):
             b, a_ = before.get(sku), after.get(sku)
             dq = (a_["quantity"] if a_ else 0) - (b["quantity"] if b else 0)

@@ -114,7 +114,7 @@ def mark_receipted(store: Store, session_id: str, n: int, n_prev: int) -> bool:
     """The atomic transition that issues receipt n: only the transaction whose UPDATE matched."""
     cur = store.ex("UPDATE sessions SET state='receipted', receipt_n=?, correction_due=NULL"
                    " WHERE session_id=? AND receipt_n=?", (n, session_id, n_prev))
-    return cur.rowcount == 1
+    return int(cur.rowcount) == 1
 
 
 def count(store: Store, state: str) -> int:
