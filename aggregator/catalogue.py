@@ -7,11 +7,10 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev dependencies
 
+from daemon.config import ConfigError
 from daemon.exitcodes import EX_NOINPUT
-
-from .config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -41,7 +40,7 @@ class Catalogue:
             text = Path(path).read_text()
         except OSError as exc:
             raise ConfigError([f"{path}: cannot read catalogue: {exc.strerror}"], str(path), EX_NOINPUT) from None
-        rows: list[tuple[str, dict]] = []
+        rows: list[tuple[str, object]] = []  # (where, the row as read: checked below)
         if str(path).lower().endswith(".csv"):
             reader = csv.DictReader(text.splitlines())
             missing = {"sku", "name", "price"} - set(reader.fieldnames or [])
@@ -69,9 +68,9 @@ class Catalogue:
             name = str(r.get("name") or "").strip()
             price = r.get("price")
             try:
-                if isinstance(price, float) or (isinstance(price, str) and "." in price):
+                if price is None or isinstance(price, float) or (isinstance(price, str) and "." in price):
                     raise ValueError
-                price_i = int(price)  # type: ignore[arg-type]
+                price_i = int(price)
                 if price_i < 0:
                     raise ValueError
             except (TypeError, ValueError):

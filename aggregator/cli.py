@@ -28,9 +28,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("cartd")
 
 
-def _load(config: Path):
+def _load(config: Path) -> tuple[Config, Catalogue]:
+    from daemon.config import ConfigError
+
     from .catalogue import Catalogue
-    from .config import ConfigError, load_config
+    from .config import load_config
     try:
         cfg = load_config(config)
         cat = Catalogue.load(cfg.catalogue, cfg.receipts.currency)
@@ -41,7 +43,7 @@ def _load(config: Path):
     return cfg, cat
 
 
-def _storage_error(cfg, exc: Exception) -> None:
+def _storage_error(cfg: Config, exc: Exception) -> None:
     where = getattr(cfg.storage, "path", None) or getattr(cfg.storage, "dsn", "")
     click.echo(
         f"cartd: cannot open storage {cfg.storage.type} {where}: {str(exc).splitlines()[0] if str(exc) else exc}",
@@ -290,9 +292,9 @@ def broker_config(units: str, store: str, prefix: str, port: int, bind: str | No
         unit_ids = parse_units(units)
         tls = None
         if any((tls_ca, tls_cert, tls_key)):
-            if not all((tls_ca, tls_cert, tls_key)):
+            if tls_ca is None or tls_cert is None or tls_key is None:
                 raise BrokerConfigError("TLS needs all three of --tls-ca, --tls-cert and --tls-key")
-            tls = Tls(tls_ca, tls_cert, tls_key, client_certs)  # type: ignore[arg-type]
+            tls = Tls(tls_ca, tls_cert, tls_key, client_certs)
         elif client_certs:
             raise BrokerConfigError("--client-certs needs --tls-ca, --tls-cert and --tls-key")
         res = write_broker_config(out, units=unit_ids, store=store, prefix=prefix, port=port, bind=bind,

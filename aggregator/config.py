@@ -22,7 +22,7 @@ class _Strict(BaseModel):
 class MqttConfig(BrokerConnection):
     # MQTT 5 persistent session: the broker queues our QoS 1 messages while we are down for this
     # long. Must exceed the longest restart you want to survive without relying on unit resends.
-    session_expiry_s: int = Field(86400, ge=0)
+    session_expiry_s: int = Field(default=86400, ge=0)
     # Shared-subscription group. Several cartd instances with the same group split the event
     # stream; null subscribes plainly (one instance only).
     shared_group: str | None = "cartd"
@@ -43,7 +43,7 @@ class SqliteStorage(_Strict):
 class PostgresStorage(_Strict):
     type: Literal["postgres"]
     dsn: str  # libpq connection string or URI, e.g. "host=127.0.0.1 dbname=gondola"
-    schema_name: str = Field("public", alias="schema")
+    schema_name: str = Field(default="public", alias="schema")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -73,48 +73,48 @@ class UnitConfig(_Strict):
 
 class AssociationConfig(_Strict):
     # Unit, gate and tracking clocks may disagree by this much (NTP on a store LAN: well under 1 s).
-    clock_tolerance_s: float = Field(1.0, ge=0)
+    clock_tolerance_s: float = Field(default=1.0, ge=0)
     # Presence is weighed over the event's window widened by these (beyond the clock tolerance):
     # the shopper who touched a shelf stood there before reaching in and stays until it rests
     # (associate.py). Only the part after t_end delays association (tracking must pass it).
-    context_before_s: float = Field(1.0, ge=0, le=30)
-    context_after_s: float = Field(1.5, ge=0, le=30)
+    context_before_s: float = Field(default=1.0, ge=0, le=30)
+    context_after_s: float = Field(default=1.5, ge=0, le=30)
     # A best candidate below this confidence, or closer than `ambiguity_margin` to the second,
     # still gets the line but it is marked needs_review.
-    min_confidence: float = Field(0.5, ge=0, le=1)
-    ambiguity_margin: float = Field(0.2, ge=0, le=1)
+    min_confidence: float = Field(default=0.5, ge=0, le=1)
+    ambiguity_margin: float = Field(default=0.2, ge=0, le=1)
     # For a put-back, a candidate who does not hold the SKU is weighted by this factor.
-    not_holding_factor: float = Field(0.2, ge=0, le=1)
+    not_holding_factor: float = Field(default=0.2, ge=0, le=1)
     # Wait this long for tracking to reach an event's t_end before associating with what is known.
-    tracking_wait_s: float = Field(2.0, ge=0)
+    tracking_wait_s: float = Field(default=2.0, ge=0)
     # A time further than this in the future of cartd's clock is not believed: an item event
     # (t_end), gate message or tracking message beyond it is refused (dead letter clock_skew,
     # kept, never applied), and a unit's health time is clamped to cartd's clock. Neither can move
     # a unit's watermark or the tracking feed ahead.
-    max_clock_skew_s: float = Field(5.0, gt=0)
+    max_clock_skew_s: float = Field(default=5.0, gt=0)
 
 
 class ReceiptConfig(_Strict):
     # Issue the receipt at the latest this long after the exit was received, even if a unit has
     # not reported past the exit time (then complete=false; late events become corrections).
-    deadline_s: float = Field(15.0, gt=0)
+    deadline_s: float = Field(default=15.0, gt=0)
     # A unit decides an event up to ~1.2 s after t_end (the detector's settle window): its
     # watermark is (latest t_end or health time) minus this.
-    unit_lag_s: float = Field(1.5, ge=0)
+    unit_lag_s: float = Field(default=1.5, ge=0)
     # Ask lagging units for a `rebirth` (fresh retained health) this often while a receipt waits.
-    rebirth_interval_s: float = Field(0.5, gt=0)
+    rebirth_interval_s: float = Field(default=0.5, gt=0)
     # Gather late events for this long before issuing a correction receipt.
-    correction_delay_s: float = Field(1.0, ge=0)
+    correction_delay_s: float = Field(default=1.0, ge=0)
     currency: str = "USD"
 
 
 class ReviewConfig(_Strict):
     # A pick or put-back whose identification confidence is below this (or that its unit flagged
     # with `review: true`) goes to the staff review queue, as does a misplaced return.
-    event_confidence_below: float = Field(0.8, ge=0, le=1)
+    event_confidence_below: float = Field(default=0.8, ge=0, le=1)
     # Hold a receipt while its session has lines awaiting review, for at most this long after the
     # exit (0: issue at once; a decision made later issues a correction receipt).
-    hold_receipt_s: float = Field(0.0, ge=0, le=86400)
+    hold_receipt_s: float = Field(default=0.0, ge=0, le=86400)
 
 
 class SsoConfig(_Strict):
@@ -127,13 +127,13 @@ class SsoConfig(_Strict):
 
 class LowStockConfig(_Strict):
     # A facing with this many units or fewer raises a low-stock alert; per-SKU overrides.
-    default: int = Field(2, ge=0)
+    default: int = Field(default=2, ge=0)
     skus: dict[str, int] = {}
 
 
 class ConsoleConfig(_Strict):
     # Signed-in sessions last this long (then sign in again).
-    session_ttl_s: float = Field(12 * 3600.0, ge=60, le=30 * 86400)
+    session_ttl_s: float = Field(default=12 * 3600.0, ge=60, le=30 * 86400)
     # Mark the session cookie Secure (the console is served over HTTPS, e.g. behind a TLS proxy).
     secure_cookies: bool = False
     sso: SsoConfig = SsoConfig()
@@ -142,26 +142,26 @@ class ConsoleConfig(_Strict):
 
 class ResendConfig(_Strict):
     # A seq gap that is still open after this long triggers a resend request to the unit.
-    gap_wait_s: float = Field(1.0, ge=0)
-    retry_s: float = Field(5.0, gt=0)
-    max_attempts: int = Field(5, ge=1)
+    gap_wait_s: float = Field(default=1.0, ge=0)
+    retry_s: float = Field(default=5.0, gt=0)
+    max_attempts: int = Field(default=5, ge=1)
 
 
 class LimitsConfig(_Strict):
     # A message larger than this is a dead letter (payload_too_large) holding only its topic, size
     # and SHA-256: never parsed, never stored. Item events are ~1 KB.
-    max_payload_bytes: int = Field(65536, ge=1024)
+    max_payload_bytes: int = Field(default=65536, ge=1024)
     # An item event whose seq is this far above the highest seq known for its unit (received, or
     # the unit's own health last_seq) is refused (dead letter seq_implausible): it neither marks
     # the seqs in between as missing nor moves the unit's seq bookkeeping. A unit reserves seqs in
     # blocks of 1000, so a real restart jumps by less.
-    max_seq_jump: int = Field(10000, ge=1000)
+    max_seq_jump: int = Field(default=10000, ge=1000)
 
 
 class BatchConfig(_Strict):
     # Messages processed per transaction (one commit, then the PUBACKs).
-    max_messages: int = Field(1000, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
+    max_messages: int = Field(default=1000, ge=1)
+    max_wait_ms: float = Field(default=5.0, ge=0)
 
 
 class Config(_Strict):
@@ -179,8 +179,8 @@ class Config(_Strict):
     resend: ResendConfig = ResendConfig()
     batch: BatchConfig = BatchConfig()
     limits: LimitsConfig = LimitsConfig()
-    health_interval_s: float = Field(5.0, gt=0)
-    tick_s: float = Field(0.2, gt=0)
+    health_interval_s: float = Field(default=5.0, gt=0)
+    tick_s: float = Field(default=0.2, gt=0)
 
     @field_validator("store_id", "instance_id")
     @classmethod

@@ -17,12 +17,14 @@ import logging
 import queue
 import threading
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from daemon.publish.mqtt import configure_auth
@@ -71,7 +73,7 @@ class Published(NamedTuple):
 
 
 class Service:
-    def __init__(self, cfg: Config, catalogue: Catalogue, clock=time.time):
+    def __init__(self, cfg: Config, catalogue: Catalogue, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.clock = clock
         self.store = open_store(cfg.storage)
@@ -97,7 +99,7 @@ class Service:
                         manual_ack=True)
         c.max_inflight_messages_set(200)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(0.2, 5)
+        c.reconnect_delay_set(0.2, 5)  # type: ignore[arg-type]  # paho says int; it takes float seconds
         c.will_set(self.status_topic, json.dumps({"state": "offline", "instance": self.cfg.instance_id,
                                                    "version": __version__}), qos=1, retain=True)
         configure_auth(c, m)
@@ -117,7 +119,8 @@ class Service:
         plain = [f"{b}/_store/gates/+", f"{b}/_store/tracking", f"{b}/+/status", f"{b}/+/health", f"{b}/+/res/resend"]
         return [(t, SubscribeOptions(qos=1)) for t in shared + plain]
 
-    def _on_connect(self, c, _u, flags, rc, _p) -> None:
+    def _on_connect(self, c: paho.Client, _u: Any, flags: paho.ConnectFlags, rc: ReasonCode,
+                    _p: Properties | None) -> None:
         if rc.is_failure:
             log.warning("broker refused the connection: %s", rc)
             return
@@ -131,23 +134,26 @@ class Service:
         self._connected.set()
         self._q.put(Connected(self._gen))
 
-    def _on_disconnect(self, _c, _u, _f, rc, _p) -> None:
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: paho.DisconnectFlags, rc: ReasonCode,
+                       _p: Properties | None) -> None:
         self._connected.clear()
         self._gen += 1  # acks of the old connection are now meaningless
         if not self._stop.is_set():
             log.warning("lost the broker connection (%s); reconnecting", rc)
 
-    def _on_message(self, _c, _u, msg: paho.MQTTMessage) -> None:
-        self._q.put(Incoming(self._gen, msg.topic, msg.payload, msg.mid, msg.qos))
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        # A received payload is bytes (paho types it bytes | bytearray for outgoing ones too), and
+        # bytes() of bytes is that same object: no copy.
+        self._q.put(Incoming(self._gen, msg.topic, bytes(msg.payload), msg.mid, msg.qos))
 
-    def _on_publish(self, _c, _u, mid, _rc, _p) -> None:
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: ReasonCode, _p: Properties) -> None:
         self._q.put(PubAck(self._gen, mid))
 
     # ------------------------------------------------------------ running
 
     def run(self) -> None:
         m = self.cfg.mqtt
-        props = Properties(PacketTypes.CONNECT)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho leaves it unannotated
         props.SessionExpiryInterval = m.session_expiry_s
         self.client.connect_async(m.host, m.port, keepalive=m.keepalive_s, clean_start=False, properties=props)
         self.client.loop_start()
@@ -195,7 +201,7 @@ class Service:
                 self.engine.counters["batches"] += 1
                 self._publish(out)
             if acks:
-                done = []
+                done: list[Published] = []
                 with self._pub_lock:
                     for a in acks:
                         ref = self._inflight_pub.pop((a.gen, a.mid), None)

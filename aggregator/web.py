@@ -121,7 +121,10 @@ def serve(config: Path, host: str = "127.0.0.1", port: int = 8080, refresh_s: fl
     if ready is not None:
         ready.set()
     if stop is not None:
-        threading.Thread(target=lambda: (stop.wait(), httpd.shutdown()), daemon=True).start()
+        def shutdown_on_stop(stop: threading.Event) -> None:
+            stop.wait()
+            httpd.shutdown()
+        threading.Thread(target=shutdown_on_stop, args=(stop,), daemon=True).start()
     try:
         httpd.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:

@@ -66,7 +66,7 @@ class BrokerConnection(_Strict):
     username: str | None = None
     password_file: Path | None = None
     tls: TlsConfig | None = None
-    keepalive_s: int = Field(30, ge=5, le=3600)
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
 
     @field_validator("port")
     @classmethod
@@ -86,8 +86,8 @@ class BrokerConnection(_Strict):
 class MqttConfig(BrokerConnection):
     client_id: str | None = None  # default: gondola-<unit_id>
     # Events older than this when (re)sent are flagged "historical".
-    historical_after_s: float = Field(60.0, gt=0)
-    health_interval_s: float = Field(10.0, gt=0)
+    historical_after_s: float = Field(default=60.0, gt=0)
+    health_interval_s: float = Field(default=10.0, gt=0)
 
 
 # ---------------------------------------------------------------- sensing backends
@@ -106,7 +106,7 @@ else:
 class PlateConfig(_Strict):
     id: int = Field(ge=0)
     channels: list[str] = Field(default_factory=list)  # load-cell channels this plate sums
-    capacity_g: float = Field(20000.0, gt=0)
+    capacity_g: float = Field(default=20000.0, gt=0)
 
 
 class ShelfConfig(_Strict):
@@ -123,24 +123,24 @@ class PlacementConfig(_Strict):
     plates: list[int] = Field(min_length=1)
     unit_weight_g: float = Field(gt=0)
     # Standard deviation of one unit's weight; default max(1.5 g, 2.5 % of the unit weight).
-    unit_weight_sd_g: float | None = Field(None, gt=0)
-    stock: int | None = Field(None, ge=0)  # units initially on the facing, when known
+    unit_weight_sd_g: float | None = Field(default=None, gt=0)
+    stock: int | None = Field(default=None, ge=0)  # units initially on the facing, when known
 
 
 class DetectionConfig(_Strict):
     """Weight-change detection. Defaults suit 10-80 Hz HX711s and AiFi-like 60 Hz plates."""
 
-    median_samples: int = Field(3, ge=1, le=15)  # spike filter (samples)
-    settle_s: float = Field(0.6, ge=0.1, le=5.0)  # rest must hold this long before and after
-    trigger_sigma: float = Field(6.0, ge=2.0)  # activity threshold in multiples of plate noise
-    min_trigger_g: float = Field(4.0, gt=0)  # ... but never below this many grams
-    min_event_g: float = Field(8.0, gt=0)  # net changes smaller than this are not events
-    max_active_s: float = Field(20.0, ge=2.0)  # open longer than this → unknown_change
-    max_quantity: int = Field(12, ge=1, le=1000)
+    median_samples: int = Field(default=3, ge=1, le=15)  # spike filter (samples)
+    settle_s: float = Field(default=0.6, ge=0.1, le=5.0)  # rest must hold this long before and after
+    trigger_sigma: float = Field(default=6.0, ge=2.0)  # activity threshold in multiples of plate noise
+    min_trigger_g: float = Field(default=4.0, gt=0)  # ... but never below this many grams
+    min_event_g: float = Field(default=8.0, gt=0)  # net changes smaller than this are not events
+    max_active_s: float = Field(default=20.0, ge=2.0)  # open longer than this → unknown_change
+    max_quantity: int = Field(default=12, ge=1, le=1000)
     # events less sure than this carry "review": true (their candidates say what else it may be)
-    review_below: float = Field(0.8, ge=0.0, le=1.0)
-    noise_floor_g: float = Field(0.5, gt=0)  # assumed minimum plate noise σ
-    degraded_after_s: float = Field(2.0, gt=0)  # channel silent this long → status degraded
+    review_below: float = Field(default=0.8, ge=0.0, le=1.0)
+    noise_floor_g: float = Field(default=0.5, gt=0)  # assumed minimum plate noise σ
+    degraded_after_s: float = Field(default=2.0, gt=0)  # channel silent this long → status degraded
 
 
 # ---------------------------------------------------------------- camera and vision (optional)
@@ -157,9 +157,9 @@ class CaptureConfig(_Strict):
     """Opt-in: crops of high-confidence weight events saved (on the unit only) as training data."""
 
     enabled: bool = False
-    min_confidence: float = Field(0.98, ge=0.5, le=1.0)
-    max_mb: float = Field(200.0, gt=0)
-    max_age_days: float = Field(14.0, gt=0)
+    min_confidence: float = Field(default=0.98, ge=0.5, le=1.0)
+    max_mb: float = Field(default=200.0, gt=0)
+    max_age_days: float = Field(default=14.0, gt=0)
     dir: Path | None = None  # default: <state_dir>/vision/capture
 
 
@@ -169,14 +169,14 @@ class VisionConfig(_Strict):
     action_model: Path | None = None
     product_model: Path | None = None
     product_sidecar: Path | None = None  # sidecar of a third-party model kept in a read-only folder
-    tau: float = Field(0.9, gt=0, lt=1.0)        # temper: vision log-likelihoods × tau (docs/vision.md)
-    floor: float = Field(1e-5, gt=0, lt=1.0)     # no vision probability counts as less than this
-    deadline_ms: int = Field(400, ge=0, le=10000)  # an event waits at most this long for vision
+    tau: float = Field(default=0.9, gt=0, lt=1.0)        # temper: vision log-likelihoods × tau (docs/vision.md)
+    floor: float = Field(default=1e-5, gt=0, lt=1.0)     # no vision probability counts as less than this
+    deadline_ms: int = Field(default=400, ge=0, le=10000)  # an event waits at most this long for vision
     # how gallery similarities become SKU scores (docs/vision.md): "auto" fits a softmax
     # temperature on the enrolled images, "verify" a same/different model; "sidecar" uses the
     # sidecar's temperature; a number fixes the temperature
     product_calibration: float | Literal["auto", "verify", "sidecar"] = "auto"
-    threads: int = Field(1, ge=1, le=4)
+    threads: int = Field(default=1, ge=1, le=4)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
 
 

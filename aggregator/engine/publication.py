@@ -5,6 +5,7 @@ when the service (re)connects. Also the instance's health document.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from .. import __version__
@@ -14,7 +15,7 @@ from .base import EngineBase, Outbound, deadletter_doc
 
 
 class Publication(EngineBase):
-    def mark_published(self, refs: list[tuple[str, str]]) -> None:
+    def mark_published(self, refs: Sequence[tuple[str, str]]) -> None:
         """(kind, ref) pairs the broker acknowledged: receipts and dead letters not sent again."""
         if not refs:
             return
