@@ -5,7 +5,7 @@ are issued and, at the end, compared with what the shoppers really took.
     python -m aggregator.demo                       # a few shoppers, about 1–2 minutes
     python -m aggregator.demo --shoppers 200 --units 4   # the bench-sized store (~11 minutes)
     python -m aggregator.demo --tracking noisy      # occlusions, swaps, passers-by in tracking
-    python -m aggregator.demo --web-port 8080       # and the staff page on http://127.0.0.1:8080/
+    python -m aggregator.demo --web-port 8080       # and the staff console on http://127.0.0.1:8080/
     python -m aggregator.demo --unit                # the single-unit live view (daemon.demo)
 
 Stops when every shopper has a receipt (or the grace time ran out), or on Ctrl-C, and leaves no
@@ -60,12 +60,14 @@ def _interrupt(*_a) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m aggregator.demo", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shoppers", type=int, default=int(os.environ.get("GONDOLA_SHOPPERS", 4)))
+    ap.add_argument("--shoppers", type=int, default=None,
+                    help="shoppers (default 4; 12 with --web-port, so the review queue has something in it)")
     ap.add_argument("--units", type=int, default=None, help="shelf units (default 2, 4 from 20 shoppers)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tracking", choices=["clean", "noisy"], default=os.environ.get("GONDOLA_TRACKING", "clean"))
     ap.add_argument("--arrival-gap", type=float, default=None, help="mean seconds between shoppers entering")
-    ap.add_argument("--web-port", type=int, default=None, help="also serve the staff page on this port")
+    ap.add_argument("--web-port", type=int, default=None,
+                    help="also serve the staff console on this port (a demo account is printed)")
     ap.add_argument("--out", type=Path, default=None, help="working folder (default: a new temp folder)")
     ap.add_argument("--quiet-events", action="store_true", help="print receipts only, not every item event")
     ap.add_argument("--unit", action="store_true", help="the single-unit live view instead (daemon.demo)")
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return unit_demo.main()
     if rest:
         ap.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.shoppers is None:
+        args.shoppers = int(os.environ.get("GONDOLA_SHOPPERS", 12 if args.web_port is not None else 4))
     if args.shoppers < 1:
         ap.error("--shoppers must be at least 1")
     if mosquitto_bin() is None:
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = RunOptions(tracking=args.tracking, watch_events=not args.quiet_events, web_port=args.web_port)
     run = StoreRun(store, plan, work, opts, on_receipt=on_receipt, on_event=on_event, on_gate=on_gate,
                    on_child_exit=on_child_exit)
-    interrupted = False
+    interrupted = reported = False
     # Ctrl-C: the children run in their own sessions, so only we get it and stop them in order
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (a `&` job)
@@ -120,13 +124,23 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  broker 127.0.0.1:{run.broker.port}   watch: mosquitto_sub -p {run.broker.port} -t '{run.base}/#' -v")
         say(f"  files: {work}")
         if args.web_port is not None:
-            say(f"  staff page: http://127.0.0.1:{args.web_port}/   (log: {work / 'web.log'})")
+            user, pw = run.web_account or ("?", "?")
+            say(f"  staff console: http://127.0.0.1:{args.web_port}/   sign in as {user} / {pw}"
+                f"   (log: {work / 'web.log'})")
         say()
         done = run.wait()
         if not done:
             say("\n  (grace time over: some shoppers have no receipt)")
+        if args.web_port is not None and sys.stdin.isatty():
+            # someone is at the console: keep the store up for them to review lines
+            report(plan, truth, run.all_receipts(), names, run, False)
+            reported = True
+            say(f"\n  the staff console stays up on http://127.0.0.1:{args.web_port}/ : resolve the lines in its"
+                " review queue and watch the corrections arrive; Ctrl-C to stop")
+            while True:
+                time.sleep(1)
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = not reported
         say("\n  stopping …")
     except ChildExited as exc:  # a shelf unit (or cartd before the staff page) is gone: no run to finish
         interrupted = True
@@ -134,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  stopping: the run cannot go on without {exc.name}")
     finally:
         run.stop()
-    receipts = run.all_receipts()
-    report(plan, truth, receipts, names, run, interrupted)
+    if not reported:
+        report(plan, truth, run.all_receipts(), names, run, interrupted)
     return 0
 
 

@@ -176,6 +176,7 @@ class StoreRun:
         self.units: dict[str, subprocess.Popen[bytes]] = {}
         self.cartd: subprocess.Popen[bytes] | None = None
         self.web: subprocess.Popen[bytes] | None = None
+        self.web_account: tuple[str, str] | None = None
         self.receipts: dict[str, dict[str, Any]] = {}       # receipt_id → document, as seen on the broker
         self.receipt_seen_at: dict[str, float] = {}
         self.events: list[dict[str, Any]] = []
@@ -264,9 +265,27 @@ class StoreRun:
                 raise RuntimeError(f"cartd is not online after {wait_s:g} s; "
                                    f"last line of {self.dir / 'cartd.log'}: {last_line(self.dir / 'cartd.log')}")
             self._cartd_online.wait(0.2)
+        self.web_account = self._demo_account()
         with open(self.dir / "web.log", "ab") as logf:
             self.web = subprocess.Popen(self.web_cmd(port), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=logf,
                                         start_new_session=True)
+
+    def _demo_account(self) -> tuple[str, str]:
+        """A supervisor account for the console (as `cartd user add` makes one), with a fresh
+        password each run; also written to web-account.txt in the run's folder."""
+        import secrets
+
+        from ..config import load_config
+        from ..console.accounts import Accounts
+        from ..store import open_store
+        password = secrets.token_urlsafe(9)
+        store = open_store(load_config(self.cartd_config).storage)
+        try:
+            Accounts(store).add_user("demo", password, "supervisor", actor="demo")
+        finally:
+            store.close()
+        (self.dir / "web-account.txt").write_text(f"demo {password}\n")
+        return "demo", password
 
     def stop_web(self) -> None:
         """Stop the staff page on purpose (so it is not reported as an exit)."""
