@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import numpy as np
@@ -22,10 +23,14 @@ from daemon.exitcodes import EX_CANTCREAT, EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX
 from .context import Ctx, technician_name
 from .errors import ShelfcalError
 
+if TYPE_CHECKING:
+    from daemon.config import CameraConfig
 
-def _need_camera(obj: Ctx):
+
+def _need_camera(obj: Ctx) -> CameraConfig:
     if obj.cfg.camera is None:
         raise ShelfcalError(f"{obj.config_path} has no camera section: add one (docs/vision.md) first", EX_CONFIG)
+    return obj.cfg.camera
 
 
 def _rois(obj: Ctx) -> dict:
@@ -42,9 +47,10 @@ def grab_frame(obj: Ctx) -> tuple[np.ndarray, dict | None]:
     from daemon.vision.camera import CameraError
     from daemon.vision.setup import VisionConfigError, make_camera_source
     cfg = obj.cfg
+    cam = _need_camera(obj)  # the commands checked already
     layout = layout_for(cfg)
     sensing = None
-    if cfg.camera.type == "sim":
+    if cam.type == "sim":
         from daemon.sensing.sim import SimSource
         sensing = SimSource(cfg, layout)  # the scene the sim camera draws; no hardware involved
     try:
@@ -137,12 +143,12 @@ def _parse_roi(text: str):
 def set_roi(obj: Ctx, plate_name, roi, suggested, clear, technician) -> None:
     """Set (or clear) a plate's region in the camera picture; written atomically to camera.json."""
     from daemon.vision.rois import RoiError, save_rois
-    _need_camera(obj)
+    cam = _need_camera(obj)
     rois = dict(_rois(obj))
     if suggested:
         _, sug = grab_frame(obj)
         if not sug:
-            raise ShelfcalError(f"the {obj.cfg.camera.type} camera suggests no ROIs: set each with --plate/--roi",
+            raise ShelfcalError(f"the {cam.type} camera suggests no ROIs: set each with --plate/--roi",
                                 EX_USAGE)
         rois.update({k: tuple(v) for k, v in sug.items()})
     else:
@@ -153,7 +159,6 @@ def set_roi(obj: Ctx, plate_name, roi, suggested, clear, technician) -> None:
             rois.pop(key, None)
         else:
             rois[key] = tuple(_parse_roi(roi))
-    cam = obj.cfg.camera
     try:
         save_rois(obj.cfg.state_dir, rois, unit_id=obj.cfg.unit_id, frame_size=(cam.width, cam.height),
                   technician=technician_name(technician))
@@ -181,7 +186,7 @@ def enrol(obj: Ctx, sku: str, replace: bool, images: tuple[Path, ...]) -> None:
     from PIL import Image, UnidentifiedImageError
 
     from daemon.vision.gallery import Gallery
-    from daemon.vision.models import ModelError
+    from daemon.vision.models import EmbeddingModel, ModelError
     from daemon.vision.setup import VisionConfigError, load_models
     cfg = obj.cfg
     if cfg.vision is None or cfg.vision.product_model is None:
@@ -193,8 +198,8 @@ def enrol(obj: Ctx, sku: str, replace: bool, images: tuple[Path, ...]) -> None:
         _, model = load_models(cfg, Path(cfg.state_dir))
     except VisionConfigError as exc:
         raise ShelfcalError(exc.problems[0], EX_CONFIG) from None
-    folder = getattr(model.spec, "gallery", None)
-    if not folder:
+    folder = getattr(model.spec, "gallery", None) if model is not None else None
+    if not folder or not isinstance(model, EmbeddingModel):
         raise ShelfcalError(f"{cfg.vision.product_model}: not an embedding model with a gallery", EX_CONFIG)
     imgs = []
     for p in images:

@@ -10,12 +10,18 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from daemon.exitcodes import EX_TEMPFAIL, EX_USAGE
 
 from .errors import ShelfcalError
+
+if TYPE_CHECKING:
+    from daemon.config import Config
+
+    from .guided import Unit
 
 
 def console():
@@ -31,12 +37,12 @@ class Ctx:
         self.config_path = config
         self.via = via
         self.timeout = timeout
-        self._cfg = None
+        self._cfg: Config | None = None
         self._link = None
-        self._unit = None
+        self._unit: Unit | None = None
 
     @property
-    def cfg(self):
+    def cfg(self) -> Config:
         if self._cfg is None:
             from daemon.config import ConfigError, load_config
             try:
@@ -49,7 +55,7 @@ class Ctx:
                 raise ShelfcalError(f"{first}{more}", exc.exit_code) from None  # 78, 66: file unreadable
         return self._cfg
 
-    def unit(self):
+    def unit(self) -> Unit:
         if self._unit is None:
             from .guided import Unit
             from .link import connect

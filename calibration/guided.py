@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from daemon import calstate
 from daemon.atomicfile import atomic_write
@@ -27,6 +27,11 @@ from daemon.timefmt import now_iso
 
 from .errors import ShelfcalError
 from .fit import ChannelFit, check_point, fit_channel
+
+if TYPE_CHECKING:
+    from daemon.config import Config
+
+    from .link import DaemonLink, LocalUnit
 
 SESSION = "shelfcal-session.json"
 SESSION_MAX_AGE_S = 3600.0  # a calibration session's zero is trusted this long
@@ -49,7 +54,7 @@ class Unit:
     """The unit shelfcal works on: plates from the config at once (so bad input is refused before
     any hardware is touched), the link to its load cells opened on first use."""
 
-    def __init__(self, cfg, connect: Callable[[], Any]):
+    def __init__(self, cfg: Config, connect: Callable[[], DaemonLink | LocalUnit]):
         from daemon.sensing.factory import layout_for
         self.cfg = cfg
         self.state_dir = Path(cfg.state_dir)
@@ -57,13 +62,13 @@ class Unit:
         layout = layout_for(cfg)
         self.plates = {p.key: PlateInfo(p.key, list(p.channels), p.capacity_g) for p in layout.plates}
         self._connect = connect
-        self._link = None
+        self._link: DaemonLink | LocalUnit | None = None
         # plates this shelfcal put in maintenance → monotonic end of the maintenance they were in
         # before (0: none): every exit ends ours and gives back what was left of theirs
         self._held: dict[str, float] = {}
 
     @property
-    def link(self):
+    def link(self) -> DaemonLink | LocalUnit:
         if self._link is None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._link = self._connect()

@@ -81,11 +81,12 @@ class LocalUnit:
         self.timeout_s = timeout_s
         state_dir = Path(cfg.state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = acquire_drivers_lock(state_dir)
-        if self._lock is None:
+        lock = acquire_drivers_lock(state_dir)
+        if lock is None:
             raise ShelfcalError(f"the load cells are open in another process (pid {drivers_lock_holder(state_dir)}: "
                                 f"shelfd starting up, or another shelfcal): wait for it, or stop it, and retry",
                                 EX_TEMPFAIL)
+        self._lock = lock
         if isinstance(cfg.sensing, SimSensing) and cfg.sensing.speed == 0:
             # a technician's session runs on the wall clock, not as fast as the CPU allows
             cfg = cfg.model_copy(update={"sensing": cfg.sensing.model_copy(update={"speed": 1.0})})
@@ -99,8 +100,10 @@ class LocalUnit:
         except Exception as exc:  # noqa: BLE001 - any driver problem is "cannot open the cells"
             raise ShelfcalError(f"cannot open the {cfg.sensing.backend} backend: {exc}", EX_UNAVAILABLE) from None
         if cal is None and isinstance(cfg.sensing, SimSensing) and cfg.sensing.factory_calibration:
-            cal = self.source.factory_calibration()  # what shelfd would write on its first start
-            calstate.save(state_dir, cal)
+            from daemon.sensing.sim import SimSource  # imported already: the sim backend made the source
+            if isinstance(self.source, SimSource):
+                cal = self.source.factory_calibration()  # what shelfd would write on its first start
+                calstate.save(state_dir, cal)
         self._Pipeline = Pipeline
         self.layout = layout
         pipe = self._pipeline(cal)
@@ -180,7 +183,7 @@ class LocalUnit:
             os.close(self._lock)  # the pins are free for shelfd again
 
 
-def connect(cfg: Config, via: str = "auto", timeout_s: float = 10.0):
+def connect(cfg: Config, via: str = "auto", timeout_s: float = 10.0) -> DaemonLink | LocalUnit:
     """A link to the unit: the running daemon when its socket answers, else the drivers."""
     path = socket_path(cfg.state_dir)
     if via in ("auto", "daemon"):
@@ -198,7 +201,7 @@ def connect(cfg: Config, via: str = "auto", timeout_s: float = 10.0):
     return LocalUnit(cfg, timeout_s)
 
 
-def wait_for_data(link, seconds: float, timeout_s: float = 15.0) -> None:
+def wait_for_data(link: DaemonLink | LocalUnit, seconds: float, timeout_s: float = 15.0) -> None:
     """Let a freshly opened LocalUnit gather ``seconds`` of samples (a daemon has them already)."""
     if link.kind != "local":
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
@@ -76,6 +77,7 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
     raw = unit.link.call("raw", seconds=seconds, channels=[c for p in chosen for c in p.channels])
     t = np.array(raw["t"], dtype=float)
     verifies = _last_verifies(unit.state_dir)
+    plt: Any  # matplotlib.pyplot, or None without matplotlib
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -120,10 +122,11 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
         worst = no_residual or f"max |residual| {max(abs(r) for r in resid):.2f} g"
         lines.append(f"  {worst}, implied capacity "
                      f"{cap:,.0f} g (rating {p.capacity_g:g} g), noise σ {sigma:.2f} g over {good.sum()} samples")
-        v = verifies.get(p.key)
-        if v:
-            lines.append(f"  last verify {v['time']}: {'PASS' if v['pass'] else 'FAIL'} {v['read_g']} g for "
-                         f"{v['mass_g']:g} g (tolerance ±{v['tolerance_g']:g} g, calibration {v['calibration_id']})")
+        ver = verifies.get(p.key)
+        if ver:
+            lines.append(f"  last verify {ver['time']}: {'PASS' if ver['pass'] else 'FAIL'} {ver['read_g']} g for "
+                         f"{ver['mass_g']:g} g (tolerance ±{ver['tolerance_g']:g} g, "
+                         f"calibration {ver['calibration_id']})")
         else:
             lines.append("  not verified yet: run `shelfcal verify`")
         if plt is not None:
