@@ -22,11 +22,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .money import fmt_money
-from .sim.plan import PlanParams, make_plan
+from .sim.plan import Plan, PlanParams, make_plan
 from .sim.runner import ChildExited, RunOptions, StoreRun, mosquitto_bin
-from .sim.score import NOTHING_TO_SCORE, final_receipts, receipt_cart, score, shelf_events
+from .sim.score import NOTHING_TO_SCORE, Score, final_receipts, receipt_cart, score, shelf_events
 from .sim.store import build_store
 
 _print_lock = threading.Lock()
@@ -37,7 +38,7 @@ def say(line: str = "") -> None:
         print(line, flush=True)
 
 
-def format_receipt(r: dict, want: dict[str, int]) -> str:
+def format_receipt(r: dict[str, Any], want: dict[str, int]) -> str:
     """A receipt as the demo prints it, against what the shopper really took (``want``)."""
     cur = r.get("currency") or "USD"
     ok = "matches what they took" if receipt_cart(r) == want else "DIFFERS from what they took"
@@ -53,7 +54,7 @@ def format_receipt(r: dict, want: dict[str, int]) -> str:
     return "\n".join(lines)
 
 
-def _interrupt(*_a) -> None:
+def _interrupt(*_a: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops the demo the same way Ctrl-C does
 
 
@@ -93,18 +94,20 @@ def main(argv: list[str] | None = None) -> int:
     names = {sku: p.name for sku, p in store.products.items()}
     truth = plan.truth()
 
-    def on_event(e: dict) -> None:
+    def on_event(e: dict[str, Any]) -> None:  # an item event as published (gondola.item-event/1)
         if args.quiet_events:
             return
-        sku = names.get(e.get("sku"), e.get("sku") or "?")
+        sku_id = e.get("sku")
+        sku = names.get(sku_id, sku_id) if isinstance(sku_id, str) and sku_id else "?"
         say(f"    · {e['t_end'][11:21]}  {e['unit_id']} shelf {e['shelf']}  {e['type']:<8} "
             f"{e['quantity']} × {sku}  (Δ {e['delta_g']:+.0f} g, conf {e['confidence']:.2f})")
 
-    def on_gate(kind: str, p: dict) -> None:
+    def on_gate(kind: str, p: dict[str, Any]) -> None:
         say(f"  {'→ in ' if kind == 'entry' else '← out'}  {p['t'][11:21]}  {p['session_id']}")
 
-    def on_receipt(r: dict) -> None:
-        say(format_receipt(r, truth.get(r.get("session_id"), {})))
+    def on_receipt(r: dict[str, Any]) -> None:
+        sid = r.get("session_id")
+        say(format_receipt(r, truth.get(sid, {}) if isinstance(sid, str) else {}))
 
     def on_child_exit(line: str) -> None:
         say(f"  ✗ {line}")
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def score_line(s, shoppers: int) -> str:
+def score_line(s: Score, shoppers: int) -> str:
     """The demo's line-item score; over zero line items (Ctrl-C before any receipt, shoppers who
     took nothing) there is nothing to score."""
     if s.empty:
@@ -163,7 +166,8 @@ def score_line(s, shoppers: int) -> str:
             f"{s.review_lines} line(s) for review)")
 
 
-def report(plan, truth, receipts, names, run, interrupted: bool) -> None:
+def report(plan: Plan, truth: dict[str, dict[str, int]], receipts: list[dict[str, Any]], names: dict[str, str],
+           run: StoreRun, interrupted: bool) -> None:
     final = final_receipts(receipts)
     shown = [s.session_id for s in plan.sessions if not interrupted or s.session_id in final]
     say("\nWhat the shoppers took against their receipts:")
