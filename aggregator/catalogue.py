@@ -7,7 +7,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev dependencies
+import yaml
 
 from daemon.config import ConfigError
 from daemon.exitcodes import EX_NOINPUT

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev dependencies
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parent.parent

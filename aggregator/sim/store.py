@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the dev dependencies
+import yaml
 
 # (sku, name, unit weight g, sd g, price in cents); AIM3S / common retail weights
 PRODUCTS: list[tuple[str, str, float, float, int]] = [
