@@ -35,7 +35,10 @@ _print_lock = threading.Lock()
 
 def say(line: str = "") -> None:
     with _print_lock:
-        print(line, flush=True)
+        try:
+            print(line, flush=True)
+        except OSError:  # the terminal went away (SIGHUP): keep stopping the children quietly
+            pass
 
 
 def format_receipt(r: dict[str, Any], want: dict[str, int]) -> str:
@@ -119,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     # Ctrl-C: the children run in their own sessions, so only we get it and stop them in order
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started with SIGINT ignored (a `&` job)
+    signal.signal(signal.SIGHUP, _interrupt)  # the terminal closed: still stop the children in order
     try:
         run.start()
         say(f"Gondola store-in-a-box: {len(store.units)} units × {len(store.units[0].shelves)} shelves, "
@@ -150,6 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         run.check_children()  # its line, unless it was reported already
         say(f"  stopping: the run cannot go on without {exc.name}")
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C (or the terminal closing) must not cut the stop short
         run.stop()
     if not reported:
         report(plan, truth, run.all_receipts(), names, run, interrupted)
