@@ -10,12 +10,16 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from . import __version__
 from .cli_entry import run_click
 from .exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
+
+if TYPE_CHECKING:
+    from .config import Config
 
 log = logging.getLogger("shelfd")
 
@@ -27,13 +31,13 @@ def _setup_logging(level: str = "info") -> None:
     setup(level)
 
 
-def _fail(msg: str, code: int) -> None:
+def _fail(msg: str, code: int) -> NoReturn:
     from .logsetup import error_line
     click.echo(error_line(f"shelfd: {msg}"), err=True)
     sys.exit(code)
 
 
-def _load(config: Path, notify: bool = False):
+def _load(config: Path, notify: bool = False) -> Config:
     from .config import ConfigError, load_config
     from .logsetup import error_line
     try:
@@ -151,7 +155,7 @@ def replay(source: Path, fmt: str, config: Path | None, speed: float, out: Path 
             if not source.is_dir():
                 _fail(f"{source}: --format aifi expects a folder holding plate_data.json", EX_NOINPUT)
             layout = load_layout(source)[0]
-            src = AifiReplaySource(source, layout, speed=speed)
+            src: AifiReplaySource | ShelfdReplaySource = AifiReplaySource(source, layout, speed=speed)
         else:
             if cfg is None:
                 _fail("--format shelfd needs --config (which plate sums which channel)", EX_USAGE)
@@ -200,6 +204,7 @@ def _replay_vision(cfg, layout, src, source: Path, fmt: str) -> dict | None:
         vis = build_vision(cfg, layout, src, offline=True)
     except VisionConfigError as exc:
         _fail("; ".join(exc.problems), EX_CONFIG)
+    assert vis is not None  # the config has a camera
     vis.start()
     return vis.pipeline_kwargs()
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from .exitcodes import EX_CONFIG, EX_NOINPUT
 from .registry import StrictModel as _Strict
@@ -312,9 +313,10 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return field_path(loc, _TAGGED)
 
 
-def _message(err: dict[str, Any]) -> str:
+def _message(err: ErrorDetails) -> str:
     kind = err["type"]
-    reg = _REGISTRIES.get(err["loc"][0]) if len(err.get("loc", ())) == 1 else None
+    loc = err.get("loc", ())
+    reg = _REGISTRIES.get(loc[0]) if len(loc) == 1 and isinstance(loc[0], str) else None
     if reg is not None and kind == "union_tag_invalid" and isinstance(err.get("input"), dict):
         return reg.unknown(err["input"].get(reg.tag))
     if reg is not None and kind == "union_tag_not_found":
@@ -322,7 +324,7 @@ def _message(err: dict[str, Any]) -> str:
     return error_text(err)
 
 
-def error_text(err: Any) -> str:
+def error_text(err: ErrorDetails) -> str:
     """One pydantic error in the words a config's author understands ("unknown key", "must be
     1..65535, got 0"). Public: shelfd's and cartd's config checks word their errors alike."""
     kind = err["type"]

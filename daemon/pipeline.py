@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -23,6 +24,11 @@ from .layout import Layout
 from .sensing.base import SampleBlock, SampleSource
 from .signal.condition import Conditioner
 from .signal.detector import REST, Detector, DetectorParams, WeightChange
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+    from .vision.engine import VisionResult
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +156,7 @@ class Pipeline:
         self.vision_deadline_s = vision_deadline_s
         self.capture = capture
         # (change, future|None, deadline, trace)
-        self._waiting: list[tuple[WeightChange, object, float, dict | None]] = []
+        self._waiting: list[tuple[WeightChange, Future[VisionResult] | None, float, dict | None]] = []
         self._held: list[WeightChange] = []   # put-backs waiting out the press hold
         self.press_hold_s = press_hold_s
         # benches: observer(change, weight-only identification, fused identification, vision result, event)
@@ -370,7 +376,8 @@ class Pipeline:
             from .events.fusion import vision_block
             event["vision"] = vision_block(vres)
             event["weight_only"] = not (vres.ok and bool(vres.action or vres.skus))
-            if vres.ok and self.capture is not None and weight_ident.best.sku is not None:
+            if vres.ok and self.capture is not None and weight_ident is not None \
+                    and weight_ident.best.sku is not None:  # weight_ident: set for every change vision saw
                 self.capture.offer(event, weight_ident.confidence, vres)
         if self.observer is not None:
             self.observer(change, weight_ident, ident, vres, event)
