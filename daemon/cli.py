@@ -10,7 +10,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import click
 
@@ -20,6 +20,8 @@ from .exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 if TYPE_CHECKING:
     from .config import Config
+    from .layout import Layout
+    from .sensing.base import SampleSource
 
 log = logging.getLogger("shelfd")
 
@@ -111,13 +113,13 @@ def run(config: Path) -> None:
 class _Sequencer:
     """Gives replayed events the ids and sequence numbers `run` would (without an outbox)."""
 
-    def __init__(self, out):
+    def __init__(self, out: TextIO):
         from ulid import ULID
         self._ulid = ULID
         self.seq = 0
         self.out = out
 
-    def __call__(self, ev: dict) -> None:
+    def __call__(self, ev: dict[str, Any]) -> None:
         self.seq += 1
         full = {"schema": ev["schema"], "event_id": str(self._ulid()), "seq": self.seq, **ev}
         self.out.write(json.dumps(full) + "\n")
@@ -186,7 +188,8 @@ def replay(source: Path, fmt: str, config: Path | None, speed: float, out: Path 
                f"({stats.data_seconds / max(wall, 1e-9):.0f}× real time), {emit.seq} event(s)", err=True)
 
 
-def _replay_vision(cfg, layout, src, source: Path, fmt: str) -> dict | None:
+def _replay_vision(cfg: Config | None, layout: Layout, src: SampleSource, source: Path,
+                   fmt: str) -> dict[str, Any] | None:
     """The camera path for a replay: a unit with a camera whose recording has frames beside it
     (``<recording>.frames``) replays them through the same models and fusion as ``run``."""
     if cfg is None or cfg.camera is None or fmt != "shelfd":

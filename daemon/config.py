@@ -436,7 +436,7 @@ def people_path(key: str) -> str:
 def _people_refs(msg: str) -> str:
     """References to list items inside a message (``also chips[0]``), 1-based; quoted values
     (what the user wrote) are left alone."""
-    def ref(m: re.Match) -> str:
+    def ref(m: re.Match[str]) -> str:
         rest = m.group(3).lstrip(".")
         return f"{m.group(1)} item {int(m.group(2)) + 1}" + (f"'s {rest}" if rest else "")
     parts = _QUOTED.split(msg)
@@ -490,7 +490,7 @@ def _resolve_paths(data: Any, base: Path) -> Any:
         return data
     data = dict(data)
 
-    def fix(d: dict, key: str) -> None:
+    def fix(d: dict[str, Any], key: str) -> None:
         v = d.get(key)
         if isinstance(v, str) and v.startswith(_CRED_VARS):
             # systemd LoadCredential= files: ${CREDENTIALS_DIRECTORY}/name (see systemd/README.md);

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,11 +28,17 @@ from .signal.detector import REST, Detector, DetectorParams, WeightChange
 if TYPE_CHECKING:
     from concurrent.futures import Future
 
-    from .vision.engine import VisionResult
+    from .config import Config
+    from .events.identify import Identification
+    from .vision.capture import CaptureStore
+    from .vision.engine import VisionEngine, VisionResult
 
 log = logging.getLogger(__name__)
 
 EvidenceProvider = Callable[[WeightChange], list[Evidence]]
+# (change, weight-only identification, fused identification, vision result, event)
+Observer = Callable[[WeightChange, "Identification | None", "Identification | None", "VisionResult | None",
+                     dict[str, Any]], None]
 
 # The weight trace in every event (docs/publishing.md): conditioned grams of the event's plates,
 # about TRACE_HZ, from TRACE_PAD_S before t_start to TRACE_PAD_S after t_end (or to the tick at
@@ -107,7 +113,7 @@ class TraceRing:
     def last_t(self) -> float | None:
         return float(self.t[self.n - 1]) if self.n else None
 
-    def trace(self, columns: list[int], plate_ids: list[int], t_from: float, t_to: float) -> dict | None:
+    def trace(self, columns: list[int], plate_ids: list[int], t_from: float, t_to: float) -> dict[str, Any] | None:
         """The ``trace`` of plates ``columns`` (named ``plate_ids``) over [t_from, t_to], or None
         when no point lies there."""
         t = self.t[:self.n]
@@ -125,9 +131,10 @@ class Pipeline:
     def __init__(self, store_id: str, unit_id: str, layout: Layout, channels: list[str], units: str,
                  rate_hz: float, calibration: CalibrationState | None,
                  detection: DetectionConfig | None = None,
-                 evidence: EvidenceProvider | None = None, vision=None,
+                 evidence: EvidenceProvider | None = None, vision: VisionEngine | None = None,
                  fusion: tuple[float, float] = (0.9, 1e-5), vision_deadline_s: float = 0.4,
-                 capture=None, state_dir=None, learn_confidence: float = 0.9, press_hold_s: float = 1.0):
+                 capture: CaptureStore | None = None, state_dir: str | Path | None = None,
+                 learn_confidence: float = 0.9, press_hold_s: float = 1.0):
         det = detection or DetectionConfig()
         self.store_id, self.unit_id = store_id, unit_id
         self.layout = layout
@@ -156,11 +163,11 @@ class Pipeline:
         self.vision_deadline_s = vision_deadline_s
         self.capture = capture
         # (change, future|None, deadline, trace)
-        self._waiting: list[tuple[WeightChange, Future[VisionResult] | None, float, dict | None]] = []
+        self._waiting: list[tuple[WeightChange, Future[VisionResult] | None, float, dict[str, Any] | None]] = []
         self._held: list[WeightChange] = []   # put-backs waiting out the press hold
         self.press_hold_s = press_hold_s
         # benches: observer(change, weight-only identification, fused identification, vision result, event)
-        self.observer: Callable | None = None
+        self.observer: Observer | None = None
         self.stats = PipelineStats()
         self.facings = [Facing(f.sku, f.shelf, f.plates, f.stock, "stock" if f.stock is not None else "unknown")
                         for f in layout.placements]
@@ -172,7 +179,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ processing
 
-    def process(self, block: SampleBlock) -> list[dict]:
+    def process(self, block: SampleBlock) -> list[dict[str, Any]]:
         t0 = time.process_time()
         cond = self.conditioner.process(block)
         self.ring.push(cond.t, cond.grams, cond.available)
@@ -210,10 +217,10 @@ class Pipeline:
                 changed.append(pl.key)
         return changed
 
-    def finish(self) -> list[dict]:
+    def finish(self) -> list[dict[str, Any]]:
         return self._route(self.detector.flush(), wait=True)
 
-    def _route(self, changes: list[WeightChange], wait: bool = False) -> list[dict]:
+    def _route(self, changes: list[WeightChange], wait: bool = False) -> list[dict[str, Any]]:
         """Events in detection order: without a camera at once; with one, each after its vision
         answer or its deadline, whichever comes first."""
         ready = [(c, self._trace(c, t_out))
@@ -244,7 +251,7 @@ class Pipeline:
             out.append(self._event(c, job, tr))
         return out
 
-    def _trace(self, change: WeightChange, t_out: float) -> dict | None:
+    def _trace(self, change: WeightChange, t_out: float) -> dict[str, Any] | None:
         """The event's weight trace: its plates from TRACE_PAD_S before ``t_start`` to TRACE_PAD_S
         after ``t_end``, or only to ``t_out`` (the data time of the tick at which it left the
         detector and the press hold, or the stream's end) when that is sooner. Every cutting into
@@ -353,7 +360,8 @@ class Pipeline:
     def vision_pending(self) -> int:
         return len(self._waiting)
 
-    def _event(self, change: WeightChange, job=None, trace: dict | None = None) -> dict:
+    def _event(self, change: WeightChange, job: Future[VisionResult] | None = None,
+               trace: dict[str, Any] | None = None) -> dict[str, Any]:
         ident = weight_ident = None
         vres = None
         if self.vision is not None and change.kind == "change":
@@ -394,7 +402,7 @@ class Pipeline:
                  event["confidence"])
         return event
 
-    def _learn(self, ident, event: dict, change: WeightChange) -> None:
+    def _learn(self, ident: Identification | None, event: dict[str, Any], change: WeightChange) -> None:
         """A confident event of a product on its own facing is a weighing of its unit weight."""
         if ident is None or event["type"] not in ("pick", "put_back") or event.get("misplaced"):
             return
@@ -407,7 +415,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ inventory
 
-    def _apply_inventory(self, event: dict) -> None:
+    def _apply_inventory(self, event: dict[str, Any]) -> None:
         if event["type"] not in ("pick", "put_back") or event.get("misplaced"):
             return
         for f in self.facings:
@@ -444,7 +452,7 @@ class Pipeline:
         """Each plate's latest conditioned weight in grams, by plate index (NaN before its first sample)."""
         return self._last_grams
 
-    def inventory(self) -> dict:
+    def inventory(self) -> dict[str, Any]:
         plates = {}
         states = self.detector.plate_states()
         for pl in self.layout.plates:
@@ -460,21 +468,21 @@ class Pipeline:
             "misplaced": self.misplaced(),
         }
 
-    def misplaced(self) -> list[dict]:
+    def misplaced(self) -> list[dict[str, Any]]:
         """Items believed to lie where they do not belong: the identifier's known strays
         (misplaced returns seen on these plates and not taken back, in the last 4 h of data)."""
         return [{"sku": k.sku, "shelf": k.shelf, "plates": list(k.plates), "units": k.units}
                 for k in self.identifier.known_strays(self.last_t)]
 
-    def plate_health(self) -> dict:
+    def plate_health(self) -> dict[str, Any]:
         states = self.detector.plate_states()
         return {pl.key: {"state": states[pl.index], "noise_g": round(float(self.detector.sigma[pl.index]), 2),
                          "trigger_g": round(float(self.detector.trigger_g()[pl.index]), 1)}
                 for pl in self.layout.plates}
 
-    def _vision_result(self, job):
+    def _vision_result(self, job: Future[VisionResult] | None) -> VisionResult:
         from .vision.engine import VisionResult
-        if job is None:
+        if job is None or self.vision is None:  # a job is only ever the vision engine's
             return VisionResult("unavailable", reason="not analysed")
         if not job.done():
             self.vision.note_timeout()
@@ -509,7 +517,7 @@ class Pipeline:
                 self.maintenance.pop(k, None)
         return {k: round(u - now, 1) for k, u in self.maintenance.items() if u > now}
 
-    def _drop_maintenance(self, changes: list) -> list:
+    def _drop_maintenance(self, changes: list[WeightChange]) -> list[WeightChange]:
         now = time.monotonic()
         self.maintenance = {k: u for k, u in self.maintenance.items() if u > now}
         kept = []
@@ -526,10 +534,10 @@ class Pipeline:
         return kept
 
 
-def run_offline(cfg, source: SampleSource, layout: Layout, emit: Callable[[dict], None],
+def run_offline(cfg: Config | None, source: SampleSource, layout: Layout, emit: Callable[[dict[str, Any]], None],
                 calibration: CalibrationState | None = None, evidence: EvidenceProvider | None = None,
                 progress: Callable[[PipelineStats], None] | None = None, *,
-                vision: dict | None = None) -> PipelineStats:
+                vision: dict[str, Any] | None = None) -> PipelineStats:
     """Run a finite source through the pipeline as fast as it delivers; ``emit`` gets each event.
 
     ``cfg`` is the unit's :class:`~daemon.config.Config` or None (ids default to the recording's).
