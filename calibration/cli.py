@@ -14,6 +14,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -115,7 +116,7 @@ def _num(x, digits):
 LIVE_COLUMNS = ("plate", "weight g", "state", "noise g")
 
 
-def live_rows(snap: dict) -> list[tuple[str, str, str, str]]:
+def live_rows(snap: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """`shelfcal live`'s rows. Noise is the snapshot's plate figure: the white σ over the last
     NOISE_WINDOW_S of samples, as diag's per channel (not the detector's running estimate)."""
     return [(k, _num(p["weight_g"], 1), p["state"], _num(p["noise_g"], 2)) for k, p in snap["plates"].items()]
@@ -476,7 +477,7 @@ def _sim_load_file(obj: Ctx) -> Path | None:
 
 
 def _sim_set(path: Path, key: str, grams: float | None) -> None:
-    from .guided import atomic_write
+    from daemon.atomicfile import atomic_write
     try:
         cur = json.loads(Path(path).read_text())
         cur = cur if isinstance(cur, dict) else {}

@@ -10,7 +10,7 @@ import getpass
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -19,12 +19,14 @@ from daemon.exitcodes import EX_TEMPFAIL, EX_USAGE
 from .errors import ShelfcalError
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from daemon.config import Config
 
-    from .guided import Unit
+    from .guided import PlateInfo, Unit
 
 
-def console():
+def console() -> Console:
     from rich.console import Console
     con = Console(highlight=False)
     if not con.is_terminal:
@@ -104,7 +106,7 @@ def confirm(question: str, yes: bool) -> None:
         raise ShelfcalError("aborted: nothing written; the calibration in force is unchanged", EX_TEMPFAIL)
 
 
-def await_rest(unit, plate, timeout: float, interactive: bool, what: str):
+def await_rest(unit: Unit, plate: PlateInfo, timeout: float, interactive: bool, what: str) -> dict[str, Any]:
     from .guided import wait_rest
     if not timeout > 0:
         raise ShelfcalError(f"--rest-timeout must be more than 0 s, got {timeout:g}", EX_USAGE)
@@ -112,7 +114,7 @@ def await_rest(unit, plate, timeout: float, interactive: bool, what: str):
     if not interactive:
         return wait_rest(unit, plate, timeout_s=timeout)
     with con.status(f"plate {plate.key}: waiting for rest ({what})") as st:
-        def progress(r):
+        def progress(r: dict[str, Any]) -> None:
             if r.get("waiting"):
                 msg = "collecting fresh samples"
             else:
@@ -126,7 +128,7 @@ def await_rest(unit, plate, timeout: float, interactive: bool, what: str):
 SCRIPTED_MAINTENANCE_S = 300.0
 
 
-def set_maintenance(unit, plate, seconds: float) -> None:
+def set_maintenance(unit: Unit, plate: PlateInfo, seconds: float) -> None:
     """Tell a running daemon that this plate is under the technician's hands (no item events).
     When shelfcal exits, however, the plate is back in service (or in the maintenance it was in)."""
     if unit.link.kind != "daemon":

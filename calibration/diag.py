@@ -4,7 +4,9 @@ The wording follows docs/sensing.md's fault table: name the symptom, then the wi
 """
 from __future__ import annotations
 
-from daemon.config import Hx711Sensing, IioSensing, SimSensing
+from typing import Any
+
+from daemon.config import Config, Hx711Sensing, IioSensing, SimSensing
 
 NOISY_G = 3.0          # AiFi's p90 plate noise; above it events under ~20 g get unreliable
 SLOW_SHARE = 0.8       # measured below 80 % of the expected rate
@@ -12,7 +14,7 @@ GLITCH_SHARE = 0.01    # more than 1 % glitch words
 OFFSET_SHARE = 0.5     # zero beyond half the ADC range
 
 
-def _where(cfg, ch: str) -> dict:
+def _where(cfg: Config, ch: str) -> dict[str, str]:
     s = cfg.sensing
     if isinstance(s, Hx711Sensing):
         chip = next((c for c in s.chips if c.name == ch), None)
@@ -28,7 +30,8 @@ def _where(cfg, ch: str) -> dict:
     return {"dout": "its DOUT pin", "sck": "its SCK pin"}
 
 
-def judge_channel(cfg, ch: str, c: dict) -> dict:
+def judge_channel(cfg: Config, ch: str, c: dict[str, Any]) -> dict[str, str]:
+    """A verdict ({"level": ok | warning | fault, "text"}) on one channel of a ``snapshot``."""
     w = _where(cfg, ch)
     faults, warns = [], []
     n = max(1, c["samples"])
@@ -71,5 +74,5 @@ def judge_channel(cfg, ch: str, c: dict) -> dict:
     return {"level": "ok", "text": "ok"}
 
 
-def judge(cfg, snap: dict) -> dict[str, dict]:
+def judge(cfg: Config, snap: dict[str, Any]) -> dict[str, dict[str, str]]:
     return {ch: judge_channel(cfg, ch, c) for ch, c in snap["channels"].items()}

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon import calstate
 from daemon.atomicfile import atomic_write
-from daemon.calstate import CalibrationError, ChannelCal
+from daemon.calstate import CalibrationError, CalibrationState, ChannelCal
 from daemon.control_handlers import ADC_HALF_RANGE, SUSPICIOUS_OFFSET_SHARE
 from daemon.exitcodes import EX_CANTCREAT, EX_DATAERR, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE
 from daemon.timefmt import now_iso
@@ -37,7 +37,7 @@ SESSION = "shelfcal-session.json"
 SESSION_MAX_AGE_S = 3600.0  # a calibration session's zero is trusted this long
 LOG = "shelfcal-log.jsonl"
 
-Progress = Callable[[dict], None]
+Progress = Callable[[dict[str, Any]], None]
 
 
 # ---------------------------------------------------------------- unit facts
@@ -125,7 +125,7 @@ class Unit:
             raise ShelfcalError(f"{mass_g:g} g is beyond plate {plate.key}'s rating of {plate.capacity_g:g} g "
                                 f"(shelves[].plates[].capacity_g): use a lighter mass", EX_USAGE)
 
-    def calibration(self):
+    def calibration(self) -> CalibrationState | None:
         try:
             return calstate.load(self.state_dir, self.unit_id)
         except CalibrationError as exc:
@@ -134,7 +134,7 @@ class Unit:
 
     # ------------------------------------------------------------ session (points not yet written)
 
-    def session(self) -> dict:
+    def session(self) -> dict[str, Any]:
         p = self.state_dir / SESSION
         try:
             doc = json.loads(p.read_text())
@@ -144,14 +144,14 @@ class Unit:
             return {}  # a session is a convenience; a damaged one is simply started afresh
         return doc if isinstance(doc, dict) and doc.get("unit_id") == self.unit_id else {}
 
-    def save_session(self, doc: dict) -> None:
+    def save_session(self, doc: dict[str, Any]) -> None:
         doc["unit_id"] = self.unit_id
         try:
             atomic_write(self.state_dir / SESSION, json.dumps(doc, indent=1))
         except OSError as exc:
             raise ShelfcalError(f"cannot write {self.state_dir / SESSION}: {exc.strerror}", EX_CANTCREAT) from None
 
-    def log(self, entry: dict) -> None:
+    def log(self, entry: dict[str, Any]) -> None:
         """The service record `shelfcal report` summarises (append-only JSON lines)."""
         entry = {"time": now_iso(), **entry}
         try:
@@ -165,15 +165,15 @@ class Unit:
 
 
 def wait_rest(unit: Unit, plate: PlateInfo, *, timeout_s: float, window_s: float = 1.5,
-              progress: Progress | None = None, fresh: bool = True) -> dict:
+              progress: Progress | None = None, fresh: bool = True) -> dict[str, Any]:
     """Poll the unit until the plate has rested for ``window_s`` of samples taken after this call
     (``fresh``), or raise after ``timeout_s``. Saturation and silence are errors at once."""
     start_t = unit.link.call("info").get("t") if fresh else None
     deadline = time.monotonic() + timeout_s
     no_data_since = None
-    last: dict = {}
+    last: dict[str, Any] = {}
     while True:
-        r = unit.link.call("rest", plates=[plate.key], window_s=window_s)["plates"][plate.key]
+        r: dict[str, Any] = unit.link.call("rest", plates=[plate.key], window_s=window_s)["plates"][plate.key]
         last = r
         new_enough = start_t is None or (r.get("t") is not None and r["t"] - window_s >= start_t)
         if r.get("saturated"):
@@ -210,15 +210,15 @@ def zero_warnings(unit: Unit, plate: PlateInfo, levels: list[float]) -> list[str
         if abs(lv) > SUSPICIOUS_OFFSET_SHARE * ADC_HALF_RANGE:
             out.append(f"channel {ch}: zero at {abs(lv) / ADC_HALF_RANGE:.0%} of the ADC range "
                        f"(little headroom: preloaded or miswired cell)")
-        if known:
+        if known and cal is not None:
             shift += (lv - cal.channels[ch].offset) / cal.channels[ch].scale
-    if known and abs(shift) > max(50.0, 0.02 * plate.capacity_g):
+    if known and cal is not None and abs(shift) > max(50.0, 0.02 * plate.capacity_g):
         out.append(f"plate {plate.key}: zero moved by {shift:+.1f} g since calibration {cal.calibration_id}: "
                    f"is something still on the plate?")
     return out
 
 
-def record_zero(unit: Unit, plate: PlateInfo, rest: dict) -> None:
+def record_zero(unit: Unit, plate: PlateInfo, rest: dict[str, Any]) -> None:
     """Start a calibration session for the plate from this empty-plate reading."""
     doc = unit.session()
     doc.setdefault("plates", {})[plate.key] = {
@@ -250,7 +250,7 @@ class PlateFit:
     def to_channels(self, technician: str | None) -> dict[str, ChannelCal]:
         return {f.channel: ChannelCal(f.offset, f.scale, f.points) for f in self.fits}
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {"plate": self.plate.key, "masses_g": self.masses,
                 "residuals_g": [round(r, 3) for r in self.residuals_g],
                 "capacity_g": round(self.capacity_g, 0),
@@ -258,8 +258,8 @@ class PlateFit:
                                          "previous_scale": self.previous_scale.get(f.channel)} for f in self.fits}}
 
 
-def session_points(unit: Unit, plate: PlateInfo) -> dict:
-    s = unit.session().get("plates", {}).get(plate.key)
+def session_points(unit: Unit, plate: PlateInfo) -> dict[str, Any]:
+    s: dict[str, Any] | None = unit.session().get("plates", {}).get(plate.key)
     if not s:
         raise ShelfcalError(f"no empty-plate reading for plate {plate.key} in this session: empty the plate "
                             f"and run `shelfcal tare --plate {plate.key}` first", EX_USAGE)
@@ -275,10 +275,10 @@ def session_points(unit: Unit, plate: PlateInfo) -> dict:
     return s
 
 
-def add_point(unit: Unit, plate: PlateInfo, mass_g: float, rest: dict) -> dict:
+def add_point(unit: Unit, plate: PlateInfo, mass_g: float, rest: dict[str, Any]) -> dict[str, Any]:
     """Check and keep a known-mass point; returns the plate's session."""
     doc = unit.session()
-    s = doc.get("plates", {}).get(plate.key)
+    s: dict[str, Any] = doc.get("plates", {}).get(plate.key)
     if not s:
         session_points(unit, plate)  # raises
     sig = [x if x is not None else math.nan for x in (rest.get("sigma_counts") or [math.nan] * len(plate.channels))]
@@ -290,7 +290,7 @@ def add_point(unit: Unit, plate: PlateInfo, mass_g: float, rest: dict) -> dict:
     return s
 
 
-def fit_plate(unit: Unit, plate: PlateInfo, s: dict) -> PlateFit:
+def fit_plate(unit: Unit, plate: PlateInfo, s: dict[str, Any]) -> PlateFit:
     n = len(plate.channels)
     fits = []
     for j, ch in enumerate(plate.channels):

@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon import calstate
 from daemon.config import Config, SimSensing
@@ -27,6 +27,9 @@ from daemon.control_socket import call as socket_call
 from daemon.exitcodes import EX_CONFIG, EX_DATAERR, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE
 
 from .errors import ShelfcalError
+
+if TYPE_CHECKING:
+    from daemon.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class DaemonLink:
         self.path = path
         self.timeout_s = timeout_s
 
-    def call(self, command: str, **args: Any) -> dict:
+    def call(self, command: str, **args: Any) -> dict[str, Any]:
         try:
             doc = socket_call(self.path, command, args, timeout_s=self.timeout_s)
         except TimeoutError:
@@ -122,7 +125,7 @@ class LocalUnit:
         self._thread = threading.Thread(target=self._loop, name="shelfcal-sampler", daemon=True)
         self._thread.start()
 
-    def _pipeline(self, cal):
+    def _pipeline(self, cal: calstate.CalibrationState | None) -> Pipeline | None:
         if cal is None or self.source.units != "counts":
             return None
         if any(c not in cal.channels for c in self.layout.channels):
@@ -130,7 +133,7 @@ class LocalUnit:
         return self._Pipeline(self.cfg.store_id, self.cfg.unit_id, self.layout, list(self.source.channels),
                               self.source.units, self.source.rate_hz, cal, self.cfg.detection)
 
-    def _on_calibration(self, state) -> None:
+    def _on_calibration(self, state: calstate.CalibrationState) -> None:
         if self.control.pipeline is None:
             self.control.pipeline = self._pipeline(state)
 
@@ -151,13 +154,13 @@ class LocalUnit:
         finally:
             self.commands.fail_pending("sampling stopped")
 
-    def call(self, command: str, **args: Any) -> dict:
+    def call(self, command: str, **args: Any) -> dict[str, Any]:
         if self._error is not None:
             raise ShelfcalError(f"reading the load cells failed: {self._error}", EX_SOFTWARE)
         done = threading.Event()
-        box: list[dict] = []
+        box: list[dict[str, Any]] = []
 
-        def reply(d: dict) -> None:
+        def reply(d: dict[str, Any]) -> None:
             box.append(d)
             done.set()
 

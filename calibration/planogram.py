@@ -11,6 +11,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -114,7 +115,7 @@ def show(obj: Ctx, as_json: bool) -> None:
                    "weigh it with `shelfcal planogram measure` and fix the entry")
 
 
-def _learned(state_dir: Path) -> dict:
+def _learned(state_dir: Path) -> dict[str, Any]:
     """Unit weights the running unit learned (``state_dir/unit_weights.json``), if any."""
     from daemon.events.unit_weights import FILE_NAME
     try:
@@ -250,7 +251,7 @@ def measure(obj: Ctx, plate_name, count, sku, yes, rest_timeout) -> None:
         click.echo(f"planogram: {sku} unit weight {unit_g:.2f} g; restart shelfd to use it")
 
 
-def _grams(r: dict, plate) -> float:
+def _grams(r: dict[str, Any], plate) -> float:
     g = r.get("grams")
     if g is None:
         raise ShelfcalError(f"plate {plate.key} is not calibrated: run `shelfcal calibrate --plate {plate.key}`",

@@ -35,8 +35,8 @@ def residual_view(residuals: list[float], n_points: int) -> tuple[float, str | N
     return max(MIN_RESIDUAL_AXIS_G, 1.2 * max(abs(r) for r in residuals)), None
 
 
-def _last_verifies(state_dir: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
+def _last_verifies(state_dir: Path) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
     try:
         lines = (state_dir / LOG).read_text().splitlines()
     except OSError:
@@ -116,9 +116,9 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
         lines.append(f"plate {p.key} ({', '.join(p.channels)}):")
         for c, _f in zip(p.channels, fits):
             cc = cal.channels[c]
-            pts = ", ".join(f"{a * len(p.channels):g} g" for a, _ in cc.points) or "none recorded"
+            pts_text = ", ".join(f"{a * len(p.channels):g} g" for a, _ in cc.points) or "none recorded"
             lines.append(f"  channel {c}: scale {cc.scale:.4f} counts/g, offset {cc.offset:.0f} counts, "
-                         f"points {pts}, updated {cc.updated or '?'}")
+                         f"points {pts_text}, updated {cc.updated or '?'}")
         worst = no_residual or f"max |residual| {max(abs(r) for r in resid):.2f} g"
         lines.append(f"  {worst}, implied capacity "
                      f"{cap:,.0f} g (rating {p.capacity_g:g} g), noise σ {sigma:.2f} g over {good.sum()} samples")
@@ -132,11 +132,11 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
         if plt is not None:
             fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
             for c, f in zip(p.channels, fits):
-                pts = np.array(cal.channels[c].points) if cal.channels[c].points else np.zeros((0, 2))
-                if len(pts):
-                    ax[0].plot(pts[:, 0], pts[:, 1], "o", label=f"{c} points")
-                    ax[1].plot(pts[:, 0], f.residuals_g if f else np.zeros(len(pts)), "o-", label=c)
-                mm = np.linspace(0, max(pts[:, 0].max() if len(pts) else 1000, 1.0), 50)
+                arr = np.array(cal.channels[c].points) if cal.channels[c].points else np.zeros((0, 2))
+                if len(arr):
+                    ax[0].plot(arr[:, 0], arr[:, 1], "o", label=f"{c} points")
+                    ax[1].plot(arr[:, 0], f.residuals_g if f else np.zeros(len(arr)), "o-", label=c)
+                mm = np.linspace(0, max(arr[:, 0].max() if len(arr) else 1000, 1.0), 50)
                 ax[0].plot(mm, cal.channels[c].offset + cal.channels[c].scale * mm, "-", label=f"{c} fit")
             ax[0].set(title=f"plate {p.key}: counts vs grams", xlabel="g on the channel", ylabel="counts")
             ax[0].legend(fontsize=7)
