@@ -112,6 +112,9 @@ class ReviewConfig(_Strict):
     # A pick or put-back whose identification confidence is below this (or that its unit flagged
     # with `review: true`) goes to the staff review queue, as does a misplaced return.
     event_confidence_below: float = Field(default=0.8, ge=0, le=1)
+    # A misplaced return the unit is sure of (confidence above the line) is queued too, by default;
+    # false: only the console's stock view lists it (the receipt is right, the shelf is not).
+    misplaced_returns: bool = True
     # Hold a receipt while its session has lines awaiting review, for at most this long after the
     # exit (0: issue at once; a decision made later issues a correction receipt).
     hold_receipt_s: float = Field(default=0.0, ge=0, le=86400)

@@ -79,12 +79,12 @@ class ItemEvent(_Msg):
     review: bool = False     # the unit's own doubt (confidence below its detection.review_below)
     misplaced: bool = False  # a product that does not belong on these plates
 
-    def flags(self, confidence_below: float) -> str | None:
+    def flags(self, confidence_below: float, misplaced_returns: bool = True) -> str | None:
         """The unit's reasons to have a person look at this event, comma-separated (or None)."""
         out = []
         if self.type in ("pick", "put_back") and (self.review or self.confidence < confidence_below):
             out.append("low_confidence")
-        if self.misplaced:
+        if self.misplaced and misplaced_returns:
             out.append("misplaced")
         return ",".join(out) or None
 

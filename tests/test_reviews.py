@@ -217,3 +217,23 @@ def test_cartd_user_and_review_commands(shop, tmp_path):
     (corr,) = _tick(eng, clock)
     assert [(l["sku"], l["quantity"]) for l in corr["lines"]] == [("C", 2)]
     assert _cartd("review", "list", "--config", cfg).stdout == ""
+
+
+def test_accepting_a_line_after_the_receipt_sends_no_correction(shop):
+    eng, store, clock = shop()
+    _visit(eng, clock, [_ev(1, "A", clock.t - 50, confidence=0.6)])
+    (line_id, *_), = _queue(store)
+    store.begin()
+    did = reviews.add(store, line_id, "accept", "gus", clock.t)
+    store.commit()
+    assert _tick(eng, clock) + _tick(eng, clock) == []
+    assert reviews.outcome(store, did)[1] == "accepted" and _queue(store) == []
+
+
+def test_sure_misplaced_returns_can_stay_off_the_queue(shop):
+    eng, store, clock = shop(review={"misplaced_returns": False})
+    t = clock.t - 50
+    sure = _ev(1, "C", t, misplaced=True)
+    unsure = _ev(2, "B", t + 5, misplaced=True, confidence=0.6)
+    _visit(eng, clock, [sure, unsure])
+    assert {r[1]: r[4] for r in _queue(store)} == {unsure["event_id"]: "low_confidence"}

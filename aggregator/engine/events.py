@@ -93,7 +93,7 @@ class Events(EngineBase):
         new = events.insert_new(self.store, [
             events.NewEvent(ev.event_id, ev.unit_id, ev.seq, ev.shelf, ev.type, ev.sku, ev.quantity, ev.t_start,
                             ev.t_end, ev.confidence, int(ev.historical), now, payload.decode("utf-8"),
-                            ev.flags(self.cfg.review.event_confidence_below))
+                            ev.flags(self.cfg.review.event_confidence_below, self.cfg.review.misplaced_returns))
             for _, ev, payload in evs])
         if len(new) < len(evs):
             # Already known event_ids: a redelivery (same content; a resend adds "historical") is a
@@ -186,7 +186,7 @@ class Events(EngineBase):
                 topic,
                 from_memory=True,
                 lo_hint=lo_all,
-                flags=ev.flags(self.cfg.review.event_confidence_below),
+                flags=ev.flags(self.cfg.review.event_confidence_below, self.cfg.review.misplaced_returns),
             )
         else:
             self.counters["waiting_for_tracking"] += 1

@@ -63,6 +63,8 @@ class Reviews(EngineBase):
         else:
             raise _Refused(f"unknown action {d.action!r}")
         self.counters["review_decisions"] += 1
+        if d.action == "accept":
+            return result  # the cart is unchanged: no correction for the shopper to puzzle over
         for sid in sorted(touched):
             row = sessions.for_receipt(self.store, sid)
             if row is not None and row.state == "receipted":
