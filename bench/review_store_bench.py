@@ -89,6 +89,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tracking", choices=["clean", "noisy"], default="noisy")
     ap.add_argument("--out", type=Path, default=None, help="run folder (default: a new temp folder)")
+    ap.add_argument("--sure-misplaced-off-queue", action="store_true",
+                    help="cartd's review.misplaced_returns: false (sure misplaced returns are not queued)")
     args = ap.parse_args()
     store = build_store(n_units=args.units)
     plan = make_plan(store, PlanParams(shoppers=args.shoppers, seed=args.seed))
@@ -96,7 +98,9 @@ def main() -> int:
     work = args.out or Path(tempfile.mkdtemp(prefix="gondola-review-bench-"))
     print(f"{args.shoppers} shoppers, {args.tracking} tracking, seed {args.seed}: running the store "
           f"(~{plan.end_s / 60:.0f} min of store time) in {work}", flush=True)
-    run = StoreRun(store, plan, work, RunOptions(tracking=args.tracking, watch_events=True, receipt_grace_s=60))
+    over = {"review": {"misplaced_returns": False}} if args.sure_misplaced_off_queue else {}
+    run = StoreRun(store, plan, work, RunOptions(tracking=args.tracking, watch_events=True, receipt_grace_s=60,
+                                                 cartd_overrides=over))
     t0 = time.time()
     try:
         run.start()
@@ -119,17 +123,19 @@ def main() -> int:
     after = score(truth, run.all_receipts())
     per100 = 100.0 * rev["queued_lines"] / max(1, len(first))
     result = {"shoppers": args.shoppers, "tracking": args.tracking, "seed": args.seed, "all_receipted": complete,
+              "sure_misplaced_queued": not args.sure_misplaced_off_queue,
               "receipts": len(first), "true_lines": sum(len(v) for v in truth.values()),
               "before": before.as_dict(), "after": after.as_dict(), "reviews_per_100_receipts": round(per100, 1),
               **rev, "corrections": sum(1 for r in run.all_receipts() if r.get("n", 1) > 1),
               "wall_s": round(time.time() - t0, 1), "workdir": str(work)}
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "review_store_bench.json").write_text(json.dumps(result, indent=2))
+    name = "review_store_bench" + ("_nomisplaced" if args.sure_misplaced_off_queue else "")
+    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
     print("\n| tracking | receipts | F1 first receipts | lines queued | reviews / 100 receipts | F1 after review |")
     print("| --- | --- | --- | --- | --- | --- |")
     print(f"| {args.tracking} | {len(first)} | {before.text()} | {rev['queued_lines']} | {per100:.1f} | "
           f"{after.text()} |")
-    plot(result, OUT / "review_store_bench.png")
+    plot(result, OUT / f"{name}.png")
     return 0
 
 
