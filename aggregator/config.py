@@ -10,9 +10,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
-from daemon.config import BrokerConnection, ConfigError, error_text, field_path, load_yaml_config
+from daemon.config import BrokerConnection, error_text, field_path, load_yaml_config, validate_config
 
 
 class _Strict(BaseModel):
@@ -214,22 +215,18 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return field_path(loc, {"storage": ("sqlite", "postgres")})
 
 
+def _problems(err: ErrorDetails) -> list[str]:
+    if err["type"] == "union_tag_invalid":
+        msg = "unknown storage type; expected sqlite or postgres"
+    elif err["type"] == "union_tag_not_found":
+        msg = "required key 'type' is missing (sqlite or postgres)"
+    else:
+        msg = error_text(err)
+    return [f"{_loc(err['loc']) or '(top level)'}: {msg}"]
+
+
 def parse_config(data: Any, source: str | None = None) -> Config:
-    if not isinstance(data, dict):
-        raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], source)
-    try:
-        return Config.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False):
-            if err["type"] == "union_tag_invalid":
-                msg = "unknown storage type; expected sqlite or postgres"
-            elif err["type"] == "union_tag_not_found":
-                msg = "required key 'type' is missing (sqlite or postgres)"
-            else:
-                msg = error_text(err)
-            problems.append(f"{_loc(err['loc']) or '(top level)'}: {msg}")
-        raise ConfigError(problems, source) from None
+    return validate_config(Config, data, source, _problems)
 
 
 def _resolve_paths(data: dict[str, Any], path: Path) -> dict[str, Any]:

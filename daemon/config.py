@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from .exitcodes import EX_CONFIG, EX_NOINPUT
@@ -342,23 +342,31 @@ def error_text(err: ErrorDetails) -> str:
     return msg
 
 
-def parse_config(data: Any, source: str | None = None) -> Config:
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_config(model: type[M], data: Any, source: str | None,
+                    problems_of: Callable[[ErrorDetails], list[str]]) -> M:
+    """``model`` from a config file's mapping, or ConfigError with one line per problem
+    (``problems_of`` words each pydantic error). Shared by shelfd's and cartd's configs."""
     if not isinstance(data, dict):
         raise ConfigError([f"(top level): expected a mapping of keys, got {type(data).__name__}"], source)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        problems: list[str] = []
-        for err in exc.errors(include_url=False):
-            msg = err["msg"]
-            if _JOIN in msg or "\x1f" in msg:
-                body = msg.split(", ", 1)[1] if msg.startswith("Value error, ") else msg
-                for item in body.split(_JOIN):
-                    key, _, m = item.partition("\x1f")
-                    problems.append(f"{key}: {m}")
-                continue
-            problems.append(f"{_loc(err['loc']) or '(top level)'}: {_message(err)}")
-        raise ConfigError(problems, source) from None
+        raise ConfigError([p for err in exc.errors(include_url=False) for p in problems_of(err)], source) from None
+
+
+def _problems(err: ErrorDetails) -> list[str]:
+    msg = err["msg"]
+    if _JOIN in msg or "\x1f" in msg:  # several problems found by one validator, joined
+        body = msg.split(", ", 1)[1] if msg.startswith("Value error, ") else msg
+        return [f"{key}: {m}" for key, _, m in (item.partition("\x1f") for item in body.split(_JOIN))]
+    return [f"{_loc(err['loc']) or '(top level)'}: {_message(err)}"]
+
+
+def parse_config(data: Any, source: str | None = None) -> Config:
+    return validate_config(Config, data, source, _problems)
 
 
 # ---------------------------------------------------------------- reading a config file
