@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,10 @@ from .context import Ctx, technician_name
 from .errors import ShelfcalError
 
 if TYPE_CHECKING:
+    from PIL.Image import Image
+
     from daemon.config import CameraConfig
+    from daemon.vision.rois import ROI
 
 
 def _need_camera(obj: Ctx) -> CameraConfig:
@@ -33,7 +37,7 @@ def _need_camera(obj: Ctx) -> CameraConfig:
     return obj.cfg.camera
 
 
-def _rois(obj: Ctx) -> dict:
+def _rois(obj: Ctx) -> dict[str, ROI]:
     from daemon.vision.rois import RoiError, load_rois
     try:
         return load_rois(obj.cfg.state_dir, obj.cfg.unit_id) or {}
@@ -41,7 +45,7 @@ def _rois(obj: Ctx) -> dict:
         raise ShelfcalError(f"{exc}: restore camera.prev.json or move the file away", EX_DATAERR) from None
 
 
-def grab_frame(obj: Ctx) -> tuple[np.ndarray, dict | None]:
+def grab_frame(obj: Ctx) -> tuple[np.ndarray, dict[str, ROI] | None]:
     """One RGB frame from the configured camera and the source's own suggested ROIs (sim, replay)."""
     from daemon.sensing.factory import layout_for
     from daemon.vision.camera import CameraError
@@ -81,7 +85,7 @@ def grab_frame(obj: Ctx) -> tuple[np.ndarray, dict | None]:
     return np.asarray(img), suggested
 
 
-def draw_rois(img: np.ndarray, rois: dict, suggested: dict | None = None):
+def draw_rois(img: np.ndarray, rois: dict[str, ROI], suggested: dict[str, ROI] | None = None) -> Image:
     """The frame with each plate's ROI outlined and labelled (saved ROIs solid, suggestions thin)."""
     from PIL import Image, ImageDraw
     im = Image.fromarray(img.astype(np.uint8)).convert("RGB")
@@ -123,7 +127,7 @@ def snapshot(obj: Ctx, out: Path) -> None:
                    + (", or --suggested" if suggested else "") + ")")
 
 
-def _parse_roi(text: str):
+def _parse_roi(text: str) -> list[float]:
     try:
         v = [float(x) for x in text.split(",")]
     except ValueError:
@@ -140,11 +144,12 @@ def _parse_roi(text: str):
 @click.option("--clear", is_flag=True, help="Remove the plate's ROI.")
 @click.option("--technician")
 @click.pass_obj
-def set_roi(obj: Ctx, plate_name, roi, suggested, clear, technician) -> None:
+def set_roi(obj: Ctx, plate_name: str | None, roi: str | None, suggested: bool, clear: bool,
+            technician: str | None) -> None:
     """Set (or clear) a plate's region in the camera picture; written atomically to camera.json."""
     from daemon.vision.rois import RoiError, save_rois
     cam = _need_camera(obj)
-    rois = dict(_rois(obj))
+    rois: dict[str, Sequence[float]] = dict(_rois(obj))  # as given: save_rois checks each
     if suggested:
         _, sug = grab_frame(obj)
         if not sug:
@@ -157,7 +162,7 @@ def set_roi(obj: Ctx, plate_name, roi, suggested, clear, technician) -> None:
         key = obj.unit().plate(plate_name).key
         if clear:
             rois.pop(key, None)
-        else:
+        elif roi is not None:  # not --clear, so --roi was given (checked above)
             rois[key] = tuple(_parse_roi(roi))
     try:
         save_rois(obj.cfg.state_dir, rois, unit_id=obj.cfg.unit_id, frame_size=(cam.width, cam.height),

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -34,6 +34,11 @@ from .context import (
     technician_name,
 )
 from .errors import ShelfcalError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from .guided import PlateFit, PlateInfo, Unit
 
 DEFAULT_CONFIG = "/etc/shelfd/shelfd.yaml"
 
@@ -109,7 +114,7 @@ def diag(obj: Ctx, seconds: float, as_json: bool) -> None:
         sys.exit(EX_UNAVAILABLE)
 
 
-def _num(x, digits):
+def _num(x: float | None, digits: int) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
@@ -138,7 +143,7 @@ def live(obj: Ctx, interval: float, count: int) -> None:
     unit = obj.unit()
     wait_for_data(unit.link, 1.0)
 
-    def table():
+    def table() -> Table:
         snap = unit.link.call("snapshot", seconds=NOISE_WINDOW_S)
         t = Table(title=f"unit {unit.unit_id} ({unit.link.kind}) calibration {snap['calibration_id'] or 'none'}")
         for col in LIVE_COLUMNS:
@@ -178,7 +183,7 @@ _tech_opt = click.option(
 )
 
 
-def _pick_plate(unit, plate_name: str | None, interactive: bool):
+def _pick_plate(unit: Unit, plate_name: str | None, interactive: bool) -> PlateInfo:
     if plate_name is None:
         if not interactive:
             raise ShelfcalError("--plate is required with --yes (plates: " + ", ".join(unit.plates) + ")", EX_USAGE)
@@ -186,7 +191,8 @@ def _pick_plate(unit, plate_name: str | None, interactive: bool):
     return unit.plate(plate_name)
 
 
-def _zero_step(unit, plate, yes: bool, force: bool, rest_timeout: float, interactive: bool):
+def _zero_step(unit: Unit, plate: PlateInfo, yes: bool, force: bool, rest_timeout: float,
+               interactive: bool) -> tuple[dict[str, Any], bool]:
     from .guided import record_zero, zero_warnings
     if interactive:
         click.prompt(f"Empty plate {plate.key} completely, keep hands off, then press Enter", default="",
@@ -212,7 +218,8 @@ def _zero_step(unit, plate, yes: bool, force: bool, rest_timeout: float, interac
 @_rest_opt
 @_tech_opt
 @click.pass_obj
-def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
+def tare(obj: Ctx, plate_name: str | None, yes: bool, force: bool, rest_timeout: float,
+         technician: str | None) -> None:
     """Zero a plate: empty it, wait for rest, set the offset (and start a calibration session)."""
     unit = obj.unit()
     interactive = is_interactive(yes)
@@ -246,7 +253,8 @@ def tare(obj: Ctx, plate_name, yes, force, rest_timeout, technician) -> None:
 @_rest_opt
 @_tech_opt
 @click.pass_obj
-def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician) -> None:
+def calibrate(obj: Ctx, plate_name: str | None, masses: tuple[float, ...], yes: bool, force: bool,
+              rest_timeout: float, technician: str | None) -> None:
     """Calibrate a plate with known masses (least-squares over the zero and every mass point).
 
     \b
@@ -323,7 +331,7 @@ def calibrate(obj: Ctx, plate_name, masses, yes, force, rest_timeout, technician
     click.echo(f"plate {plate.key}: calibration {cid} written by {tech}{kept}")
 
 
-def _place_prompt(obj: Ctx, unit, plate, m: float) -> None:
+def _place_prompt(obj: Ctx, unit: Unit, plate: PlateInfo, m: float) -> None:
     sim = _sim_load_file(obj)
     if sim is not None:
         click.prompt(f"Place {m:g} g in the middle of plate {plate.key} and press Enter "
@@ -334,7 +342,7 @@ def _place_prompt(obj: Ctx, unit, plate, m: float) -> None:
                      default="", show_default=False)
 
 
-def _remove_prompt(obj: Ctx, plate, rest_timeout: float = 30.0) -> None:
+def _remove_prompt(obj: Ctx, plate: PlateInfo, rest_timeout: float = 30.0) -> None:
     """Test masses off, plate back at rest, then the plate is in service again."""
     sim = _sim_load_file(obj)
     unit = obj.unit()
@@ -353,7 +361,7 @@ def _remove_prompt(obj: Ctx, plate, rest_timeout: float = 30.0) -> None:
         set_maintenance(unit, plate, 0)
 
 
-def _show_fit(pf) -> None:
+def _show_fit(pf: PlateFit) -> None:
     from rich.table import Table
     t = Table(title=f"plate {pf.plate.key} fit")
     for col in ("mass g", "residual g"):
@@ -375,7 +383,7 @@ def _show_fit(pf) -> None:
     con.print(f"implied capacity before the ADC saturates: {cap:,.0f} g{note}")
 
 
-def _reload(unit) -> None:
+def _reload(unit: Unit) -> None:
     try:
         res = unit.link.call("calibration_reload")
     except ShelfcalError as exc:
@@ -396,7 +404,8 @@ def _reload(unit) -> None:
 @_rest_opt
 @_tech_opt
 @click.pass_obj
-def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technician) -> None:
+def verify(obj: Ctx, plate_name: str | None, mass: float, tolerance_g: float | None, yes: bool, rest_timeout: float,
+           technician: str | None) -> None:
     """Weigh a known mass on a tared plate: pass (exit 0) or fail (exit 65) against a tolerance."""
     unit = obj.unit()
     interactive = is_interactive(yes)
@@ -451,7 +460,7 @@ def verify(obj: Ctx, plate_name, mass, tolerance_g, yes, rest_timeout, technicia
 @click.option("--minutes", type=float, default=10.0, show_default=True, help="How long (at most 60).")
 @click.option("--off", is_flag=True, help="Back in service now.")
 @click.pass_obj
-def maintenance(obj: Ctx, plate_name, minutes, off) -> None:
+def maintenance(obj: Ctx, plate_name: str | None, minutes: float, off: bool) -> None:
     """Take a plate out of service on a running shelfd: its weight changes are not item events
     (restocking by hand, cleaning, test masses). The guided steps do this by themselves."""
     unit = obj.unit()

@@ -11,7 +11,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,8 +21,14 @@ from daemon.exitcodes import EX_CANTCREAT, EX_DATAERR, EX_NOINPUT, EX_USAGE
 from .context import SCRIPTED_MAINTENANCE_S, Ctx, await_rest, confirm, console, is_interactive, set_maintenance
 from .errors import ShelfcalError
 
+if TYPE_CHECKING:
+    from ruamel.yaml import YAML
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-def _yaml():
+    from .guided import PlateInfo
+
+
+def _yaml() -> YAML:
     from ruamel.yaml import YAML
     y = YAML()  # round-trip: comments and layout kept
     y.preserve_quotes = True
@@ -30,7 +36,8 @@ def _yaml():
     return y
 
 
-def load_doc(path: Path):
+def load_doc(path: Path) -> Any:
+    """The config as ruamel.yaml round-trips it (comments and layout kept): any YAML at all."""
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -38,7 +45,7 @@ def load_doc(path: Path):
     return _yaml().load(text)
 
 
-def write_doc(path: Path, doc) -> None:
+def write_doc(path: Path, doc: Any) -> None:
     """Validate with daemon.config, then temp file + fsync + rename next to the original."""
     from daemon.config import ConfigError, load_config
     buf = io.StringIO()
@@ -63,7 +70,7 @@ def write_doc(path: Path, doc) -> None:
         raise ShelfcalError(f"cannot write {path}: {exc.strerror}", EX_CANTCREAT) from None
 
 
-def _flow_like(seq, item):
+def _flow_like(seq: Any, item: dict[str, Any]) -> CommentedMap:
     """New entries look like their siblings (the example config writes facings as flow maps)."""
     from ruamel.yaml.comments import CommentedMap
     m = CommentedMap(item)
@@ -143,7 +150,8 @@ def _plates(text: str) -> list[int]:
 @click.option("--name")
 @click.option("--stock", type=int)
 @click.pass_obj
-def set_(obj: Ctx, sku, shelf, plates, unit_weight_g, name, stock) -> None:
+def set_(obj: Ctx, sku: str, shelf: str, plates: str, unit_weight_g: float, name: str | None,
+         stock: int | None) -> None:
     """Put a SKU on a facing (or update the facing that SKU has on that shelf)."""
     ids = _plates(plates)
     if unit_weight_g <= 0:
@@ -155,7 +163,7 @@ def set_(obj: Ctx, sku, shelf, plates, unit_weight_g, name, stock) -> None:
         seq = doc["planogram"] = CommentedSeq()
     hit = next((e for e in seq if str(e.get("sku")) == sku and str(e.get("shelf")) == shelf), None)
     if hit is None:
-        item = {"sku": sku}
+        item: dict[str, Any] = {"sku": sku}
         if name:
             item["name"] = name
         item.update({"shelf": shelf, "plates": ids, "unit_weight_g": unit_weight_g})
@@ -180,7 +188,7 @@ def set_(obj: Ctx, sku, shelf, plates, unit_weight_g, name, stock) -> None:
                f"restart shelfd to use it")
 
 
-def _flow_like_list(old, ids):
+def _flow_like_list(old: Any, ids: list[int]) -> CommentedSeq:
     from ruamel.yaml.comments import CommentedSeq
     s = CommentedSeq(ids)
     if old is not None and getattr(old, "fa", None) is not None and old.fa.flow_style():
@@ -192,7 +200,7 @@ def _flow_like_list(old, ids):
 @click.option("--sku", required=True)
 @click.option("--shelf", help="Only the facing on this shelf (default: every facing of the SKU).")
 @click.pass_obj
-def remove(obj: Ctx, sku, shelf) -> None:
+def remove(obj: Ctx, sku: str, shelf: str | None) -> None:
     doc = load_doc(obj.config_path)
     seq = doc.get("planogram") or []
     idx = [i for i, e in enumerate(seq) if str(e.get("sku")) == sku and (shelf is None or str(e.get("shelf")) == shelf)]
@@ -213,7 +221,7 @@ def remove(obj: Ctx, sku, shelf) -> None:
               "write without asking.")
 @click.option("--rest-timeout", type=float, default=30.0, show_default=True)
 @click.pass_obj
-def measure(obj: Ctx, plate_name, count, sku, yes, rest_timeout) -> None:
+def measure(obj: Ctx, plate_name: str, count: int, sku: str | None, yes: bool, rest_timeout: float) -> None:
     """Measure a unit weight: N items of one product on a plate.
 
     Interactive: the plate's reading before and after you add N items. Scripted (--yes): the
@@ -251,7 +259,7 @@ def measure(obj: Ctx, plate_name, count, sku, yes, rest_timeout) -> None:
         click.echo(f"planogram: {sku} unit weight {unit_g:.2f} g; restart shelfd to use it")
 
 
-def _grams(r: dict[str, Any], plate) -> float:
+def _grams(r: dict[str, Any], plate: PlateInfo) -> float:
     g = r.get("grams")
     if g is None:
         raise ShelfcalError(f"plate {plate.key} is not calibrated: run `shelfcal calibrate --plate {plate.key}`",

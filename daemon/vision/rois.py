@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,9 +64,10 @@ def load_rois(state_dir: str | Path, unit_id: str | None = None) -> dict[str, RO
     return {str(k): _check(str(k), v, str(path)) for k, v in rois.items()}
 
 
-def save_rois(state_dir: str | Path, rois: dict[str, ROI], *, unit_id: str | None = None,
+def save_rois(state_dir: str | Path, rois: Mapping[str, Sequence[float]], *, unit_id: str | None = None,
               frame_size: tuple[int, int] | None = None, technician: str | None = None) -> Path:
-    """Atomically replace camera.json (the previous one kept as camera.prev.json)."""
+    """Atomically replace camera.json (the previous one kept as camera.prev.json); every ROI is
+    checked first (RoiError)."""
     state_dir = Path(state_dir)
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / FILENAME
