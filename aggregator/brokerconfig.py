@@ -24,6 +24,8 @@ The rules (``{base}`` = ``{prefix}/{store}``):
 - ``cartd`` reads events, status, health, replies and ``_store/...``, publishes receipts and its own
   status/health/dead letters, and of the requests only the two harmless ones it needs:
   ``req/resend`` (a seq gap) and ``req/rebirth`` (fresh retained health);
+- ``console`` (the staff console, docs/console.md) reads events, status, health, state, the
+  replies to maintenance and ``_store/...``, and publishes only ``req/maintenance``;
 - anonymous clients are refused; a client's will is subject to the same ACL as its publishes.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 
 from daemon.atomicfile import atomic_write
 
-RESERVED = ("cartd", "backend")
+RESERVED = ("cartd", "backend", "console")
 # Mosquitto's own tool uses 101 iterations; the passwords here are 256-bit random, so stretching
 # barely matters, but a few more rounds cost nothing at connect time.
 PBKDF2_ITERATIONS = 1000
@@ -99,6 +101,12 @@ def acl_rules(prefix: str, store: str, units: list[str]) -> dict[str, list[tuple
         ("read", f"{b}/+/res/#"), ("read", f"{b}/_store/#"),
         ("write", f"{b}/+/req/resend"), ("write", f"{b}/+/req/rebirth"),
         ("write", f"{b}/_store/receipts/+"), ("write", f"{b}/_store/cartd/#"),
+    ]
+    # The staff console reads what it shows and may send a unit one command: maintenance.
+    rules["console"] = [
+        ("read", f"{b}/+/events"), ("read", f"{b}/+/status"), ("read", f"{b}/+/health"), ("read", f"{b}/+/state"),
+        ("read", f"{b}/+/res/maintenance"), ("read", f"{b}/_store/#"),
+        ("write", f"{b}/+/req/maintenance"),
     ]
     rules["backend"] = [
         ("read", f"{b}/#"),

@@ -135,12 +135,20 @@ class LowStockConfig(_Strict):
     skus: dict[str, int] = {}
 
 
+class ConsoleMqtt(_Strict):
+    # The console's own broker identity (`cartd broker-config` writes one named console); unset:
+    # cartd's (which may not send maintenance requests on a broker with the generated ACL).
+    username: str | None = None
+    password_file: Path | None = None
+
+
 class ConsoleConfig(_Strict):
     # Signed-in sessions last this long (then sign in again).
     session_ttl_s: float = Field(default=12 * 3600.0, ge=60, le=30 * 86400)
     # Mark the session cookie Secure (the console is served over HTTPS, e.g. behind a TLS proxy).
     secure_cookies: bool = False
     sso: SsoConfig = SsoConfig()
+    mqtt: ConsoleMqtt = ConsoleMqtt()
     low_stock: LowStockConfig = LowStockConfig()
 
 
@@ -236,9 +244,11 @@ def _resolve_paths(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if isinstance(holder, dict) and isinstance(holder.get(key), str) and not os.path.isabs(holder[key]):
             holder = holder if holder is data else data.setdefault("storage", holder)
             holder[key] = str(base / holder[key])
-    mq = data.get("mqtt")
-    if isinstance(mq, dict) and isinstance(mq.get("password_file"), str) and not os.path.isabs(mq["password_file"]):
-        mq["password_file"] = str(base / mq["password_file"])
+    con = data.get("console")
+    for mq in (data.get("mqtt"), con.get("mqtt") if isinstance(con, dict) else None):
+        if isinstance(mq, dict) and isinstance(mq.get("password_file"), str) \
+                and not os.path.isabs(mq["password_file"]):
+            mq["password_file"] = str(base / mq["password_file"])
     return data
 
 

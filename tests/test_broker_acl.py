@@ -174,7 +174,7 @@ def test_broker_config_writes_identities_and_keeps_them_on_a_rerun(tmp_path):
     files = {p.name for p in out.iterdir()}
     assert {"mosquitto.conf", "passwd", "acl", "credentials"} <= files
     first = {}
-    for ident in ("unit-a", "unit-b", "cartd", "backend"):
+    for ident in ("unit-a", "unit-b", "cartd", "backend", "console"):
         f = out / "credentials" / f"{ident}.json"
         assert stat.S_IMODE(f.stat().st_mode) == 0o600
         d = json.loads(f.read_text())
@@ -182,7 +182,7 @@ def test_broker_config_writes_identities_and_keeps_them_on_a_rerun(tmp_path):
         assert (out / "credentials" / f"{ident}.password").read_text().strip() == d["password"]
         assert d["password"] not in (out / "passwd").read_text()  # only hashes in the broker's file
         first[ident] = d["password"]
-    assert len(set(first.values())) == 4
+    assert len(set(first.values())) == len(first)
     conf = (out / "mosquitto.conf").read_text()
     assert "allow_anonymous false" in conf and "listener 18830 127.0.0.1" in conf
     # adding a unit keeps everyone else's password; --rotate renews one
@@ -298,6 +298,20 @@ def test_a_unit_cannot_publish_for_others_or_send_requests_and_cartd_never_sees_
         finally:
             c.close()
         unit_a.wait_for(lambda t, p: t.endswith("/req/resend") and b"ok-cartd" in p, what="cartd's resend request")
+
+        # the staff console may put plates into maintenance, and nothing else
+        con = Client(b, "console")
+        try:
+            assert con.wait_connack() == "Success"
+            assert con.publish(f"{BASE}/unit-a/req/tare", {"txid": "by-console", "force": True}) == "Not authorized"
+            assert con.publish(f"{BASE}/_store/receipts/X", {"total": 0}) == "Not authorized"
+            assert con.publish(f"{BASE}/unit-a/events", own) == "Not authorized"
+            assert con.publish(f"{BASE}/unit-a/req/maintenance",
+                               {"txid": "ok-console", "plates": ["1/1"], "seconds": 0}) == "Success"
+        finally:
+            con.close()
+        unit_a.wait_for(lambda t, p: t.endswith("/req/maintenance") and b"ok-console" in p,
+                        what="the console's maintenance request")
         assert not any(b"by-cartd" in p for _, p in unit_a.msgs)
     finally:
         for cl in (backend, unit_a, unit_b):

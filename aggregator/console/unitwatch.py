@@ -45,8 +45,10 @@ class UnitWatch:
         self.connected = False
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", clean_session=True)
         m = cfg.mqtt
-        if m.username:
-            c.username_pw_set(m.username, m.password_file.read_text().strip() if m.password_file else None)
+        own = cfg.console.mqtt  # the console's own identity when it has one
+        user, pw_file = (own.username, own.password_file) if own.username else (m.username, m.password_file)
+        if user:
+            c.username_pw_set(user, pw_file.read_text().strip() if pw_file else None)
         if m.tls:
             t = m.tls
             c.tls_set(ca_certs=str(t.ca_file) if t.ca_file else None,
