@@ -117,6 +117,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="run folder (default: a new temp folder)")
     ap.add_argument("--sure-misplaced-off-queue", action="store_true",
                     help="cartd's review.misplaced_returns: false (sure misplaced returns are not queued)")
+    ap.add_argument("--ambiguity-margin", type=float, default=None,
+                    help="cartd's association.ambiguity_margin (default: cartd's, 0.2)")
     args = ap.parse_args()
     store = build_store(n_units=args.units)
     plan = make_plan(store, PlanParams(shoppers=args.shoppers, seed=args.seed))
@@ -124,7 +126,9 @@ def main() -> int:
     work = args.out or Path(tempfile.mkdtemp(prefix="gondola-review-bench-"))
     print(f"{args.shoppers} shoppers, {args.tracking} tracking, seed {args.seed}: running the store "
           f"(~{plan.end_s / 60:.0f} min of store time) in {work}", flush=True)
-    over = {"review": {"misplaced_returns": False}} if args.sure_misplaced_off_queue else {}
+    over: dict = {"review": {"misplaced_returns": False}} if args.sure_misplaced_off_queue else {}
+    if args.ambiguity_margin is not None:
+        over["association"] = {"ambiguity_margin": args.ambiguity_margin}
     run = StoreRun(store, plan, work, RunOptions(tracking=args.tracking, watch_events=True, receipt_grace_s=60,
                                                  cartd_overrides=over))
     t0 = time.time()
@@ -149,13 +153,14 @@ def main() -> int:
     after = score(truth, run.all_receipts())
     per100 = 100.0 * rev["review_actions"] / max(1, len(first))
     result = {"shoppers": args.shoppers, "tracking": args.tracking, "seed": args.seed, "all_receipted": complete,
-              "sure_misplaced_queued": not args.sure_misplaced_off_queue,
+              "sure_misplaced_queued": not args.sure_misplaced_off_queue, "ambiguity_margin": args.ambiguity_margin,
               "receipts": len(first), "true_lines": sum(len(v) for v in truth.values()),
               "before": before.as_dict(), "after": after.as_dict(), "reviews_per_100_receipts": round(per100, 1),
               **rev, "corrections": sum(1 for r in run.all_receipts() if r.get("n", 1) > 1),
               "wall_s": round(time.time() - t0, 1), "workdir": str(work)}
     OUT.mkdir(parents=True, exist_ok=True)
-    name = "review_store_bench" + ("_nomisplaced" if args.sure_misplaced_off_queue else "")
+    name = "review_store_bench" + ("_nomisplaced" if args.sure_misplaced_off_queue else "") + (
+        f"_margin{args.ambiguity_margin:g}" if args.ambiguity_margin is not None else "")
     (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
     print("\n| tracking | receipts | F1 first receipts | lines queued | review actions | per 100 receipts |"
           " F1 after review |")
