@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from store_bench import Line, replay_association, score_lines  # noqa: E402
 
 from aggregator.sim.plan import Plan, PlanParams, make_plan  # noqa: E402
-from aggregator.sim.score import Score  # noqa: E402
+from aggregator.sim.score import PRF, Score  # noqa: E402
 from aggregator.sim.store import build_store  # noqa: E402
 from aggregator.sim.tracking import batches  # noqa: E402
 
@@ -75,7 +75,7 @@ class SeedRun:
 
 
 @dataclass
-class Pooled:
+class Pooled(PRF):
     """TP/FP/FN summed over a set of seeds, with how many lines were reviewed and receipts made."""
     tp: int = 0
     fp: int = 0
@@ -88,19 +88,6 @@ class Pooled:
         self.tp, self.fp, self.fn = self.tp + s.tp, self.fp + s.fp, self.fn + s.fn
         self.reviews += reviews
         self.receipts += receipts
-
-    @property
-    def precision(self) -> float:
-        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
-
-    @property
-    def recall(self) -> float:
-        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
-
-    @property
-    def f1(self) -> float:
-        p, r = self.precision, self.recall
-        return 2 * p * r / (p + r) if p + r else 0.0
 
     @property
     def per100(self) -> float:

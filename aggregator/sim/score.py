@@ -51,17 +51,11 @@ def receipt_cart(receipt: dict[str, Any]) -> dict[str, int]:
     return cart
 
 
-@dataclass
-class Score:
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    sessions: int = 0
-    receipts: int = 0
-    review_lines: int = 0
-    corrections: int = 0
-    incomplete: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
+class PRF:
+    """Precision, recall and F1 from ``tp``, ``fp`` and ``fn`` (a mixin for the score classes)."""
+    tp: int
+    fp: int
+    fn: int
 
     @property
     def precision(self) -> float:
@@ -75,6 +69,19 @@ class Score:
     def f1(self) -> float:
         p, r = self.precision, self.recall
         return 2 * p * r / (p + r) if p + r else 0.0
+
+
+@dataclass
+class Score(PRF):
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    sessions: int = 0
+    receipts: int = 0
+    review_lines: int = 0
+    corrections: int = 0
+    incomplete: int = 0
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
