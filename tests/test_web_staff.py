@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -191,6 +192,9 @@ def test_console_review_correction_audit_and_unit_health_in_a_browser(staff, bro
     page.wait_for_selector('[data-receipt-id="S-1/2"]', timeout=15000)
     corr = page.locator('[data-receipt-id="S-1/2"]').inner_text()
     assert "correction" in corr and "Bagel" in corr and "Apple" not in corr, corr
+    # money as money, a 24-hour clock, whole names on the shelf cards (first-run findings)
+    assert "$1.20" in corr and re.search(r"\b\d{2}:\d{2}:\d{2}\b", corr) and not re.search(r"\b[AP]M\b", corr)
+    assert "Apple juice" in page.inner_text("#shelves")
     page.click('nav button[data-view="audit"]')
     page.wait_for_function("document.querySelector('#audit').innerText.includes('review.product')", timeout=15000)
     audit = page.inner_text("#audit")
