@@ -170,7 +170,7 @@ def user_add(username: str, config: Path, role: str, password_file: Path | None)
     cfg, _ = _load(config)
     if password_file is not None:
         try:
-            password = password_file.read_text().splitlines()[0] if password_file.read_text() else ""
+            password = next(iter(password_file.read_text().splitlines()), "")  # the first line
         except OSError as exc:
             click.echo(f"cartd user add: cannot read {password_file}: {exc.strerror}", err=True)
             sys.exit(EX_NOINPUT)
@@ -256,7 +256,7 @@ def review_decide(line_id: int, config: Path, actor: str, action: str | None, sk
             sys.exit(EX_USAGE)
         body = {"action": chosen[0], "sku": sku, "quantity": quantity, "session_id": session_id}
         try:
-            did = Desk(store, cat, acc.lock).decide(Staff(u.username, u.role, ""), line_id, body)
+            did = Desk(acc.db, cat).decide(Staff(u.username, u.role, ""), line_id, body)
         except DeskError as exc:
             click.echo(f"cartd review decide: {exc}", err=True)
             sys.exit(EX_DATAERR)

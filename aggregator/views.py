@@ -37,9 +37,6 @@ class Views:
 
     def name(self, sku: str | None) -> str | None:
         """The product's name from the catalogue (None when unknown)."""
-        return self._name(sku)
-
-    def _name(self, sku: str | None) -> str | None:
         p = self.catalogue.get(sku)
         return p.name if p else None
 
@@ -59,7 +56,7 @@ class Views:
         for unit, shelf, eid, etype, sku, qty, t_end, sid, state, review, hist in rows:
             evs = out.setdefault((unit, shelf), [])
             if len(evs) < limit:
-                evs.append({"event_id": eid, "type": etype, "sku": sku, "name": self._name(sku), "quantity": qty,
+                evs.append({"event_id": eid, "type": etype, "sku": sku, "name": self.name(sku), "quantity": qty,
                             "t_end": fmt_ts(t_end), "session_id": sid, "state": state,
                             "needs_review": bool(review), "historical": bool(hist)})
         return [{"unit_id": u, "shelf": s, "last_events": evs} for (u, s), evs in sorted(out.items())]
@@ -119,12 +116,12 @@ class Views:
             ev = json.loads(payload)
         except ValueError:
             ev = {}
-        products = [{**c, "name": self._name(c.get("sku"))} for c in ev.get("candidates", [])
+        products = [{**c, "name": self.name(c.get("sku"))} for c in ev.get("candidates", [])
                     if isinstance(c, dict)][:6]
         if sku is not None and not any(p.get("sku") == sku for p in products):
             products.insert(0, {"sku": sku, "quantity": abs(qty), "score": ev.get("confidence", 1.0),
-                                "name": self._name(sku)})
-        return {"line_id": lid, "session_id": sid, "event_id": eid, "sku": sku, "name": self._name(sku),
+                                "name": self.name(sku)})
+        return {"line_id": lid, "session_id": sid, "event_id": eid, "sku": sku, "name": self.name(sku),
                 "quantity": qty, "reasons": (reason or "").split(",") if reason else [],
                 "review_state": state, "reviewed_by": by, "reviewed_at": fmt_ts(at), "after_receipt": bool(after),
                 "session_state": s_state, "receipted": bool(receipt_n),

@@ -107,7 +107,7 @@ def serve(config: Path, host: str = "127.0.0.1", port: int = 8080, refresh_s: fl
               file=sys.stderr)
         return EX_UNAVAILABLE
     accounts = Accounts(store, ttl_s=cfg.console.session_ttl_s)
-    console = Console(cfg, Views(cfg, store, catalogue), accounts, Desk(store, catalogue, accounts.lock), refresh_s)
+    console = Console(cfg, Views(cfg, store, catalogue), accounts, Desk(accounts.db, catalogue), refresh_s)
     try:
         httpd = ConsoleServer((host, port), make_handler(console), console)
     except OSError as exc:

@@ -23,16 +23,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from store_bench import pyplot  # noqa: E402
 
 from aggregator.catalogue import Catalogue  # noqa: E402
 from aggregator.config import load_config  # noqa: E402
 from aggregator.console.accounts import Accounts, Staff  # noqa: E402
 from aggregator.console.desk import Desk  # noqa: E402
+from aggregator.console.guarded import GuardedStore  # noqa: E402
 from aggregator.sim.plan import Interaction, Plan, PlanParams, make_plan  # noqa: E402
 from aggregator.sim.runner import RunOptions, StoreRun  # noqa: E402
 from aggregator.sim.score import score, shelf_events  # noqa: E402
 from aggregator.sim.store import build_store  # noqa: E402
-from aggregator.store import Store, open_store  # noqa: E402
+from aggregator.store import open_store  # noqa: E402
 from aggregator.views import Views  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -50,14 +54,10 @@ def oracle(item: dict, touch: Interaction | None) -> list[dict]:
     return out or [{"action": "accept"}]
 
 
-def stray_picks(store: Store, accounts: Accounts, session_id: str, sku: str) -> list[tuple[int, str, str]]:
+def stray_picks(db: GuardedStore, session_id: str, sku: str) -> list[tuple[int, str, str]]:
     """(line id, event id, session) of picks of sku assigned to other shoppers, still unreviewed."""
-    with accounts.lock:
-        try:
-            return store.q("SELECT id, event_id, session_id FROM lines WHERE sku=? AND qty>0 AND session_id<>?"
-                           " AND reviewed_by IS NULL ORDER BY id", (sku, session_id))
-        finally:
-            store.end_read()
+    return db.read(lambda: db.store.q("SELECT id, event_id, session_id FROM lines WHERE sku=? AND qty>0"
+                                      " AND session_id<>? AND reviewed_by IS NULL ORDER BY id", (sku, session_id)))
 
 
 def review_everything(run: StoreRun, plan: Plan, matches: dict[str, str]) -> dict:
@@ -66,7 +66,7 @@ def review_everything(run: StoreRun, plan: Plan, matches: dict[str, str]) -> dic
     cat = Catalogue.load(cfg.catalogue, cfg.receipts.currency)
     accounts = Accounts(store)
     accounts.add_user("oracle", "oracle-password", "reviewer", actor="bench")
-    desk = Desk(store, cat, accounts.lock)
+    desk = Desk(accounts.db, cat)
     who = Staff("oracle", "reviewer", "")
     touches = {i.id: i for i in plan.interactions}
     with accounts.lock:
@@ -90,7 +90,7 @@ def review_everything(run: StoreRun, plan: Plan, matches: dict[str, str]) -> dic
         if "put_back_not_in_cart" in item["reasons"] and touch is not None and touch.session_id == item["session_id"]:
             # the put-back is right, so the shopper's pick of it went to someone else: a reviewer
             # opens the shopper's visit and moves that pick too (one more review action)
-            for line_id, eid, sid in stray_picks(store, accounts, touch.session_id, touch.sku):
+            for line_id, eid, sid in stray_picks(accounts.db, touch.session_id, touch.sku):
                 t = touches.get(matches.get(eid, ""))
                 if t is not None and t.session_id == touch.session_id and sid != touch.session_id:
                     decide(line_id, {"action": "shopper", "session_id": touch.session_id})
@@ -172,12 +172,8 @@ def main() -> int:
 
 
 def plot(r: dict, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no PNG (pip install -e .[bench])", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6.5, 4))
     vals = [r["before"]["precision"], r["before"]["recall"], r["before"]["f1"],

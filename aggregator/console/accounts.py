@@ -18,7 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import NamedTuple, TypeVar
+from typing import NamedTuple
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -26,9 +26,9 @@ from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 
 from ..store import Store
 from ..tables import audit, staff
+from .guarded import GuardedStore
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 ROLES = ("viewer", "reviewer", "supervisor")
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -68,36 +68,30 @@ class Accounts:
     """Accounts over cartd's database. Thread-safe: one lock around the connection."""
 
     def __init__(self, store: Store, ttl_s: float = 12 * 3600.0, clock: Callable[[], float] = time.time):
+        self.db = GuardedStore(store)  # shared with the Desk and the page's reads (one lock)
         self.store = store
         self.ttl_s = ttl_s
         self.clock = clock
         self.hasher = PasswordHasher()
-        self.lock = threading.RLock()
         self._fails: dict[str, deque[float]] = {}
         self._dummy = self.hasher.hash(secrets.token_hex(16))  # same cost for unknown names
-        with self.lock:
-            self._tx(lambda: staff.put_setting_once(store, "signing_key", secrets.token_hex(32)))
-            key = self._read(lambda: staff.setting(store, "signing_key"))
+        self._tx, self._read = self.db.tx, self.db.read
+        self._tx(lambda: staff.put_setting_once(store, "signing_key", secrets.token_hex(32)))
+        key = self._read(lambda: staff.setting(store, "signing_key"))
         self.signer = TimestampSigner(str(key), salt="gondola-console-session")
 
-    # -- database helpers (a write is one transaction; a read ends its PostgreSQL transaction)
-    def _tx(self, fn: Callable[[], T]) -> T:
-        with self.lock:
-            self.store.begin()
-            try:
-                out = fn()
-                self.store.commit()
-                return out
-            except BaseException:
-                self.store.rollback()
-                raise
+    @property
+    def lock(self) -> threading.RLock:
+        return self.db.lock
 
-    def _read(self, fn: Callable[[], T]) -> T:
-        with self.lock:
-            try:
-                return fn()
-            finally:
-                self.store.end_read()
+    def _token(self, cookie: str | None) -> str | None:
+        """The sign-in token inside a cookie, or None when it is forged, expired or too long."""
+        if not cookie or len(cookie) > 256:
+            return None
+        try:
+            return self.signer.unsign(cookie, max_age=int(self.ttl_s)).decode()
+        except (SignatureExpired, BadSignature):
+            return None
 
     # -- accounts
     def add_user(self, username: str, password: str, role: str, actor: str = "cartd user add") -> bool:
@@ -167,11 +161,8 @@ class Accounts:
         return self.signer.sign(token).decode(), Staff(u.username, u.role, csrf)
 
     def session(self, cookie: str | None) -> Staff | None:
-        if not cookie or len(cookie) > 256:
-            return None
-        try:
-            token = self.signer.unsign(cookie, max_age=int(self.ttl_s)).decode()
-        except (SignatureExpired, BadSignature):
+        token = self._token(cookie)
+        if token is None:
             return None
         now = self.clock()
 
@@ -186,9 +177,8 @@ class Accounts:
         return self._read(read)
 
     def sign_out(self, cookie: str | None, who: str) -> None:
-        try:
-            token = self.signer.unsign(cookie or "", max_age=int(self.ttl_s)).decode()
-        except (SignatureExpired, BadSignature):
+        token = self._token(cookie)
+        if token is None:
             return
         now = self.clock()
 

@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 from itsdangerous import Signer
 
 from ..config import Config
+from ..messages import fmt_ts
 from ..views import Views
 from .accounts import Accounts, Staff
 from .desk import Desk, DeskError
@@ -193,7 +194,7 @@ def unit_health(db_units: list[dict[str, Any]], docs: dict[str, dict[str, Any]],
             "unit_id": name, "state": state,
             "reasons": [str(r) for r in (h.get("reasons") or [])][:10] if isinstance(h.get("reasons"), list)
             else ([str(st["reason"])] if st.get("reason") else []),
-            "since": st.get("since") or (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since[1])) if since else None),
+            "since": st.get("since") or (fmt_ts(since[1]) if since else None),
             "health_age_s": round(now - seen["health"], 1) if "health" in seen else None,
             "outbox_depth": outbox.get("depth"), "outbox_oldest_s": outbox.get("oldest_pending_age_s"),
             "plates": {str(k): {"state": p.get("state"), "noise_g": p.get("noise_g")}

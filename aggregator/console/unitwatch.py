@@ -138,7 +138,7 @@ class UnitWatch:
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self.lock:
-            return {u: {**{k: d for k, d in docs.items()}, "_seen": dict(self.seen.get(u, {})),
+            return {u: {**docs, "_seen": dict(self.seen.get(u, {})),
                         "_since": self.status_since.get(u)} for u, docs in self.docs.items()}
 
     def request(self, unit: str, command: str, args: dict[str, Any], identity: str, timeout_s: float = 5.0

@@ -47,8 +47,8 @@ class Reviews(EngineBase):
             if not d.sku or (self.catalogue.products and self.catalogue.get(d.sku) is None):
                 raise _Refused(f"sku {d.sku!r} is not in the catalogue")
             qty = d.quantity if d.quantity is not None else abs(line.qty) or 1
-            if not 1 <= qty <= 1000:
-                raise _Refused(f"quantity must be 1..1000, got {qty}")
+            if not 1 <= qty <= reviews.MAX_QTY:
+                raise _Refused(f"quantity must be 1..{reviews.MAX_QTY}, got {qty}")
             sign = (1 if line.qty > 0 else -1) if line.qty else self._direction(line.event_id)
             lines_t.decide(self.store, line.id, "changed", d.actor, now, sku=d.sku, qty=sign * qty)
             result = f"product {d.sku} × {qty}"

@@ -8,6 +8,7 @@ from typing import NamedTuple
 from ..store import Store
 
 ACTIONS = ("accept", "product", "shopper", "remove")
+MAX_QTY = 1000  # a product decision's quantity is 1..MAX_QTY
 
 
 class Decision(NamedTuple):
