@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from store_bench import Line, replay_association, score_lines  # noqa: E402
+from store_bench import Line, pyplot, replay_association, score_lines  # noqa: E402
 
 from aggregator.sim.plan import Plan, PlanParams, make_plan  # noqa: E402
 from aggregator.sim.score import PRF, Score  # noqa: E402
@@ -237,12 +237,8 @@ def table(results: dict, budget: float) -> str:
 
 
 def plot(results: dict, budget: float, path: Path) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib missing: no PNG (pip install -e .[bench])", file=sys.stderr)
+    plt = pyplot()
+    if plt is None:
         return
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
     colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"])

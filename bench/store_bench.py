@@ -27,6 +27,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -177,13 +178,22 @@ def one_run(store, plan, mode: str, workdir: Path, results: dict) -> None:
     }
 
 
-def plot(results: dict, path: Path) -> None:
+def pyplot() -> Any:
+    """matplotlib's pyplot drawing to files (Agg), or None, said once on stderr, when the bench
+    extra is not installed (the benches that import this one use it too)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("matplotlib missing: no PNG (pip install -e .[bench])", file=sys.stderr)
+        return None
+    return plt
+
+
+def plot(results: dict, path: Path) -> None:
+    plt = pyplot()
+    if plt is None:
         return
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
     modes = list(results)
