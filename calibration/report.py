@@ -7,7 +7,6 @@ still written and shelfcal says how to get the plots.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,13 @@ from typing import Any
 import click
 import numpy as np
 
+from daemon import calstate
 from daemon.control_handlers import NOISE_WINDOW_S, noise_g
 from daemon.exitcodes import EX_CANTCREAT, EX_USAGE
 
 from .context import Ctx
 from .errors import ShelfcalError
 from .fit import fit_channel
-from .guided import LOG
 
 MIN_RESIDUAL_AXIS_G = 1.0  # the residual plot spans at least ±1 g
 
@@ -33,22 +32,6 @@ def residual_view(residuals: list[float], n_points: int) -> tuple[float, str | N
     if n_points <= 2 or not residuals:
         return MIN_RESIDUAL_AXIS_G, f"{n_points} points: no residual to show"
     return max(MIN_RESIDUAL_AXIS_G, 1.2 * max(abs(r) for r in residuals)), None
-
-
-def _last_verifies(state_dir: Path) -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    try:
-        lines = (state_dir / LOG).read_text().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        try:
-            e = json.loads(line)
-        except ValueError:
-            continue
-        if e.get("kind") == "verify":
-            out[e["plate"]] = e
-    return out
 
 
 @click.command()
@@ -76,7 +59,7 @@ def report(obj: Ctx, out: Path, plates: tuple[str, ...], seconds: float) -> None
     wait_for_data(unit.link, seconds + 1.5)  # own drivers: skip the first moments after power-up
     raw = unit.link.call("raw", seconds=seconds, channels=[c for p in chosen for c in p.channels])
     t = np.array(raw["t"], dtype=float)
-    verifies = _last_verifies(unit.state_dir)
+    verifies = calstate.verify_entries(unit.state_dir)
     plt: Any  # matplotlib.pyplot, or None without matplotlib
     try:
         import matplotlib

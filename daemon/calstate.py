@@ -192,9 +192,9 @@ VERIFY_LOG = "shelfcal-log.jsonl"   # shelfcal's service record in state_dir (ca
 _verify_cache: dict[Path, tuple[tuple[int, int], dict[str, dict[str, Any]]]] = {}
 
 
-def last_verifies(state_dir: Path) -> dict[str, dict[str, Any]]:
-    """Per plate ("shelf/plate"), the last ``shelfcal verify`` in its log: ``{"time", "pass"}``
-    plus ``mass_g``, ``read_g`` and the ``calibration_id`` it checked, where the entry has them.
+def verify_entries(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per plate ("shelf/plate"), the last ``shelfcal verify`` entry of its log, as logged (a
+    copy; shelfcal's report prints them). Only entries with a plate name and a pass/fail count.
 
     Read again only when the file's mtime or size changed. A missing, unreadable or corrupt log
     is no verifies (a corrupt line is skipped): never an error."""
@@ -209,7 +209,22 @@ def last_verifies(state_dir: Path) -> dict[str, dict[str, Any]]:
     except OSError:
         _verify_cache.pop(path, None)
         return {}
-    return {plate: dict(v) for plate, v in hit[1].items()}
+    return {plate: dict(e) for plate, e in hit[1].items()}
+
+
+def last_verifies(state_dir: Path) -> dict[str, dict[str, Any]]:
+    """Per plate, its last verify as health carries it: ``{"time", "pass"}`` (time in the wire's
+    RFC 3339) plus ``mass_g``, ``read_g`` and the ``calibration_id`` it checked, where logged."""
+    out: dict[str, dict[str, Any]] = {}
+    for plate, e in verify_entries(state_dir).items():
+        v: dict[str, Any] = {"time": _wire_time(e.get("time")), "pass": e["pass"]}
+        for k in ("mass_g", "read_g"):
+            if isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool):
+                v[k] = e[k]
+        if isinstance(e.get("calibration_id"), str):
+            v["calibration_id"] = e["calibration_id"]
+        out[plate] = v
+    return out
 
 
 def _read_verifies(text: str) -> dict[str, dict[str, Any]]:
@@ -219,16 +234,9 @@ def _read_verifies(text: str) -> dict[str, dict[str, Any]]:
             e = json.loads(line)
         except ValueError:
             continue
-        if not isinstance(e, dict) or e.get("kind") != "verify" or not isinstance(e.get("plate"), str) \
-                or not isinstance(e.get("pass"), bool):
-            continue
-        v: dict[str, Any] = {"time": _wire_time(e.get("time")), "pass": e["pass"]}
-        for k in ("mass_g", "read_g"):
-            if isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool):
-                v[k] = e[k]
-        if isinstance(e.get("calibration_id"), str):
-            v["calibration_id"] = e["calibration_id"]
-        out[e["plate"]] = v
+        if isinstance(e, dict) and e.get("kind") == "verify" and isinstance(e.get("plate"), str) \
+                and isinstance(e.get("pass"), bool):
+            out[e["plate"]] = e
     return out
 
 
